@@ -1,0 +1,51 @@
+"""jaxicl: training dynamics of in-context learning in attention models, for whole ensembles.
+
+See ARCHITECTURE.md for how the pieces fit together.
+"""
+
+import importlib.metadata
+
+from ._attention import (
+    AbstractAttention as AbstractAttention,
+    FactorizedAttention as FactorizedAttention,
+    MergedAttention as MergedAttention,
+)
+from ._init import (
+    init_balanced as init_balanced,
+    init_identity as init_identity,
+    init_normal as init_normal,
+)
+from ._objectives import ICLLoss as ICLLoss, monte_carlo_loss as monte_carlo_loss
+from ._observables import semi_singular_values as semi_singular_values
+from ._predictors import (
+    debiased_gd_prediction as debiased_gd_prediction,
+    debiased_gd_risk as debiased_gd_risk,
+    gd_prediction as gd_prediction,
+    gd_risk as gd_risk,
+    kernel_smoother_prediction as kernel_smoother_prediction,
+    least_squares_risk as least_squares_risk,
+    ridge_prediction as ridge_prediction,
+    ridge_risk_given_inputs as ridge_risk_given_inputs,
+)
+from ._prompt import Prompt as Prompt, context_tokens as context_tokens, query_token as query_token
+from ._tasks import (
+    AbstractTask as AbstractTask,
+    LinearRegression as LinearRegression,
+    MultiTaskRegression as MultiTaskRegression,
+    disjoint_blocks as disjoint_blocks,
+    overlapping_two_task as overlapping_two_task,
+    sample_prompts as sample_prompts,
+)
+from ._trainer import (
+    TrainState as TrainState,
+    Trajectory as Trajectory,
+    init_ensemble_state as init_ensemble_state,
+    init_train_state as init_train_state,
+    sgd as sgd,
+    train as train,
+    train_ensemble as train_ensemble,
+    train_ensemble_steps as train_ensemble_steps,
+    train_steps as train_steps,
+)
+
+__version__ = importlib.metadata.version("jaxicl")

@@ -1,0 +1,50 @@
+"""Objectives: anything that maps `(model, key=...)` to a scalar loss. One trainer drives them all."""
+
+from collections.abc import Callable
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+from jaxtyping import Array, Float, PRNGKeyArray
+
+from . import _validation as check
+from ._prompt import Prompt
+from ._tasks import AbstractTask, sample_prompts
+
+
+def squared_error(prediction: Float[Array, " n_out"], prompt: Prompt) -> Float[Array, ""]:
+    """Squared error on the query, averaged over the outputs (tasks)."""
+    return jnp.mean((prediction - prompt.query_y) ** 2)
+
+
+class ICLLoss(eqx.Module):
+    """The sampled in-context loss: mean squared query error over a fresh batch of prompts.
+
+    `loss(model, key=k)` draws `batch_size` prompts from `task` with `k`, predicts each with
+    `model` (a function of one prompt) and averages the squared error over prompts and outputs.
+    """
+
+    task: AbstractTask
+    batch_size: int = eqx.field(static=True)
+
+    def __init__(self, task: AbstractTask, batch_size: int):
+        self.task = task
+        self.batch_size = check.positive_int("batch_size", batch_size)
+
+    def __call__(self, model: Callable[[Prompt], Array], *, key: PRNGKeyArray) -> Float[Array, ""]:
+        prompts = sample_prompts(self.task, self.batch_size, key=key)
+        errors = jax.vmap(lambda p: squared_error(model(p), p))(prompts)
+        return jnp.mean(errors)
+
+
+def monte_carlo_loss(
+    predict: Callable[[Prompt], Array], task: AbstractTask, n_prompts: int, *, key: PRNGKeyArray
+) -> tuple[Float[Array, ""], Float[Array, ""]]:
+    """Population loss of a predictor by Monte Carlo: returns (estimate, standard error).
+
+    The loss is the squared query error averaged over outputs, as in `ICLLoss`.
+    """
+    check.positive_int("n_prompts", n_prompts)
+    prompts = sample_prompts(task, n_prompts, key=key)
+    errors = jax.vmap(lambda p: squared_error(predict(p), p))(prompts)
+    return errors.mean(), errors.std(ddof=1) / jnp.sqrt(n_prompts)

@@ -1,0 +1,34 @@
+"""One in-context regression prompt, and its token view for attention models."""
+
+import equinox as eqx
+import jax.numpy as jnp
+from jaxtyping import Array, Float
+
+
+class Prompt(eqx.Module):
+    """A single prompt: L labelled context examples and one query.
+
+    **Fields:**
+
+    - `x`: context inputs, shape `(n_ctx, d)`.
+    - `y`: context labels, shape `(n_ctx, n_out)` (one column per task).
+    - `query_x`: the query input, shape `(d,)`.
+    - `query_y`: the query target the model should predict, shape `(n_out,)`.
+
+    Batches of prompts are the same class with a leading axis, produced by `jax.vmap`.
+    """
+
+    x: Float[Array, "n_ctx d"]
+    y: Float[Array, "n_ctx n_out"]
+    query_x: Float[Array, " d"]
+    query_y: Float[Array, " n_out"]
+
+
+def context_tokens(prompt: Prompt) -> Float[Array, "n_ctx D"]:
+    """Context tokens z_l = (x_l, y_l), stacked as rows: the transpose of Z = [z_1 .. z_L]."""
+    return jnp.concatenate([prompt.x, prompt.y], axis=-1)
+
+
+def query_token(prompt: Prompt) -> Float[Array, " D"]:
+    """Query token z_q = (x_q, 0): the label slot is empty."""
+    return jnp.concatenate([prompt.query_x, jnp.zeros_like(prompt.query_y)])
