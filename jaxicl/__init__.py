@@ -48,4 +48,5 @@ from ._trainer import (
     train_steps as train_steps,
 )
 
+
 __version__ = importlib.metadata.version("jaxicl")

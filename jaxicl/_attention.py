@@ -14,7 +14,6 @@ parametrizations gives different dynamics, which is why both exist.
 
 import abc
 import math
-from typing import Literal
 
 import equinox as eqx
 import jax
@@ -24,7 +23,7 @@ from jaxtyping import Array, Float
 from . import _validation as check
 from ._prompt import Prompt, context_tokens, query_token
 
-AttentionKind = Literal["softmax", "linear"]
+
 ATTENTION_KINDS = ("softmax", "linear")
 
 
@@ -67,14 +66,16 @@ class MergedAttention(AbstractAttention):
 
     W: Float[Array, "H D D"]
     U: Float[Array, "H n_out D"]
-    kind: AttentionKind = eqx.field(static=True)
+    kind: str = eqx.field(static=True)  # "softmax" or "linear"
 
     def __check_init__(self):
         check.one_of("kind", self.kind, ATTENTION_KINDS)
         if self.W.ndim != 3 or self.W.shape[1] != self.W.shape[2]:
             raise ValueError(f"`W` must have shape (H, D, D), got {self.W.shape}.")
         if self.U.ndim != 3 or self.U.shape[::2] != self.W.shape[:2]:
-            raise ValueError(f"`U` must have shape (H, n_out, D={self.W.shape[1]}), got {self.U.shape}.")
+            raise ValueError(
+                f"`U` must have shape (H, n_out, D={self.W.shape[1]}), got {self.U.shape}."
+            )
 
     def __call__(self, prompt: Prompt) -> Float[Array, " n_out"]:
         tokens = context_tokens(prompt)
@@ -104,15 +105,19 @@ class FactorizedAttention(AbstractAttention):
     K: Float[Array, "H r D"]
     V: Float[Array, "H Dv D"]
     O: Float[Array, "H n_out Dv"]
-    kind: AttentionKind = eqx.field(static=True)
+    kind: str = eqx.field(static=True)  # "softmax" or "linear"
 
     def __check_init__(self):
         check.one_of("kind", self.kind, ATTENTION_KINDS)
         if self.Q.shape != self.K.shape or self.Q.ndim != 3:
-            raise ValueError(f"`Q` and `K` must share shape (H, r, D), got {self.Q.shape}, {self.K.shape}.")
+            raise ValueError(
+                f"`Q` and `K` must share shape (H, r, D), got {self.Q.shape}, {self.K.shape}."
+            )
         n_heads, _, width = self.Q.shape
         if self.V.ndim != 3 or self.V.shape[0] != n_heads or self.V.shape[2] != width:
-            raise ValueError(f"`V` must have shape (H={n_heads}, D_v, D={width}), got {self.V.shape}.")
+            raise ValueError(
+                f"`V` must have shape (H={n_heads}, D_v, D={width}), got {self.V.shape}."
+            )
         if self.O.ndim != 3 or self.O.shape[0] != n_heads or self.O.shape[2] != self.V.shape[1]:
             raise ValueError(
                 f"`O` must have shape (H={n_heads}, n_out, D_v={self.V.shape[1]}), got {self.O.shape}."

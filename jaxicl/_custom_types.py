@@ -4,6 +4,7 @@ import jax
 import jax.numpy as jnp
 from jaxtyping import Array, Bool, Float, Int, PRNGKeyArray
 
+
 Scalar = Float[Array, ""]
 IntScalar = Int[Array, ""]
 BoolScalar = Bool[Array, ""]

@@ -11,6 +11,7 @@ from . import _validation as check
 from ._attention import ATTENTION_KINDS, FactorizedAttention, MergedAttention
 from ._custom_types import default_float_dtype
 
+
 PARAMETRIZATIONS = ("factorized", "merged")
 
 
@@ -79,7 +80,9 @@ def init_balanced(
     width = _check_sizes(d, n_tasks, n_heads, "n_tasks")
     context_len = check.positive_int("context_len", context_len)
     if n_heads < n_tasks:
-        raise ValueError(f"`n_heads` must be >= n_tasks={n_tasks} for the balanced init, got {n_heads}.")
+        raise ValueError(
+            f"`n_heads` must be >= n_tasks={n_tasks} for the balanced init, got {n_heads}."
+        )
     s = context_len ** (-0.75) if scale is None else check.finite_positive("scale", scale)
     dtype = default_float_dtype(dtype)
     eye = jnp.broadcast_to(s * jnp.eye(width, dtype=dtype), (n_heads, width, width))
@@ -89,8 +92,9 @@ def init_balanced(
         q_signs = jr.normal(q_key, (n_heads, 1, 1), dtype)
         k_signs = jr.normal(k_key, (n_heads, 1, 1), dtype)
     favoured = jnp.arange(n_heads) % n_tasks
-    y_diag = s * (1.0 + (favoured[:, None] == jnp.arange(n_tasks)[None, :]))
-    y_block = y_diag[:, :, None] * jnp.eye(n_tasks, dtype=dtype)
+    is_favoured = favoured[:, None] == jnp.arange(n_tasks)[None, :]
+    y_diag = jnp.where(is_favoured, 2.0 * s, s).astype(dtype)
+    y_block = y_diag[:, :, None] * jnp.eye(n_tasks, dtype=dtype)[None]
     V = jnp.zeros((n_heads, width, width), dtype).at[:, d:, d:].set(y_block)
     O = jnp.zeros((n_heads, n_tasks, width), dtype).at[:, :, d:].set(jnp.swapaxes(y_block, 1, 2))
     return FactorizedAttention(Q=q_signs * eye, K=k_signs * eye, V=V, O=O, kind="softmax")
@@ -141,4 +145,3 @@ def _normal_leaves(shapes: dict, scale: float, dtype, key) -> dict:
     return {
         name: scale * jr.normal(k, shape, dtype) for (name, shape), k in zip(shapes.items(), keys)
     }
-

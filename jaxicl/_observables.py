@@ -25,7 +25,9 @@ def semi_singular_values(
     merged = model.merged()
     n_out = merged.U.shape[1]
     if n_out != len(blocks):
-        raise ValueError(f"`blocks` must have one block per model output ({n_out}), got {len(blocks)}.")
+        raise ValueError(
+            f"`blocks` must have one block per model output ({n_out}), got {len(blocks)}."
+        )
     d = merged.W.shape[-1] - n_out
     diagonal = jnp.diagonal(merged.W[:, :d, :d], axis1=1, axis2=2)
     omega = jnp.stack([diagonal[:, start:stop].mean(axis=1) for start, stop in blocks], axis=1)

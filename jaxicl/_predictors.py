@@ -29,12 +29,14 @@ def gd_prediction(prompt: Prompt, *, step: float) -> Float[Array, " n_out"]:
 
 def debiased_gd_prediction(prompt: Prompt, *, step: float) -> Float[Array, " n_out"]:
     """The debiased GD step: ŷ = (η/L) Σ_l y_l (x_l − x̄)ᵀ x_q (He et al. 2025)."""
-    centred = prompt.x - prompt.x.mean(axis=0)
+    centred = prompt.x - prompt.x.mean(axis=0, keepdims=True)
     context_len = prompt.x.shape[0]
     return step * (prompt.query_x @ (centred.T @ prompt.y)) / context_len
 
 
-def kernel_smoother_prediction(prompt: Prompt, *, omega: float, mu: float) -> Float[Array, " n_out"]:
+def kernel_smoother_prediction(
+    prompt: Prompt, *, omega: float, mu: float
+) -> Float[Array, " n_out"]:
     """Single-head softmax smoother: ŷ = μ Σ_l softmax_l(ω x_lᵀ x_q) y_l."""
     weights = jax.nn.softmax(omega * (prompt.x @ prompt.query_x))
     return mu * (weights @ prompt.y)
@@ -58,13 +60,21 @@ def debiased_gd_risk(
     """
     L, eta, s2 = context_len, step, context_noise**2
     m = L - 1
-    return query_noise**2 + 1 - 2 * eta * m / L + eta**2 * m * (L + d) / L**2 + eta**2 * s2 * d * m / L**2
+    return (
+        query_noise**2
+        + 1
+        - 2 * eta * m / L
+        + eta**2 * m * (L + d) / L**2
+        + eta**2 * s2 * d * m / L**2
+    )
 
 
 def least_squares_risk(*, d: int, context_len: int, context_noise: float, query_noise: float):
     """Exact risk of least squares (λ = 0) for L > d + 1: σ_q² + σ² d / (L − d − 1)."""
     if context_len <= d + 1:
-        raise ValueError(f"`context_len` must exceed d + 1 = {d + 1} for a finite risk, got {context_len}.")
+        raise ValueError(
+            f"`context_len` must exceed d + 1 = {d + 1} for a finite risk, got {context_len}."
+        )
     return query_noise**2 + context_noise**2 * d / (context_len - d - 1)
 
 
@@ -80,5 +90,7 @@ def ridge_risk_given_inputs(
     gram = x.T @ x
     solved = jnp.linalg.solve(gram + ridge * jnp.eye(d, dtype=x.dtype), gram)
     bias = jnp.sum((solved - jnp.eye(d, dtype=x.dtype)) ** 2) / d
-    variance = context_noise**2 * jnp.trace(jnp.linalg.solve(gram + ridge * jnp.eye(d, dtype=x.dtype), solved.T))
+    variance = context_noise**2 * jnp.trace(
+        jnp.linalg.solve(gram + ridge * jnp.eye(d, dtype=x.dtype), solved.T)
+    )
     return query_noise**2 + bias + variance

@@ -7,6 +7,7 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 import jax.random as jr
+import numpy as np
 from jaxtyping import PRNGKeyArray
 
 from . import _validation as check
@@ -31,13 +32,16 @@ def sample_prompts(task: AbstractTask, batch_size: int, *, key: PRNGKeyArray) ->
     return jax.vmap(lambda k: task.sample(key=k))(jr.split(key, batch_size))
 
 
-def ar1_cholesky(d: int, rho: float, dtype) -> jax.Array:
-    """Lower Cholesky factor of the covariance Σ_ij = ρ^|i-j| (closed form for an AR(1) chain)."""
-    i = jnp.arange(d)[:, None]
-    j = jnp.arange(d)[None, :]
-    powers = jnp.where(i >= j, jnp.asarray(rho, dtype) ** jnp.maximum(i - j, 0), 0.0)
-    column_scale = jnp.where(j == 0, 1.0, math.sqrt(1.0 - rho**2))
-    return (powers * column_scale).astype(dtype)
+def ar1_cholesky(d: int, rho: float) -> np.ndarray:
+    """Lower Cholesky factor of the covariance Σ_ij = ρ^|i-j| (closed form for an AR(1) chain).
+
+    Column 0 is ρ^i; column j >= 1 is ρ^(i-j) √(1-ρ²) below the diagonal. Built with NumPy
+    because it depends only on static configuration.
+    """
+    lag = np.subtract.outer(np.arange(d), np.arange(d))
+    factor = np.where(lag >= 0, float(rho) ** np.maximum(lag, 0), 0.0)
+    factor[:, 1:] *= math.sqrt(1.0 - rho**2)
+    return factor
 
 
 class LinearRegression(AbstractTask):
@@ -76,7 +80,7 @@ class LinearRegression(AbstractTask):
         shape = (self.context_len + 1, self.d)
         x = jr.normal(x_key, shape, self.dtype)
         if self.rho != 0.0:
-            x = x @ ar1_cholesky(self.d, self.rho, self.dtype).T
+            x = x @ jnp.asarray(ar1_cholesky(self.d, self.rho).T, self.dtype)
         beta = jr.normal(beta_key, (self.d,), self.dtype) / math.sqrt(self.d)
         noise_scale = jnp.full((self.context_len + 1,), self.context_noise, self.dtype)
         noise_scale = noise_scale.at[-1].set(self.query_noise)
@@ -120,9 +124,7 @@ class MultiTaskRegression(AbstractTask):
     query_noise: float
     dtype: jnp.dtype = eqx.field(static=True)
 
-    def __init__(
-        self, d, context_len, blocks, *, context_noise=0.0, query_noise=0.0, dtype=None
-    ):
+    def __init__(self, d, context_len, blocks, *, context_noise=0.0, query_noise=0.0, dtype=None):
         self.d = check.positive_int("d", d)
         self.context_len = check.positive_int("context_len", context_len)
         self.blocks = check.blocks_cover("blocks", blocks, self.d)
@@ -159,7 +161,7 @@ class MultiTaskRegression(AbstractTask):
         query_noise = jr.normal(query_key, (self.n_out,), self.dtype)
         return Prompt(
             x=x[:-1],
-            y=clean[:-1] + context_scale * context_noise,
+            y=clean[:-1] + context_scale[None, :] * context_noise,
             query_x=x[-1],
             query_y=clean[-1] + self.query_noise * query_noise,
         )

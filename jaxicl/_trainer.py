@@ -18,6 +18,7 @@ from jaxtyping import Array, Bool, Float, Int, PRNGKeyArray, PyTree
 
 from . import _validation as check
 
+
 Objective = Callable[..., Float[Array, ""]]
 
 
@@ -60,7 +61,9 @@ class Trajectory(eqx.Module):
     observables: PyTree
 
 
-def init_train_state(model: PyTree, optimizer: optax.GradientTransformation, *, member=0) -> TrainState:
+def init_train_state(
+    model: PyTree, optimizer: optax.GradientTransformation, *, member=0
+) -> TrainState:
     """A fresh `TrainState` at step 0. `member` is the index used for per-member data streams.
 
     For an ensemble use `init_ensemble_state`, which numbers the members.
@@ -84,6 +87,7 @@ def init_ensemble_state(
     """Stacked `TrainState`s for stacked models; member i gets index `first_member + i`."""
     n_members = _ensemble_size(models)
     members = first_member + jnp.arange(n_members, dtype=jnp.int32)
+
     def init_member(model, member):
         return init_train_state(model, optimizer, member=member)
 
@@ -102,7 +106,7 @@ def _ensemble_size(models) -> int:
     return leaves[0].shape[0]
 
 
-def _learning_rate(opt_state, default) -> Array:
+def _learning_rate(opt_state, default):
     """The learning rate an `optax.inject_hyperparams` optimizer used last, else `default`."""
     return optax.tree_utils.tree_get(
         opt_state, "learning_rate", default, filtering=lambda _, value: eqx.is_array(value)
@@ -126,7 +130,10 @@ def _step(state: TrainState, objective, optimizer, step_key) -> tuple[TrainState
         return objective(eqx.combine(p, static), key=step_key)
 
     loss, grads = jax.value_and_grad(loss_of)(params)
-    updates, opt_state = optimizer.update(grads, state.opt_state, params)
+    # Optax mixes Python floats with int counters; keep its arithmetic under standard promotion
+    # even when a caller (e.g. the test suite) runs jaxicl under strict promotion.
+    with jax.numpy_dtype_promotion("standard"):
+        updates, opt_state = optimizer.update(grads, state.opt_state, params)
     new_params = eqx.apply_updates(params, updates)
     healthy = jnp.isfinite(loss) & _all_finite(new_params) & ~state.diverged
     lr = jnp.asarray(_learning_rate(opt_state, jnp.nan), state.time.dtype)
@@ -158,7 +165,9 @@ def _run(state, objective, optimizer, key, start_step, steps, record_every, obse
     n_blocks = steps // record_every
     block_steps = start_step + jnp.arange(steps, dtype=jnp.int32).reshape(n_blocks, record_every)
     state, (step, time, diverged, loss, observed) = lax.scan(one_block, state, block_steps)
-    return state, Trajectory(step=step, time=time, loss=loss, diverged=diverged, observables=observed)
+    return state, Trajectory(
+        step=step, time=time, loss=loss, diverged=diverged, observables=observed
+    )
 
 
 def _no_observables(model) -> tuple:
@@ -169,7 +178,9 @@ def _check_schedule(steps, record_every) -> None:
     check.positive_int("steps", steps)
     check.positive_int("record_every", record_every)
     if steps % record_every:
-        raise ValueError(f"`steps` ({steps}) must be a multiple of `record_every` ({record_every}).")
+        raise ValueError(
+            f"`steps` ({steps}) must be a multiple of `record_every` ({record_every})."
+        )
 
 
 @eqx.filter_jit
@@ -266,7 +277,9 @@ def train_ensemble_steps(
     if not isinstance(shared_data, bool):
         raise ValueError(f"`shared_data` must be True or False, got {shared_data!r}.")
     if not bool(jnp.all(states.step == states.step[0])):
-        raise ValueError("`states` must all be at the same step; continue mixed ensembles separately.")
+        raise ValueError(
+            "`states` must all be at the same step; continue mixed ensembles separately."
+        )
     return _train_ensemble_steps_jit(
         states, objective, optimizer, key, steps, record_every, observe, shared_data
     )

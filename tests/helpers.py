@@ -1,0 +1,64 @@
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import jax.random as jr
+
+import jaxicl as ji
+
+
+def tree_allclose(x, y, *, rtol=1e-5, atol=1e-8):
+    """Same tree structure, same dtypes, arrays allclose (NaN equals NaN), other leaves equal."""
+    x_leaves, x_def = jax.tree_util.tree_flatten(x)
+    y_leaves, y_def = jax.tree_util.tree_flatten(y)
+    if x_def != y_def:
+        return False
+    for a, b in zip(x_leaves, y_leaves):
+        if eqx.is_array(a) != eqx.is_array(b):
+            return False
+        if not eqx.is_array(a):
+            if a != b:
+                return False
+        elif a.shape != b.shape or a.dtype != b.dtype:
+            return False
+        elif not bool(jnp.allclose(a, b, rtol=rtol, atol=atol, equal_nan=True)):
+            return False
+    return True
+
+
+def assert_within_error_bar(estimate, stderr, expected, *, n_sigma=4.0):
+    """Monte Carlo check: |estimate - expected| <= n_sigma standard errors."""
+    gap = abs(float(estimate) - float(expected))
+    assert gap <= n_sigma * float(stderr), (
+        f"{estimate} vs {expected}: gap {gap} > {n_sigma}×{stderr}"
+    )
+
+
+def make_prompt(d, n_out, context_len, *, key):
+    x_key, y_key, qx_key, qy_key = jr.split(key, 4)
+    return ji.Prompt(
+        x=jr.normal(x_key, (context_len, d)),
+        y=jr.normal(y_key, (context_len, n_out)),
+        query_x=jr.normal(qx_key, (d,)),
+        query_y=jr.normal(qy_key, (n_out,)),
+    )
+
+
+def all_model_cases(d=3, n_out=2, n_heads=2):
+    """(name, maker) pairs covering both kinds and both parametrizations."""
+    cases = []
+    for kind in ("softmax", "linear"):
+        for parametrization in ("factorized", "merged"):
+
+            def make(key, kind=kind, parametrization=parametrization):
+                return ji.init_normal(
+                    d=d,
+                    n_out=n_out,
+                    n_heads=n_heads,
+                    scale=0.5,
+                    kind=kind,
+                    parametrization=parametrization,
+                    key=key,
+                )
+
+            cases.append((f"{kind}-{parametrization}", make))
+    return cases

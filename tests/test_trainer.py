@@ -1,0 +1,214 @@
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import jax.random as jr
+import optax
+import pytest
+from helpers import tree_allclose
+
+import jaxicl as ji
+
+
+TASK = ji.LinearRegression(5, 10, context_noise=0.3, query_noise=0.3)
+LOSS = ji.ICLLoss(TASK, 16)
+ADAM = optax.adam(1e-2)
+
+
+def make(key):
+    return ji.init_normal(d=5, n_out=1, n_heads=2, scale=0.3, key=key)
+
+
+def member(tree, i):
+    return jax.tree_util.tree_map(lambda x: x[i] if eqx.is_array(x) else x, tree)
+
+
+def observe(model):
+    return ji.semi_singular_values(model, ((0, 5),))
+
+
+def test_member_of_1024_equals_member_alone(getkey):
+    """Float64; tolerance 1e-9 relative: only reduction order may differ between vmap and alone."""
+    models = eqx.filter_vmap(make)(jr.split(getkey(), 1024))
+    data_key = getkey()
+    kwargs = dict(steps=20, record_every=5, observe=observe, key=data_key)
+    states, trajectories = ji.train_ensemble_steps(
+        ji.init_ensemble_state(models, ADAM), LOSS, ADAM, **kwargs
+    )
+    for i in (0, 517, 1023):
+        alone, trajectory = ji.train_steps(
+            ji.init_train_state(member(models, i), ADAM, member=i), LOSS, ADAM, **kwargs
+        )
+        assert tree_allclose(member(states, i), alone, rtol=1e-9, atol=1e-12)
+        assert tree_allclose(member(trajectories, i), trajectory, rtol=1e-9, atol=1e-12)
+
+
+def test_per_member_data_equals_alone_with_folded_key(getkey):
+    models = eqx.filter_vmap(make)(jr.split(getkey(), 8))
+    data_key = getkey()
+    _, trajectories = ji.train_ensemble(
+        models, LOSS, ADAM, steps=10, record_every=2, shared_data=False, key=data_key
+    )
+    for i in (0, 5):
+        _, alone = ji.train(
+            member(models, i), LOSS, ADAM, steps=10, record_every=2, key=jr.fold_in(data_key, i)
+        )
+        assert tree_allclose(member(trajectories, i), alone, rtol=1e-9, atol=1e-12)
+    # Members see different data: same model would otherwise give identical losses.
+    same = eqx.filter_vmap(lambda _: make(jr.key(0)))(jnp.arange(2))
+    _, t = ji.train_ensemble(
+        same, LOSS, ADAM, steps=2, record_every=1, shared_data=False, key=data_key
+    )
+    assert t.loss[0, 0] != t.loss[1, 0]
+
+
+def test_step_chunks_equal_one_scan(getkey):
+    model, key = make(getkey()), getkey()
+    state = ji.init_train_state(model, ADAM)
+    whole, whole_traj = ji.train_steps(
+        state, LOSS, ADAM, steps=100, record_every=10, observe=observe, key=key
+    )
+    part, first = ji.train_steps(
+        state, LOSS, ADAM, steps=40, record_every=10, observe=observe, key=key
+    )
+    part, second = ji.train_steps(
+        part, LOSS, ADAM, steps=60, record_every=10, observe=observe, key=key
+    )
+    joined = jax.tree_util.tree_map(lambda a, b: jnp.concatenate([a, b]), first, second)
+    assert tree_allclose(part, whole, rtol=1e-12) and tree_allclose(joined, whole_traj, rtol=1e-12)
+
+
+def test_member_chunks_equal_one_ensemble(getkey):
+    models = eqx.filter_vmap(make)(jr.split(getkey(), 16))
+    key = getkey()
+    kwargs = dict(steps=10, record_every=5, shared_data=False, key=key)
+    whole, _ = ji.train_ensemble_steps(ji.init_ensemble_state(models, ADAM), LOSS, ADAM, **kwargs)
+    halves = [
+        ji.train_ensemble_steps(
+            ji.init_ensemble_state(
+                jax.tree_util.tree_map(lambda x: x[s] if eqx.is_array(x) else x, models),
+                ADAM,
+                first_member=s.start,
+            ),
+            LOSS,
+            ADAM,
+            **kwargs,
+        )[0]
+        for s in (slice(0, 8), slice(8, 16))
+    ]
+    joined = jax.tree_util.tree_map(
+        lambda a, b: jnp.concatenate([a, b]) if eqx.is_array(a) else a, *halves
+    )
+    assert tree_allclose(joined, whole, rtol=1e-9, atol=1e-12)
+
+
+def test_repeated_calls_do_not_retrace(getkey):
+    traces = []
+
+    def counting_loss(model, *, key):
+        traces.append(None)
+        return LOSS(model, key=key)
+
+    models = eqx.filter_vmap(make)(jr.split(getkey(), 4))
+    states = ji.init_ensemble_state(models, ADAM)
+    for _ in range(3):
+        states, _ = ji.train_ensemble_steps(
+            states, counting_loss, ADAM, steps=4, record_every=2, key=getkey()
+        )
+    first = len(traces)
+    assert first > 0
+    for _ in range(3):
+        states, _ = ji.train_ensemble_steps(
+            states, counting_loss, ADAM, steps=4, record_every=2, key=getkey()
+        )
+    assert len(traces) == first
+
+
+def test_jit_equals_no_jit(getkey):
+    model, key = make(getkey()), getkey()
+    state = ji.init_train_state(model, ADAM)
+    jitted = ji.train_steps(state, LOSS, ADAM, steps=4, record_every=2, key=key)
+    with jax.disable_jit():
+        eager = ji.train_steps(state, LOSS, ADAM, steps=4, record_every=2, key=key)
+    assert tree_allclose(jitted, eager, rtol=1e-10, atol=1e-12)
+
+
+def test_diverging_member_is_frozen_and_flagged(getkey):
+    models = eqx.filter_vmap(make)(jr.split(getkey(), 4))
+    blown = eqx.tree_at(lambda m: m.V, models, models.V.at[2].multiply(1e3))
+    optimizer = ji.sgd(0.05)
+    key = getkey()
+    run = dict(steps=20, record_every=1, key=key)
+    states, traj = ji.train_ensemble_steps(
+        ji.init_ensemble_state(blown, optimizer), LOSS, optimizer, **run
+    )
+    assert states.diverged.tolist() == [False, False, True, False]
+    # The flag at record t says the update of some step < t was refused; the model is frozen at
+    # the last healthy step, which the same member alone reproduces.
+    last_healthy = int(jnp.argmax(traj.diverged[2])) - 1
+    frozen = member(blown, 2)
+    if last_healthy > 0:
+        frozen, _ = ji.train(frozen, LOSS, optimizer, steps=last_healthy, record_every=1, key=key)
+    assert tree_allclose(member(states, 2).model, frozen, rtol=1e-12)
+    assert jnp.all(jnp.isfinite(member(states, 2).model.Q)) and int(states.step[2]) == 20
+    # The healthy members are unaffected by their neighbour.
+    healthy = jax.tree_util.tree_map(
+        lambda x: x[jnp.array([0, 1, 3])] if eqx.is_array(x) else x, models
+    )
+    ref, _ = ji.train_ensemble_steps(
+        ji.init_ensemble_state(healthy, optimizer), LOSS, optimizer, **run
+    )
+    assert tree_allclose(member(ref, 2).model, member(states, 3).model, rtol=1e-12)
+
+
+def test_gradient_flow_time_is_sum_of_learning_rates(getkey):
+    schedule = optax.linear_schedule(0.1, 0.01, 30)
+    optimizer = ji.sgd(schedule)
+    state, traj = ji.train_steps(
+        ji.init_train_state(make(getkey()), optimizer),
+        LOSS,
+        optimizer,
+        steps=30,
+        record_every=10,
+        key=getkey(),
+    )
+    expected = [sum(float(schedule(t)) for t in range(n)) for n in (0, 10, 20, 30)]
+    assert jnp.allclose(traj.time, jnp.array(expected[:3])) and jnp.allclose(
+        state.time, expected[3]
+    )
+    state, _ = ji.train_steps(
+        ji.init_train_state(make(getkey()), ADAM), LOSS, ADAM, steps=2, record_every=1, key=getkey()
+    )
+    assert jnp.isnan(state.time)
+
+
+def test_float32_on_request_and_observables_recorded(getkey):
+    model = ji.init_normal(d=5, n_out=1, n_heads=2, scale=0.3, dtype=jnp.float32, key=getkey())
+    loss = ji.ICLLoss(ji.LinearRegression(5, 10, dtype=jnp.float32), 8)
+    trained, traj = ji.train(
+        model, loss, ADAM, steps=6, record_every=2, observe=observe, key=getkey()
+    )
+    assert trained.Q.dtype == jnp.float32 and traj.loss.dtype == jnp.float32
+    assert traj.observables[0].shape == (3, 2, 1) and traj.step.tolist() == [0, 2, 4]
+
+
+def test_adam_ensemble_learns(getkey):
+    """Sanity of the whole loop: the loss falls well below the zero-predictor's 1 + σ_q²."""
+    models = eqx.filter_vmap(make)(jr.split(getkey(), 8))
+    _, traj = ji.train_ensemble(
+        models, ji.ICLLoss(TASK, 64), ADAM, steps=600, record_every=100, key=getkey()
+    )
+    assert float(traj.loss[:, -1].mean()) < 0.7 * float(traj.loss[:, 0].mean())
+
+
+@pytest.mark.parametrize(
+    "kwargs, field",
+    [
+        (dict(steps=0, record_every=1), "`steps`"),
+        (dict(steps=10, record_every=3), "`steps`"),
+        (dict(steps=10, record_every=-1), "`record_every`"),
+    ],
+)
+def test_bad_schedule(kwargs, field, getkey):
+    state = ji.init_train_state(make(getkey()), ADAM)
+    with pytest.raises(ValueError, match=field):
+        ji.train_steps(state, LOSS, ADAM, key=getkey(), **kwargs)
