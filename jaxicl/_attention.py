@@ -120,7 +120,8 @@ class FactorizedAttention(AbstractAttention):
             )
         if self.O.ndim != 3 or self.O.shape[0] != n_heads or self.O.shape[2] != self.V.shape[1]:
             raise ValueError(
-                f"`O` must have shape (H={n_heads}, n_out, D_v={self.V.shape[1]}), got {self.O.shape}."
+                f"`O` must have shape (H={n_heads}, n_out, D_v={self.V.shape[1]}), "
+                f"got {self.O.shape}."
             )
 
     def __call__(self, prompt: Prompt) -> Float[Array, " n_out"]:

@@ -1,4 +1,4 @@
-"""Objectives: anything that maps `(model, key=...)` to a scalar loss. One trainer drives them all."""
+"""Objectives: anything mapping `(model, key=...)` to a scalar loss. One trainer drives them all."""
 
 from collections.abc import Callable
 

@@ -238,7 +238,10 @@ def train(
     observe: Callable[[PyTree], PyTree] = _no_observables,
     key: PRNGKeyArray,
 ) -> tuple[PyTree, Trajectory]:
-    """Train one model from scratch: `train_steps` from a fresh state. Returns `(model, trajectory)`."""
+    """Train one model from scratch (`train_steps` from a fresh state).
+
+    **Returns:** `(model, trajectory)`.
+    """
     state, trajectory = train_steps(
         init_train_state(model, optimizer),
         objective,

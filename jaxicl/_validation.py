@@ -59,7 +59,8 @@ def blocks_cover(name: str, blocks, d: int) -> tuple[tuple[int, int], ...]:
     missing = sorted(set(range(d)) - covered)
     if missing:
         raise ValueError(
-            f"`{name}` must cover every coordinate 0..{d - 1}; coordinates {missing} are in no block."
+            f"`{name}` must cover every coordinate 0..{d - 1}; "
+            f"coordinates {missing} are in no block."
         )
     return blocks
 
