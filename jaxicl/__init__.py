@@ -15,7 +15,11 @@ from ._init import (
     init_identity as init_identity,
     init_normal as init_normal,
 )
-from ._objectives import ICLLoss as ICLLoss, monte_carlo_loss as monte_carlo_loss
+from ._objectives import (
+    AbstractObjective as AbstractObjective,
+    ICLLoss as ICLLoss,
+    monte_carlo_loss as monte_carlo_loss,
+)
 from ._observables import semi_singular_values as semi_singular_values
 from ._predictors import (
     debiased_gd_prediction as debiased_gd_prediction,
@@ -36,11 +40,13 @@ from ._tasks import (
     overlapping_two_task as overlapping_two_task,
     sample_prompts as sample_prompts,
 )
-from ._trainer import (
+from ._train_state import (
     TrainState as TrainState,
     Trajectory as Trajectory,
     init_ensemble_state as init_ensemble_state,
     init_train_state as init_train_state,
+)
+from ._trainer import (
     sgd as sgd,
     train as train,
     train_ensemble as train_ensemble,

@@ -1,11 +1,12 @@
 """Objectives: anything mapping `(model, key=...)` to a scalar loss. One trainer drives them all."""
 
+import abc
 from collections.abc import Callable
 
 import equinox as eqx
 import jax
 import jax.numpy as jnp
-from jaxtyping import Array, Float, PRNGKeyArray
+from jaxtyping import Array, Float, PRNGKeyArray, PyTree
 
 from . import _validation as check
 from ._prompt import Prompt
@@ -17,7 +18,27 @@ def squared_error(prediction: Float[Array, " n_out"], prompt: Prompt) -> Float[A
     return jnp.mean((prediction - prompt.query_y) ** 2)
 
 
-class ICLLoss(eqx.Module):
+class AbstractObjective(eqx.Module):
+    """A loss whose randomness is a separate draw: `loss(model, key=k) = evaluate(model, draw(k))`.
+
+    Splitting the draw from the evaluation lets an ensemble draw shared data once per step and
+    evaluate it for many members. Any plain callable `(model, *, key) -> scalar` also works as
+    an objective; it is simply evaluated member by member.
+    """
+
+    @abc.abstractmethod
+    def draw(self, key: PRNGKeyArray) -> PyTree:
+        """The random data of one evaluation (e.g. a batch of prompts)."""
+
+    @abc.abstractmethod
+    def evaluate(self, model: PyTree, data: PyTree) -> Float[Array, ""]:
+        """The loss of `model` on `data`."""
+
+    def __call__(self, model: PyTree, *, key: PRNGKeyArray) -> Float[Array, ""]:
+        return self.evaluate(model, self.draw(key))
+
+
+class ICLLoss(AbstractObjective):
     """The sampled in-context loss: mean squared query error over a fresh batch of prompts.
 
     `loss(model, key=k)` draws `batch_size` prompts from `task` with `k`, predicts each with
@@ -31,10 +52,11 @@ class ICLLoss(eqx.Module):
         self.task = task
         self.batch_size = check.positive_int("batch_size", batch_size)
 
-    def __call__(self, model: Callable[[Prompt], Array], *, key: PRNGKeyArray) -> Float[Array, ""]:
-        prompts = sample_prompts(self.task, self.batch_size, key=key)
-        errors = jax.vmap(lambda p: squared_error(model(p), p))(prompts)
-        return jnp.mean(errors)
+    def draw(self, key: PRNGKeyArray) -> Prompt:
+        return sample_prompts(self.task, self.batch_size, key=key)
+
+    def evaluate(self, model: Callable[[Prompt], Array], data: Prompt) -> Float[Array, ""]:
+        return jnp.mean(jax.vmap(lambda p: squared_error(model(p), p))(data))
 
 
 def monte_carlo_loss(

@@ -212,3 +212,18 @@ def test_bad_schedule(kwargs, field, getkey):
     state = ji.init_train_state(make(getkey()), ADAM)
     with pytest.raises(ValueError, match=field):
         ji.train_steps(state, LOSS, ADAM, key=getkey(), **kwargs)
+
+
+@pytest.mark.parametrize("shared_data", [True, False])
+def test_member_chunk_does_not_change_results(shared_data, getkey):
+    models = eqx.filter_vmap(make)(jr.split(getkey(), 8))
+    kwargs = dict(steps=6, record_every=3, observe=observe, shared_data=shared_data, key=getkey())
+    whole = ji.train_ensemble(models, LOSS, ADAM, member_chunk=None, **kwargs)
+    chunked = ji.train_ensemble(models, LOSS, ADAM, member_chunk=3, **kwargs)  # 3 ∤ 8
+    assert tree_allclose(whole, chunked, rtol=1e-10, atol=1e-12)
+
+
+def test_bad_member_chunk(getkey):
+    models = eqx.filter_vmap(make)(jr.split(getkey(), 4))
+    with pytest.raises(ValueError, match="`member_chunk`"):
+        ji.train_ensemble(models, LOSS, ADAM, steps=2, record_every=1, member_chunk=0, key=getkey())
