@@ -35,6 +35,8 @@ class Trajectory(eqx.Module):
 
     - `step`, `time`: step index and gradient-flow time Σ lr at the record.
     - `loss`: the training loss at that step (on that step's batch).
+    - `loss_mean`: the mean training loss over the `record_every` steps that follow the record;
+      far less noisy when every member shares each step's batch.
     - `diverged`: whether the member was frozen by then.
     - `observables`: whatever `observe(model)` returned, stacked over records.
     """
@@ -42,6 +44,7 @@ class Trajectory(eqx.Module):
     step: Int[Array, "*members n_records"]
     time: Float[Array, "*members n_records"]
     loss: Float[Array, "*members n_records"]
+    loss_mean: Float[Array, "*members n_records"]
     diverged: Bool[Array, "*members n_records"]
     observables: PyTree
 

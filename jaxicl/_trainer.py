@@ -105,16 +105,24 @@ def _run(states, objective, optimizer, key, start_step, config):
         observed = _map_members(lambda s: observe(s.model), states, member_chunk)
         header = (states.step, states.time, states.diverged)
         states, losses = lax.scan(one_step, states, block_steps)
-        return states, (*header, losses[0], observed)
+        return states, (*header, losses[0], losses.mean(axis=0), observed)
 
     n_blocks = steps // record_every
     block_steps = start_step + jnp.arange(steps, dtype=jnp.int32).reshape(n_blocks, record_every)
     states, records = lax.scan(one_block, states, block_steps)
     # Scan stacks records as (n_records, members, ...); members lead in the public layout.
-    step, time, diverged, loss, observed = jtu.tree_map(lambda x: jnp.swapaxes(x, 0, 1), records)
-    return states, Trajectory(
-        step=step, time=time, loss=loss, diverged=diverged, observables=observed
+    step, time, diverged, loss, loss_mean, observed = jtu.tree_map(
+        lambda x: jnp.swapaxes(x, 0, 1), records
     )
+    trajectory = Trajectory(
+        step=step,
+        time=time,
+        loss=loss,
+        loss_mean=loss_mean,
+        diverged=diverged,
+        observables=observed,
+    )
+    return states, trajectory
 
 
 _run_jit = eqx.filter_jit(_run)

@@ -1,3 +1,5 @@
+import os
+
 import jax
 import pytest
 from equinox.internal import GetKey
@@ -10,4 +12,5 @@ jax.config.update("jax_numpy_dtype_promotion", "strict")
 
 @pytest.fixture
 def getkey():
-    return GetKey()
+    # Deterministic by default so CI is reproducible; set JAXICL_TEST_SEED to explore others.
+    return GetKey(seed=int(os.environ.get("JAXICL_TEST_SEED", "0")))

@@ -191,13 +191,23 @@ def test_float32_on_request_and_observables_recorded(getkey):
     assert traj.observables[0].shape == (3, 2, 1) and traj.step.tolist() == [0, 2, 4]
 
 
+def test_loss_mean_is_block_average_of_per_step_losses(getkey):
+    model, key = make(getkey()), getkey()
+    _, coarse = ji.train(model, LOSS, ADAM, steps=12, record_every=4, key=key)
+    _, fine = ji.train(model, LOSS, ADAM, steps=12, record_every=1, key=key)
+    assert jnp.allclose(coarse.loss_mean, fine.loss.reshape(3, 4).mean(axis=1), rtol=1e-10)
+    assert jnp.allclose(coarse.loss, fine.loss[::4], rtol=1e-10)
+
+
 def test_adam_ensemble_learns(getkey):
-    """Sanity of the whole loop: the loss falls well below the zero-predictor's 1 + σ_q²."""
+    """Sanity of the whole loop: the block-mean loss ends well below the zero predictor's risk
+    1 + σ_q², approaching the best one-step GD risk (0.48 here)."""
     models = eqx.filter_vmap(make)(jr.split(getkey(), 8))
     _, traj = ji.train_ensemble(
         models, ji.ICLLoss(TASK, 64), ADAM, steps=600, record_every=100, key=getkey()
     )
-    assert float(traj.loss[:, -1].mean()) < 0.7 * float(traj.loss[:, 0].mean())
+    zero_predictor = 1 + 0.3**2
+    assert float(jnp.median(traj.loss_mean[:, -1])) < 0.75 * zero_predictor
 
 
 @pytest.mark.parametrize(
