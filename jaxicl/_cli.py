@@ -1,2 +1,65 @@
-def main(argv=None):
-    raise SystemExit("not yet")
+"""The `jaxicl` command line: `jaxicl run EXPERIMENT [--field value ...]`."""
+
+import argparse
+import dataclasses
+import sys
+
+from ._experiments._ensemble_training import (
+    EnsembleTrainingConfig,
+    format_summary,
+    run_ensemble_training,
+)
+
+
+EXPERIMENTS = {
+    "ensemble-training": (EnsembleTrainingConfig, run_ensemble_training, format_summary),
+}
+
+
+def _parse_field(field_type, text: str):
+    if field_type == tuple[int, ...]:
+        return tuple(int(part) for part in text.split(","))
+    return field_type(text)
+
+
+def _build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="jaxicl", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+    run = commands.add_parser("run", help="run (or resume) an experiment")
+    experiments = run.add_subparsers(dest="experiment", required=True)
+    for name, (config_cls, _, _) in EXPERIMENTS.items():
+        sub = experiments.add_parser(name, help=(config_cls.__doc__ or "").splitlines()[0])
+        sub.add_argument("--out", default=f"results/{name}", help="results directory")
+        sub.add_argument("--quiet", action="store_true", help="no progress bar")
+        for field in dataclasses.fields(config_cls):
+            flag = "--" + field.name.replace("_", "-")
+            sub.add_argument(
+                flag, dest=field.name, type=str, default=None, help=f"default: {field.default!r}"
+            )
+    return parser
+
+
+def main(argv=None) -> int:
+    args = _build_parser().parse_args(argv)
+    config_cls, run, describe = EXPERIMENTS[args.experiment]
+    overrides = {}
+    try:
+        for field in dataclasses.fields(config_cls):
+            text = getattr(args, field.name)
+            if text is not None:
+                try:
+                    overrides[field.name] = _parse_field(field.type, text)
+                except ValueError:
+                    raise ValueError(f"`{field.name}` could not be read from {text!r}.") from None
+        config = config_cls(**overrides)
+        summary = run(config, args.out, progress=False if args.quiet else None)
+    except ValueError as error:
+        print(f"jaxicl: error: {error}", file=sys.stderr)
+        return 2
+    print(describe(summary))
+    print(f"results and figure written to {args.out}/")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

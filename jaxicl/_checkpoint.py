@@ -1,0 +1,70 @@
+"""Resumable runs on disk: a configuration guard, atomic writes, and per-chunk checkpoints.
+
+A run directory holds `config.json`. Reopening it with a different configuration is refused
+(never overwritten); with the same configuration the run continues from its last complete
+chunk. Because every random stream is step-indexed, a resumed run equals an uninterrupted one.
+"""
+
+import json
+import os
+import pathlib
+import tempfile
+
+import equinox as eqx
+import numpy as np
+
+
+def _atomic_write(path: pathlib.Path, write) -> None:
+    """Write through a temporary file and rename, so a kill never leaves a half-written file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+        os.replace(tmp, path)
+    except BaseException:
+        pathlib.Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def claim_run_directory(out_dir: pathlib.Path, config: dict) -> None:
+    """Create `out_dir` for `config`, or check that it already belongs to the same `config`."""
+    path = out_dir / "config.json"
+    if path.exists():
+        stored = json.loads(path.read_text())
+        if stored != config:
+            differing = sorted(
+                k for k in set(stored) | set(config) if stored.get(k) != config.get(k)
+            )
+            details = "; ".join(
+                f"{k}: stored {stored.get(k)!r}, requested {config.get(k)!r}" for k in differing
+            )
+            raise ValueError(
+                f"{out_dir} holds a run with a different configuration ({details}). "
+                "Choose another output directory or delete this one; it is never overwritten."
+            )
+        return
+    _atomic_write(path, lambda f: f.write(json.dumps(config, indent=2, sort_keys=True).encode()))
+
+
+def save_checkpoint(path: pathlib.Path, state, records: dict) -> None:
+    """Save a pytree of arrays (`state`) and a dict of NumPy record arrays, atomically."""
+    _atomic_write(path.with_suffix(".eqx"), lambda f: eqx.tree_serialise_leaves(f, state))
+    _atomic_write(path.with_suffix(".npz"), lambda f: np.savez(f, **records))
+
+
+def load_checkpoint(path: pathlib.Path, like):
+    """Load what `save_checkpoint` wrote, or return None if there is no complete checkpoint.
+
+    The `.npz` is written last, so its presence marks a complete pair.
+    """
+    if not path.with_suffix(".npz").exists():
+        return None
+    state = eqx.tree_deserialise_leaves(path.with_suffix(".eqx"), like)
+    with np.load(path.with_suffix(".npz")) as data:
+        records = {k: data[k] for k in data.files}
+    return state, records
+
+
+def save_json(path: pathlib.Path, payload: dict) -> None:
+    _atomic_write(path, lambda f: f.write(json.dumps(payload, indent=2).encode()))

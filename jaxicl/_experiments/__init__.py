@@ -1,0 +1,1 @@
+"""Named, reproducible experiments: configuration in, results directory (data + figures) out."""

@@ -1,0 +1,118 @@
+import json
+
+import numpy as np
+import pytest
+
+import jaxicl._cli as cli
+from jaxicl._experiments._ensemble_training import EnsembleTrainingConfig, run_ensemble_training
+
+TINY = dict(
+    heads=(1, 2),
+    n_members=4,
+    steps=40,
+    record_every=10,
+    chunk_steps=20,
+    batch_size=16,
+    eval_prompts=64,
+    context_len=8,
+)
+
+
+class Interrupt(Exception):
+    pass
+
+
+def test_interrupted_run_resumes_to_identical_results(tmp_path):
+    config = EnsembleTrainingConfig(**TINY)
+    whole = run_ensemble_training(config, tmp_path / "whole", progress=False)
+
+    def kill_after_first_chunk_of_h2(n_heads, done):
+        if n_heads == 2 and done == 20:
+            raise Interrupt
+
+    with pytest.raises(Interrupt):
+        run_ensemble_training(
+            config, tmp_path / "resumed", progress=False, on_chunk=kill_after_first_chunk_of_h2
+        )
+    assert not (tmp_path / "resumed" / "summary.json").exists()
+    chunks_seen = []
+    resumed = run_ensemble_training(
+        config,
+        tmp_path / "resumed",
+        progress=False,
+        on_chunk=lambda h, done: chunks_seen.append((h, done)),
+    )
+    assert chunks_seen == [(2, 40)]  # only the missing chunk ran again
+    for h in (1, 2):
+        a = np.load(tmp_path / "whole" / f"records_H{h}.npz")
+        b = np.load(tmp_path / "resumed" / f"records_H{h}.npz")
+        assert set(a.files) == set(b.files)
+        for name in a.files:
+            np.testing.assert_allclose(a[name], b[name], rtol=1e-6)
+    assert whole["groups"]["2"]["final_loss_median"] == pytest.approx(
+        resumed["groups"]["2"]["final_loss_median"], rel=1e-6
+    )
+    assert (tmp_path / "resumed" / "loss_curves.png").stat().st_size > 10_000
+
+
+def test_different_configuration_is_refused(tmp_path):
+    run_ensemble_training(EnsembleTrainingConfig(**TINY), tmp_path, progress=False)
+    before = (tmp_path / "config.json").read_text()
+    with pytest.raises(ValueError, match="n_members: stored 4, requested 8"):
+        run_ensemble_training(
+            EnsembleTrainingConfig(**dict(TINY, n_members=8)), tmp_path, progress=False
+        )
+    assert (tmp_path / "config.json").read_text() == before
+
+
+@pytest.mark.parametrize(
+    "overrides, field",
+    [
+        (dict(n_members=0), "`n_members`"),
+        (dict(heads=(0,)), "`heads`"),
+        (dict(init_scale=float("nan")), "`init_scale`"),
+        (dict(chunk_steps=15), "`record_every`"),
+    ],
+)
+def test_bad_config_names_the_field(overrides, field):
+    with pytest.raises(ValueError, match=field):
+        EnsembleTrainingConfig(**dict(TINY, **overrides))
+
+
+def test_cli_runs_and_reports(tmp_path, capsys):
+    out = tmp_path / "run"
+    args = [
+        "run",
+        "ensemble-training",
+        "--out",
+        str(out),
+        "--quiet",
+        "--heads",
+        "2",
+        "--n-members",
+        "3",
+        "--steps",
+        "20",
+        "--record-every",
+        "10",
+        "--chunk-steps",
+        "10",
+        "--batch-size",
+        "8",
+        "--eval-prompts",
+        "32",
+        "--context-len",
+        "6",
+    ]
+    assert cli.main(args) == 0
+    printed = capsys.readouterr().out
+    assert "final loss median" in printed and "Bayes ridge" in printed
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["groups"]["2"]["members"] == 3
+
+
+def test_cli_bad_value_exits_with_message(tmp_path, capsys):
+    code = cli.main(["run", "ensemble-training", "--out", str(tmp_path), "--n-members", "-3"])
+    assert code == 2
+    assert "`n_members` must be a positive integer" in capsys.readouterr().err
+    assert not (tmp_path / "config.json").exists()
