@@ -4,6 +4,7 @@ import argparse
 import dataclasses
 import sys
 
+from ._devices import use_all_cpu_cores
 from ._experiments._ensemble_training import (
     EnsembleTrainingConfig,
     format_summary,
@@ -41,6 +42,7 @@ def _build_parser() -> argparse.ArgumentParser:
 
 def main(argv=None) -> int:
     args = _build_parser().parse_args(argv)
+    use_all_cpu_cores()
     config_cls, run, describe = EXPERIMENTS[args.experiment]
     overrides = {}
     try:

@@ -128,6 +128,33 @@ def _run(states, objective, optimizer, key, start_step, config):
 _run_jit = eqx.filter_jit(_run)
 
 
+@eqx.filter_jit
+def _run_sharded(states, objective, optimizer, key, start_step, config, n_devices):
+    """`_run` with the member axis split over `n_devices` local devices (one program each).
+
+    Members never interact, so each device runs the plain single-device loop on its share;
+    shared data is drawn from the same key on every device.
+    """
+    mesh = jax.sharding.Mesh(jax.local_devices()[:n_devices], ("members",))
+    arrays, static = eqx.partition(states, eqx.is_array)
+    out_shape = eqx.filter_eval_shape(_run, states, objective, optimizer, key, start_step, config)
+    out_static = eqx.partition(out_shape, eqx.is_array)[1]
+
+    def local_run(local_arrays, key, start_step):
+        out = _run(eqx.combine(local_arrays, static), objective, optimizer, key, start_step, config)
+        return eqx.filter(out, eqx.is_array)
+
+    members, replicated = jax.sharding.PartitionSpec("members"), jax.sharding.PartitionSpec()
+    sharded = jax.shard_map(
+        local_run,
+        mesh=mesh,
+        in_specs=(members, replicated, replicated),
+        out_specs=members,
+        check_vma=False,
+    )
+    return eqx.combine(sharded(arrays, key, start_step), out_static)
+
+
 def _no_observables(model) -> tuple:
     return ()
 
@@ -139,6 +166,14 @@ def _check_schedule(steps, record_every) -> None:
         raise ValueError(
             f"`steps` ({steps}) must be a multiple of `record_every` ({record_every})."
         )
+
+
+def _member_devices(shard_members, n_members) -> int:
+    """How many local devices share the members: all of them when they divide the count."""
+    if not isinstance(shard_members, bool):
+        raise ValueError(f"`shard_members` must be True or False, got {shard_members!r}.")
+    n_devices = jax.local_device_count()
+    return n_devices if shard_members and n_devices > 1 and n_members % n_devices == 0 else 1
 
 
 def _resolve_member_chunk(member_chunk, n_members):
@@ -161,6 +196,7 @@ def train_ensemble_steps(
     observe: Callable[[PyTree], PyTree] = _no_observables,
     shared_data: bool = True,
     member_chunk: int | None | str = "auto",
+    shard_members: bool = True,
     key: PRNGKeyArray,
 ) -> tuple[TrainState, Trajectory]:
     """Continue a stacked ensemble (from `init_ensemble_state`) in one compiled program.
@@ -179,6 +215,9 @@ def train_ensemble_steps(
       `False`: member i draws from `fold_in(key, i)`.
     - `member_chunk`: members processed at a time inside each step; `None` for all at once,
       `"auto"` for 32 on CPU and all at once on accelerators. Results do not depend on it.
+    - `shard_members`: split the members over all local devices when their number divides the
+      ensemble size (on CPU, `jax.config.update("jax_num_cpu_devices", n)` before first use
+      gives one device per core). Results do not depend on it.
     - `key`: the data key of the run.
 
     Member i's trajectory equals training it alone with `train_steps` on the same key (with
@@ -193,9 +232,13 @@ def train_ensemble_steps(
     member_steps = np.unique(np.asarray(states.step))
     if member_steps.size != 1:
         raise ValueError("`states` must all be at the same step; continue them separately.")
-    chunk = _resolve_member_chunk(member_chunk, int(np.asarray(states.step).shape[0]))
+    n_members = int(np.asarray(states.step).shape[0])
+    n_devices = _member_devices(shard_members, n_members)
+    chunk = _resolve_member_chunk(member_chunk, n_members // n_devices)
     start_step = jnp.asarray(member_steps[0], jnp.int32)
     config = (steps, record_every, observe, shared_data, chunk)
+    if n_devices > 1:
+        return _run_sharded(states, objective, optimizer, key, start_step, config, n_devices)
     return _run_jit(states, objective, optimizer, key, start_step, config)
 
 
@@ -225,6 +268,7 @@ def train_steps(
         record_every=record_every,
         observe=observe,
         member_chunk=None,
+        shard_members=False,
         key=key,
     )
     return jtu.tree_map(lambda x: x[0] if eqx.is_array(x) else x, (states, trajectory))
@@ -260,6 +304,7 @@ def train_ensemble(
     observe: Callable[[PyTree], PyTree] = _no_observables,
     shared_data: bool = True,
     member_chunk: int | None | str = "auto",
+    shard_members: bool = True,
     key: PRNGKeyArray,
 ) -> tuple[PyTree, Trajectory]:
     """Train a stacked ensemble from scratch. Returns stacked `(models, trajectories)`."""
@@ -272,6 +317,7 @@ def train_ensemble(
         observe=observe,
         shared_data=shared_data,
         member_chunk=member_chunk,
+        shard_members=shard_members,
         key=key,
     )
     return states.model, trajectories

@@ -6,6 +6,7 @@ import pytest
 import jaxicl._cli as cli
 from jaxicl._experiments._ensemble_training import EnsembleTrainingConfig, run_ensemble_training
 
+
 TINY = dict(
     heads=(1, 2),
     n_members=4,
