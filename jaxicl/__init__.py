@@ -32,6 +32,15 @@ from ._predictors import (
     ridge_risk_given_inputs as ridge_risk_given_inputs,
 )
 from ._prompt import Prompt as Prompt, context_tokens as context_tokens, query_token as query_token
+from ._reduced import (
+    AbstractSpectral as AbstractSpectral,
+    FactorizedSpectral as FactorizedSpectral,
+    MergedSpectral as MergedSpectral,
+    ReducedLoss as ReducedLoss,
+    balanced_factorization as balanced_factorization,
+    decomposable_attention as decomposable_attention,
+    reduced_loss as reduced_loss,
+)
 from ._tasks import (
     AbstractTask as AbstractTask,
     LinearRegression as LinearRegression,
