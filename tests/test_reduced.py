@@ -6,13 +6,12 @@ import optax
 import pytest
 
 import jaxicl as ji
-from jaxicl._reduced import (
-    FactorizedSpectral,
-    MergedSpectral,
-    ReducedLoss,
-    balanced_factorization,
-    decomposable_attention,
-    reduced_loss,
+
+
+MergedSpectral, ReducedLoss, reduced_loss = ji.MergedSpectral, ji.ReducedLoss, ji.reduced_loss
+balanced_factorization, decomposable_attention = (
+    ji.balanced_factorization,
+    ji.decomposable_attention,
 )
 
 N_TASKS, R, L = 3, 5, 100
