@@ -5,6 +5,12 @@ See ARCHITECTURE.md for how the pieces fit together.
 
 import importlib.metadata
 
+from ._analysis import (
+    Allocation as Allocation,
+    Phases as Phases,
+    detect_phases as detect_phases,
+    task_allocation as task_allocation,
+)
 from ._attention import (
     AbstractAttention as AbstractAttention,
     FactorizedAttention as FactorizedAttention,
