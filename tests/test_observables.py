@@ -5,23 +5,13 @@ import pytest
 import jaxicl as ji
 
 
-def decomposable_model(omega, mu, blocks, d):
-    """W_h = Σ_i ω_{h,i} diag(1_{S_i}) ⊕ 0, U_h = Σ_i μ_{h,i} e_i e_{d+i}ᵀ (disjoint blocks)."""
-    H, n = omega.shape
-    mask = jnp.stack([(jnp.arange(d) >= a) & (jnp.arange(d) < b) for a, b in blocks]).astype(
-        omega.dtype
-    )
-    diag = omega @ mask
-    W = jnp.zeros((H, d + n, d + n)).at[:, jnp.arange(d), jnp.arange(d)].set(diag)
-    U = jnp.zeros((H, n, d + n)).at[:, jnp.arange(n), d + jnp.arange(n)].set(mu)
-    return ji.MergedAttention(W=W, U=U, kind="softmax")
-
-
 def test_recovers_decomposable_parameters(getkey):
     d, blocks = 7, ji.disjoint_blocks(7, 3)
     omega = jr.normal(getkey(), (4, 3))
     mu = jr.normal(getkey(), (4, 3))
-    got_omega, got_mu = ji.semi_singular_values(decomposable_model(omega, mu, blocks, d), blocks)
+    got_omega, got_mu = ji.semi_singular_values(
+        ji.decomposable_attention(omega, mu, blocks, d), blocks
+    )
     assert jnp.allclose(got_omega, omega) and jnp.allclose(got_mu, mu)
 
 
