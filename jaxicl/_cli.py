@@ -10,16 +10,24 @@ from ._experiments._ensemble_training import (
     format_summary,
     run_ensemble_training,
 )
+from ._experiments._task_allocation import (
+    TaskAllocationConfig,
+    format_allocation_summary,
+    run_task_allocation,
+)
 
 
 EXPERIMENTS = {
     "ensemble-training": (EnsembleTrainingConfig, run_ensemble_training, format_summary),
+    "task-allocation": (TaskAllocationConfig, run_task_allocation, format_allocation_summary),
 }
 
 
 def _parse_field(field_type, text: str):
     if field_type == tuple[int, ...]:
         return tuple(int(part) for part in text.split(","))
+    if field_type == tuple[float, ...]:
+        return tuple(float(part) for part in text.split(","))
     return field_type(text)
 
 

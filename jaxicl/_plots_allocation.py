@@ -1,0 +1,125 @@
+"""The task-allocation figure: eight panels, one question each."""
+
+import numpy as np
+
+from ._plots import _pyplot
+
+
+def plot_task_allocation(groups, summary, config, path) -> None:
+    plt = _pyplot()
+    fig, axes = plt.subplots(2, 4, figsize=(20, 9))
+    schemes = sorted(
+        {s for s, _ in groups}, key=["balanced", "random-positive", "random-sign"].index
+    )
+    colors = dict(zip(schemes, ("C0", "C1", "C2")))
+    n = config.n_tasks
+    focus = n if n in config.heads else config.heads[0]
+    _success_bars(axes[0, 0], summary, schemes, config.heads, colors)
+    for scheme in schemes:
+        g = groups[(scheme, focus)]
+        axes[0, 1].hist(g["loss"][:, -1], bins=40, alpha=0.6, color=colors[scheme], label=scheme)
+    axes[0, 1].set(xlabel="final loss ℓ(Ω, M)", ylabel="seeds", title=f"Final loss, H = {focus}")
+    axes[0, 1].legend(fontsize=8)
+    _phase_boxes(axes[0, 2], groups, schemes, focus)
+    _example_curves(axes[0, 3], groups, schemes, focus, colors)
+    example = groups[("random-positive" if "random-positive" in schemes else schemes[0], focus)]
+    _heatmap(axes[1, 0], fig, example["time"], example["omega_t"][0], "Ω(t), example seed", n)
+    _heatmap(axes[1, 1], fig, example["time"], example["mu_t"][0], "M(t), same seed", n)
+    _warmup_scaling(axes[1, 2], summary["warmup_scaling"])
+    rows = summary["separation"]["rows"]
+    axes[1, 3].plot([r["context_len"] for r in rows], [r["ratio"] for r in rows], "-", color="C0")
+    for r in rows:  # hollow markers: the optimizer had not converged there
+        axes[1, 3].plot(
+            r["context_len"],
+            r["ratio"],
+            "o",
+            color="C0",
+            fillstyle="full" if r["converged"] else "none",
+        )
+    axes[1, 3].axhline(n, color="grey", linestyle=":", label=f"large-L limit d/r = {n}")
+    axes[1, 3].set(
+        xscale="log",
+        xlabel="context length L",
+        ylabel="ℓ(single head) / ℓ(one head per task)",
+        title="Single- vs multi-head separation (optima)",
+    )
+    axes[1, 3].legend(fontsize=8)
+    fig.suptitle(
+        f"Task allocation, reduced dynamics: d = {config.d} in {n} blocks, L = "
+        f"{config.context_len}, {config.n_seeds} seeds per scheme and H"
+    )
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def _success_bars(ax, summary, schemes, heads, colors):
+    width = 0.8 / len(schemes)
+    for k, scheme in enumerate(schemes):
+        rates = [summary["groups"][f"{scheme}/H{h}"]["success_rate"] for h in heads]
+        errors = [summary["groups"][f"{scheme}/H{h}"]["success_stderr"] for h in heads]
+        x = np.arange(len(heads)) + (k - (len(schemes) - 1) / 2) * width
+        ax.bar(x, rates, width, yerr=errors, capsize=3, color=colors[scheme], label=scheme)
+    ax.set_xticks(np.arange(len(heads)), [f"H = {h}" for h in heads])
+    ax.set(ylim=(0, 1.05), ylabel="fraction of seeds", title="Every task served by a pure head")
+    ax.legend(fontsize=8)
+
+
+def _phase_boxes(ax, groups, schemes, focus):
+    data, labels = [], []
+    for scheme in schemes:
+        for phase in ("warmup_end", "emergence_end"):
+            values = groups[(scheme, focus)][phase]
+            data.append(values[np.isfinite(values)])
+            labels.append(f"{scheme}\n{phase.replace('_end', '')} end")
+    ax.boxplot(data, showfliers=False)
+    ax.set_xticks(np.arange(1, len(labels) + 1), labels, fontsize=7, rotation=30)
+    ax.set(ylabel="gradient-flow time", title=f"Phase times over seeds, H = {focus}")
+
+
+def _example_curves(ax, groups, schemes, focus, colors):
+    for scheme in schemes:
+        g = groups[(scheme, focus)]
+        ax.plot(g["time"], g["loss"][0], color=colors[scheme], label=f"{scheme}, seed 0")
+        warm, emerge = g["warmup_end"][0], g["emergence_end"][0]
+        if np.isfinite(warm) and np.isfinite(emerge):
+            ax.axvspan(0, warm, color=colors[scheme], alpha=0.08)
+            ax.axvspan(warm, emerge, color=colors[scheme], alpha=0.2)
+    ax.set(
+        xlabel="gradient-flow time",
+        ylabel="ℓ(Ω, M)",
+        title="Loss, phases shaded (light: warm-up, dark: emergence)",
+    )
+    ax.legend(fontsize=8)
+
+
+def _heatmap(ax, fig, time, values, title, n_tasks):
+    rows = values.reshape(values.shape[0], -1).T  # (H·n, records)
+    image = ax.imshow(
+        rows,
+        aspect="auto",
+        cmap="RdBu_r",
+        extent=(time[0], time[-1], rows.shape[0], 0),
+        vmin=-np.abs(rows).max(),
+        vmax=np.abs(rows).max(),
+    )
+    ax.set_yticks(
+        np.arange(rows.shape[0]) + 0.5,
+        [f"h{r // n_tasks} t{r % n_tasks}" for r in range(rows.shape[0])],
+        fontsize=7,
+    )
+    ax.set(xlabel="gradient-flow time", title=title)
+    fig.colorbar(image, ax=ax)
+
+
+def _warmup_scaling(ax, scaling):
+    for flow, w in scaling.items():
+        ax.loglog(
+            w["scales"], w["warmup_end"], "o-", label=f"{flow} flow (slope {w['loglog_slope']:.2f})"
+        )
+    ax.set(
+        xlabel="init scale s",
+        ylabel="warm-up end (gradient-flow time)",
+        title="Warm-up against init scale (balanced init)",
+    )
+    ax.legend(fontsize=8)
