@@ -45,6 +45,7 @@ from ._reduced import (
     ReducedLoss as ReducedLoss,
     balanced_factorization as balanced_factorization,
     decomposable_attention as decomposable_attention,
+    optimal_allocation_losses as optimal_allocation_losses,
     reduced_loss as reduced_loss,
 )
 from ._tasks import (

@@ -27,15 +27,7 @@ def plot_task_allocation(groups, summary, config, path) -> None:
     _heatmap(axes[1, 1], fig, example["time"], example["mu_t"][0], "M(t), same seed", n)
     _warmup_scaling(axes[1, 2], summary["warmup_scaling"])
     rows = summary["separation"]["rows"]
-    axes[1, 3].plot([r["context_len"] for r in rows], [r["ratio"] for r in rows], "-", color="C0")
-    for r in rows:  # hollow markers: the optimizer had not converged there
-        axes[1, 3].plot(
-            r["context_len"],
-            r["ratio"],
-            "o",
-            color="C0",
-            fillstyle="full" if r["converged"] else "none",
-        )
+    axes[1, 3].plot([r["context_len"] for r in rows], [r["ratio"] for r in rows], "o-")
     axes[1, 3].axhline(n, color="grey", linestyle=":", label=f"large-L limit d/r = {n}")
     axes[1, 3].set(
         xscale="log",

@@ -23,6 +23,7 @@ import jax.numpy as jnp
 from jaxtyping import Array, Float, PRNGKeyArray
 
 from . import _validation as check
+from ._custom_types import default_float_dtype
 from ._objectives import AbstractObjective
 
 
@@ -156,3 +157,35 @@ def decomposable_attention(omega, mu, blocks, d, *, kind="softmax"):
     tasks = jnp.arange(n_tasks)
     U = jnp.zeros((n_heads, n_tasks, width), mu.dtype).at[:, tasks, d + tasks].set(mu)
     return MergedAttention(W=W, U=U, kind=kind)
+
+
+def optimal_allocation_losses(
+    block_sizes: tuple[int, ...],
+    context_len: int,
+    *,
+    context_noise: float = 0.0,
+    query_noise: float = 0.0,
+    grid: int = 200_001,
+) -> tuple[float, float]:
+    """Optimal reduced loss (moment form) of one head serving all tasks, and of strict
+    allocation (one head per task). Returns `(single_head, one_head_per_task)`.
+
+    For fixed ω the loss is quadratic in μ, with minimizer μ_i = r_i ω_i / (r_i ω_i² + c_i K),
+    c_i = (r_i + σ²)/L, K = Π_j (1 − 2ω_j²)^{−r_j/2}, leaving ℓ_i = r_i c_i K / (r_i ω_i² + c_i K)
+    + σ_q². Strict allocation decouples into one-task problems; the single head is taken with
+    one ω shared by all tasks (exact for equal blocks, by symmetry). Each is then a 1-D
+    minimization over ω ∈ (0, 1/√2), solved on a grid of `grid` points.
+    """
+    sizes = jnp.asarray(block_sizes, default_float_dtype())
+    omega = jnp.linspace(0.0, 1 / jnp.sqrt(2.0), grid + 1)[1:-1]
+    c = (sizes + context_noise**2) / context_len
+
+    def per_task_loss(omega_sq, r, c_task, log_kernel):
+        kernel = jnp.exp(log_kernel)
+        return r * c_task * kernel / (r * omega_sq + c_task * kernel) + query_noise**2
+
+    log_one = -(sizes[:, None] / 2) * jnp.log1p(-2 * omega[None, :] ** 2)
+    strict = per_task_loss(omega[None, :] ** 2, sizes[:, None], c[:, None], log_one).min(axis=1)
+    log_all = log_one.sum(axis=0)
+    single = per_task_loss(omega[None, :] ** 2, sizes[:, None], c[:, None], log_all[None, :])
+    return float(single.sum(axis=0).min()), float(strict.sum())

@@ -207,3 +207,7 @@ def test_single_vs_multi_head_separation_matches_reference(context_len, referenc
     assert abs(ratio - reference_ratio) < 0.03
     assert jnp.allclose(single.omega, 1 / jnp.sqrt(D + 2.0), atol=1e-6)
     assert jnp.allclose(one.omega, 1 / jnp.sqrt(R + 2.0), atol=1e-6)
+    # The closed-form-in-μ grid solution agrees with the trained optima.
+    single_opt, strict_opt = ji.optimal_allocation_losses(SIZES, context_len)
+    assert single_opt == pytest.approx(float(single_traj.loss[-1]), rel=1e-6)
+    assert strict_opt == pytest.approx(N_TASKS * float(one_traj.loss[-1]), rel=1e-6)
