@@ -1,14 +1,10 @@
-"""Shared jaxtyping aliases and the dtype rule used across jaxicl."""
+"""Shared type aliases and the dtype rule used across jaxicl."""
 
 import jax
 import jax.numpy as jnp
-from jaxtyping import Array, Bool, Float, Int, PRNGKeyArray
 
 
-Scalar = Float[Array, ""]
-IntScalar = Int[Array, ""]
-BoolScalar = Bool[Array, ""]
-Key = PRNGKeyArray
+# Coordinate blocks of a multi-task layout: one half-open (start, stop) pair per task.
 Blocks = tuple[tuple[int, int], ...]
 
 

@@ -10,10 +10,11 @@ import jax.numpy as jnp
 from jaxtyping import Array, Float
 
 from ._attention import AbstractAttention
+from ._custom_types import Blocks
 
 
 def semi_singular_values(
-    model: AbstractAttention, blocks: tuple[tuple[int, int], ...]
+    model: AbstractAttention, blocks: Blocks
 ) -> tuple[Float[Array, "H n"], Float[Array, "H n"]]:
     """Return (ω, μ), each of shape `(H, n_tasks)`, from either parametrization.
 

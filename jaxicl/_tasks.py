@@ -11,7 +11,7 @@ import numpy as np
 from jaxtyping import PRNGKeyArray
 
 from . import _validation as check
-from ._custom_types import default_float_dtype
+from ._custom_types import Blocks, default_float_dtype
 from ._prompt import Prompt
 
 
@@ -88,7 +88,7 @@ class LinearRegression(AbstractTask):
         return Prompt(x=x[:-1], y=y[:-1, None], query_x=x[-1], query_y=y[-1:])
 
 
-def disjoint_blocks(d: int, n_tasks: int) -> tuple[tuple[int, int], ...]:
+def disjoint_blocks(d: int, n_tasks: int) -> Blocks:
     """Split d coordinates into n contiguous blocks [floor(i d/n), floor((i+1) d/n)).
 
     For d = 50, n = 3 this gives sizes 16, 17, 17 (the reference layout of Chen et al.).
@@ -119,7 +119,7 @@ class MultiTaskRegression(AbstractTask):
 
     d: int = eqx.field(static=True)
     context_len: int = eqx.field(static=True)
-    blocks: tuple[tuple[int, int], ...] = eqx.field(static=True)
+    blocks: Blocks = eqx.field(static=True)
     context_noise: tuple[float, ...]
     query_noise: float
     dtype: jnp.dtype = eqx.field(static=True)
