@@ -229,10 +229,11 @@ def train_ensemble_steps(
     _check_schedule(steps, record_every)
     if not isinstance(shared_data, bool):
         raise ValueError(f"`shared_data` must be True or False, got {shared_data!r}.")
-    member_steps = np.unique(np.asarray(states.step))
+    host_steps = np.asarray(states.step)
+    member_steps = np.unique(host_steps)
     if member_steps.size != 1:
         raise ValueError("`states` must all be at the same step; continue them separately.")
-    n_members = int(np.asarray(states.step).shape[0])
+    n_members = host_steps.shape[0]
     n_devices = _member_devices(shard_members, n_members)
     chunk = _resolve_member_chunk(member_chunk, n_members // n_devices)
     start_step = jnp.asarray(member_steps[0], jnp.int32)
