@@ -34,6 +34,7 @@ from ._predictors import (
     gd_risk as gd_risk,
     kernel_smoother_prediction as kernel_smoother_prediction,
     least_squares_risk as least_squares_risk,
+    optimal_gd_step as optimal_gd_step,
     ridge_prediction as ridge_prediction,
     ridge_risk_given_inputs as ridge_risk_given_inputs,
 )

@@ -69,6 +69,15 @@ def debiased_gd_risk(
     )
 
 
+def optimal_gd_step(*, d: int, context_len: int, context_noise: float, debiased: bool = False):
+    """The step η minimizing `gd_risk` (or `debiased_gd_risk`): both risks are quadratic in η.
+
+    Plain GD: L / (L + d(1 + σ²) + 1). Debiased GD: L / (L + d(1 + σ²)).
+    """
+    width = context_len + d * (1 + context_noise**2)
+    return context_len / (width if debiased else width + 1)
+
+
 def least_squares_risk(*, d: int, context_len: int, context_noise: float, query_noise: float):
     """Exact risk of least squares (λ = 0) for L > d + 1: σ_q² + σ² d / (L − d − 1)."""
     if context_len <= d + 1:

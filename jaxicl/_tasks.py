@@ -88,6 +88,12 @@ class LinearRegression(AbstractTask):
         return Prompt(x=x[:-1], y=y[:-1, None], query_x=x[-1], query_y=y[-1:])
 
 
+def block_mask(blocks: Blocks, d: int, dtype) -> jax.Array:
+    """(n_blocks, d) 0/1 matrix whose row i marks the coordinates [start_i, stop_i)."""
+    coords = jnp.arange(d)
+    return jnp.stack([(coords >= start) & (coords < stop) for start, stop in blocks]).astype(dtype)
+
+
 def disjoint_blocks(d: int, n_tasks: int) -> Blocks:
     """Split d coordinates into n contiguous blocks [floor(i d/n), floor((i+1) d/n)).
 
@@ -147,9 +153,7 @@ class MultiTaskRegression(AbstractTask):
 
     def block_mask(self) -> jax.Array:
         """(n_tasks, d) 0/1 matrix whose row i marks block S_i."""
-        coords = jnp.arange(self.d)
-        rows = [(coords >= start) & (coords < stop) for start, stop in self.blocks]
-        return jnp.stack(rows).astype(self.dtype)
+        return block_mask(self.blocks, self.d, self.dtype)
 
     def sample(self, *, key: PRNGKeyArray) -> Prompt:
         x_key, beta_key, context_key, query_key = jr.split(key, 4)

@@ -137,12 +137,13 @@ def _run_sharded(states, objective, optimizer, key, start_step, config, n_device
     """
     mesh = jax.sharding.Mesh(jax.local_devices()[:n_devices], ("members",))
     arrays, static = eqx.partition(states, eqx.is_array)
-    out_shape = eqx.filter_eval_shape(_run, states, objective, optimizer, key, start_step, config)
-    out_static = eqx.partition(out_shape, eqx.is_array)[1]
+    out_static = []  # shard_map returns arrays only; keep the rest from its single trace
 
     def local_run(local_arrays, key, start_step):
         out = _run(eqx.combine(local_arrays, static), objective, optimizer, key, start_step, config)
-        return eqx.filter(out, eqx.is_array)
+        out_arrays, rest = eqx.partition(out, eqx.is_array)
+        out_static.append(rest)
+        return out_arrays
 
     members, replicated = jax.sharding.PartitionSpec("members"), jax.sharding.PartitionSpec()
     sharded = jax.shard_map(
@@ -152,7 +153,8 @@ def _run_sharded(states, objective, optimizer, key, start_step, config, n_device
         out_specs=members,
         check_vma=False,
     )
-    return eqx.combine(sharded(arrays, key, start_step), out_static)
+    out_arrays = sharded(arrays, key, start_step)
+    return eqx.combine(out_arrays, out_static[-1])
 
 
 def _no_observables(model) -> tuple:

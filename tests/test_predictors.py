@@ -41,6 +41,11 @@ def test_optimal_steps_match_quadratic_minimum():
     debiased = min(ji.debiased_gd_risk(d=D, context_len=L, step=s, **NOISE) for s in grid)
     assert plain == pytest.approx(1 + SIGMA2 - L / (L + c + 1), abs=1e-6)
     assert debiased == pytest.approx(1 + SIGMA2 - (L - 1) / (L + c), abs=1e-6)
+    sigma = NOISE["context_noise"]
+    best_plain = ji.optimal_gd_step(d=D, context_len=L, context_noise=sigma)
+    best_debiased = ji.optimal_gd_step(d=D, context_len=L, context_noise=sigma, debiased=True)
+    assert ji.gd_risk(d=D, context_len=L, step=best_plain, **NOISE) <= plain + 1e-12
+    assert ji.debiased_gd_risk(d=D, context_len=L, step=best_debiased, **NOISE) <= debiased + 1e-12
 
 
 def test_least_squares_risk_monte_carlo(getkey):

@@ -23,7 +23,12 @@ from .._checkpoint import claim_run_directory, load_checkpoint, save_checkpoint,
 from .._init import init_normal
 from .._objectives import ICLLoss, monte_carlo_loss
 from .._observables import semi_singular_values
-from .._predictors import debiased_gd_risk, gd_risk, ridge_risk_given_inputs
+from .._predictors import (
+    debiased_gd_risk,
+    gd_risk,
+    optimal_gd_step,
+    ridge_risk_given_inputs,
+)
 from .._progress import progress_bar
 from .._tasks import LinearRegression, sample_prompts
 from .._train_state import init_ensemble_state
@@ -93,14 +98,19 @@ def reference_risks(config: EnsembleTrainingConfig, *, key) -> dict:
     """
     d, L, s2 = config.d, config.context_len, config.noise_var
     noise = dict(context_noise=math.sqrt(s2), query_noise=math.sqrt(s2))
-    c = d * (1 + s2)
     task = LinearRegression(d, L, **noise)
     inputs = sample_prompts(task, config.eval_prompts, key=key).x
     ridge = jax.vmap(lambda x: ridge_risk_given_inputs(x, ridge=s2 * d, **noise))(inputs)
+
+    def best(debiased):
+        return optimal_gd_step(
+            d=d, context_len=L, context_noise=noise["context_noise"], debiased=debiased
+        )
+
     return {
         "bayes_ridge": float(ridge.mean()),
-        "best_gd": float(gd_risk(d=d, context_len=L, step=L / (L + c + 1), **noise)),
-        "best_debiased_gd": float(debiased_gd_risk(d=d, context_len=L, step=L / (L + c), **noise)),
+        "best_gd": float(gd_risk(d=d, context_len=L, step=best(False), **noise)),
+        "best_debiased_gd": float(debiased_gd_risk(d=d, context_len=L, step=best(True), **noise)),
         "zero_predictor": 1.0 + s2,
     }
 

@@ -111,6 +111,8 @@ def _integrate(config, states, dt, *, ensemble, horizon=None):
         key=jr.key(0),
     )
     if ensemble:
+        # 64 tiny (H×n) states per chunk: 0.36 µs per member-step, against 0.92 µs for 1024
+        # members in one vmap (cache), measured on a 2-core CPU.
         return train_ensemble(states, objective, sgd(dt), member_chunk=64, **kwargs)
     return train(states, objective, sgd(dt), **kwargs)
 
