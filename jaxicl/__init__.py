@@ -16,6 +16,10 @@ from ._attention import (
     FactorizedAttention as FactorizedAttention,
     MergedAttention as MergedAttention,
 )
+from ._decomposable import (
+    decomposable_attention as decomposable_attention,
+    reduced_time_scales as reduced_time_scales,
+)
 from ._init import (
     init_balanced as init_balanced,
     init_identity as init_identity,
@@ -45,7 +49,6 @@ from ._reduced import (
     MergedSpectral as MergedSpectral,
     ReducedLoss as ReducedLoss,
     balanced_factorization as balanced_factorization,
-    decomposable_attention as decomposable_attention,
     optimal_allocation_losses as optimal_allocation_losses,
     reduced_loss as reduced_loss,
 )
@@ -64,6 +67,7 @@ from ._train_state import (
     init_train_state as init_train_state,
 )
 from ._trainer import (
+    preconditioned_sgd as preconditioned_sgd,
     sgd as sgd,
     train as train,
     train_ensemble as train_ensemble,

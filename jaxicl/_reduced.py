@@ -145,21 +145,6 @@ class ReducedLoss(AbstractObjective):
         )
 
 
-def decomposable_attention(omega, mu, blocks, d, *, kind="softmax"):
-    """The merged attention model of the decomposable ansatz for (Ω, M) and disjoint blocks."""
-    from ._attention import MergedAttention
-    from ._tasks import block_mask
-
-    n_heads, n_tasks = omega.shape
-    coords = jnp.arange(d)
-    diagonal = omega @ block_mask(blocks, d, omega.dtype)
-    width = d + n_tasks
-    W = jnp.zeros((n_heads, width, width), omega.dtype).at[:, coords, coords].set(diagonal)
-    tasks = jnp.arange(n_tasks)
-    U = jnp.zeros((n_heads, n_tasks, width), mu.dtype).at[:, tasks, d + tasks].set(mu)
-    return MergedAttention(W=W, U=U, kind=kind)
-
-
 def optimal_allocation_losses(
     block_sizes: tuple[int, ...],
     context_len: int,

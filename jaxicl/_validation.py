@@ -13,6 +13,12 @@ def positive_int(name: str, value) -> int:
     return value
 
 
+def nonnegative_int(name: str, value) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ValueError(f"`{name}` must be an integer >= 0, got {value!r}.")
+    return value
+
+
 def finite_nonnegative(name: str, value) -> float:
     if not _is_real(value) or not math.isfinite(value) or value < 0:
         raise ValueError(f"`{name}` must be a finite number >= 0, got {value!r}.")

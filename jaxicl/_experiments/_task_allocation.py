@@ -7,6 +7,9 @@ semi-singular values (Ω, M) of the decomposable ansatz for thousands of seeds p
 - `random-positive`: ω, μ = s(1 + 0.1 U(0, 1)) entrywise; balanced factorized flow.
 - `random-sign`: ω, μ = s N(0, 1) entrywise; merged flow (signs free to change).
 
+A few seeds of each scheme are also trained as the full softmax model (sampled prompts, all
+weights) on the reduced flow's clock and compared seed by seed (`_full_model_allocation`).
+
 Also: warm-up time against init scale (balanced init, both flows) with the fitted log-log slope,
 and the single- vs multi-head loss ratio against L at the optimum of strict allocation.
 Integration is explicit Euler (SGD on the state) with per-flow steps chosen stable; the tests
@@ -34,6 +37,7 @@ from .._reduced import (
 )
 from .._tasks import disjoint_blocks
 from .._trainer import sgd, train, train_ensemble
+from ._full_model_allocation import full_model_group
 
 
 SCHEMES = ("balanced", "random-positive", "random-sign")
@@ -47,35 +51,60 @@ class TaskAllocationConfig:
     n_tasks: int = 3
     context_len: int = 100
     heads: tuple[int, ...] = (2, 3, 4)
-    n_seeds: int = 1024
+    n_seeds: int = 4096
     init_scale: float = 1e-3
-    horizon: float = 40.0
+    horizon: float = 30.0
+    horizon_merged: float = 10.0
     dt_factorized: float = 0.005
     dt_merged: float = 0.0005
     n_records: int = 200
+    full_seeds: int = 2
+    full_heads: tuple[int, ...] = (3,)
+    full_batch: int = 256
+    full_horizon: float = 20.0
+    full_horizon_merged: float = 1.0
     warmup_scales: tuple[float, ...] = (3e-4, 1e-3, 3e-3, 1e-2)
     separation_lengths: tuple[int, ...] = (100, 400, 1600, 6400)
     seed: int = 0
 
     def __post_init__(self):
-        for name in ("d", "n_tasks", "context_len", "n_seeds", "n_records"):
+        for name in ("d", "n_tasks", "context_len", "n_seeds", "n_records", "full_batch"):
             check.positive_int(name, getattr(self, name))
+        check.nonnegative_int("full_seeds", self.full_seeds)
+        if self.full_seeds > self.n_seeds:
+            raise ValueError(
+                f"`full_seeds` must be at most `n_seeds` ({self.n_seeds}), got {self.full_seeds}."
+            )
         disjoint_blocks(self.d, self.n_tasks)
-        for name in ("init_scale", "horizon", "dt_factorized", "dt_merged"):
+        for name in (
+            "init_scale",
+            "horizon",
+            "horizon_merged",
+            "dt_factorized",
+            "dt_merged",
+            "full_horizon",
+            "full_horizon_merged",
+        ):
             check.finite_positive(name, getattr(self, name))
         if not self.heads or not self.warmup_scales or not self.separation_lengths:
             raise ValueError("`heads`, `warmup_scales` and `separation_lengths` must be non-empty.")
-        for h in self.heads:
-            check.positive_int("heads", h)
+        for name in ("heads", "full_heads"):
+            for h in getattr(self, name):
+                check.positive_int(name, h)
         for s in self.warmup_scales:
             check.finite_positive("warmup_scales", s)
         for length in self.separation_lengths:
             check.positive_int("separation_lengths", length)
-        for name in ("dt_factorized", "dt_merged"):
-            steps = self.horizon / getattr(self, name)
+        for horizon, dt in (
+            ("horizon", "dt_factorized"),
+            ("horizon_merged", "dt_merged"),
+            ("full_horizon", "dt_factorized"),
+            ("full_horizon_merged", "dt_merged"),
+        ):
+            steps = getattr(self, horizon) / getattr(self, dt)
             if abs(steps - round(steps)) > 1e-6 or round(steps) % self.n_records:
                 raise ValueError(
-                    f"`horizon` / `{name}` must be a whole number of steps divisible by "
+                    f"`{horizon}` / `{dt}` must be a whole number of steps divisible by "
                     f"`n_records` ({self.n_records}); got {steps:g} steps."
                 )
 
@@ -101,9 +130,9 @@ def initial_state(scheme: str, n_heads: int, n_tasks: int, scale: float, *, key)
     return MergedSpectral(scale * jr.normal(omega_key, shape), scale * jr.normal(mu_key, shape))
 
 
-def _integrate(config, states, dt, *, ensemble, horizon=None):
+def _integrate(config, states, dt, *, ensemble, horizon):
     objective = ReducedLoss(config.block_sizes, config.context_len)
-    steps = round((horizon or config.horizon) / dt)
+    steps = round(horizon / dt)
     kwargs = dict(
         steps=steps,
         record_every=steps // config.n_records,
@@ -117,13 +146,20 @@ def _integrate(config, states, dt, *, ensemble, horizon=None):
     return train(states, objective, sgd(dt), **kwargs)
 
 
-def _scheme_group(config, scheme, n_heads):
-    keys = jr.split(
-        jr.fold_in(jr.fold_in(jr.key(config.seed), SCHEMES.index(scheme)), n_heads), config.n_seeds
-    )
+def _initial_states(config, scheme, n_heads, n_seeds):
+    """Seeds 0..n_seeds−1 of a scheme (the same seeds for the reduced and the full model)."""
+    root = jr.fold_in(jr.fold_in(jr.key(config.seed), SCHEMES.index(scheme)), n_heads)
+    keys = jr.split(root, config.n_seeds)[:n_seeds]
     make = lambda k: initial_state(scheme, n_heads, config.n_tasks, config.init_scale, key=k)  # noqa: E731
-    dt = config.dt_merged if scheme == "random-sign" else config.dt_factorized
-    final, traj = _integrate(config, eqx.filter_vmap(make)(keys), dt, ensemble=True)
+    return eqx.filter_vmap(make)(keys)
+
+
+def _scheme_group(config, scheme, n_heads):
+    merged = scheme == "random-sign"
+    dt = config.dt_merged if merged else config.dt_factorized
+    horizon = config.horizon_merged if merged else config.horizon
+    states = _initial_states(config, scheme, n_heads, config.n_seeds)
+    final, traj = _integrate(config, states, dt, ensemble=True, horizon=horizon)
     omega, mu = final.spectral()
     allocation = jax.vmap(task_allocation)(omega, mu)
     phases = jax.vmap(detect_phases)(traj.time, traj.loss)
@@ -146,10 +182,10 @@ def warmup_scaling(config) -> dict:
     least-squares slope of log(warm-up) on log(scale)."""
     out = {}
     # The merged flow leaves the plateau at rate ~2r (warm-up ~ log(1/s) / 2r, a fraction of a
-    # time unit), so it is integrated over a 20× shorter horizon with a 20× smaller step.
+    # time unit), so it is integrated over a short horizon with a 20× smaller step.
     flows = (
         ("factorized", config.dt_factorized, config.horizon),
-        ("merged", config.dt_merged / 20, config.horizon / 20),
+        ("merged", config.dt_merged / 20, config.horizon_merged / 5),
     )
     for flow, dt, horizon in flows:
         times = []
@@ -194,23 +230,38 @@ def separation(config) -> dict:
 
 def run_task_allocation(config: TaskAllocationConfig, out_dir, *, progress=None, on_chunk=None):
     """Run the experiment into `out_dir`: `groups.npz`, `summary.json`, `task_allocation.png`."""
-    from .._plots_allocation import plot_task_allocation
+    from .._plots_allocation import plot_full_model_comparison, plot_task_allocation
     from .._progress import progress_bar
 
     out_dir = pathlib.Path(out_dir)
     claim_run_directory(out_dir, config.as_dict())
-    groups = {}
+    groups, full = {}, {}
+    full_configs = [(s, h) for s in SCHEMES for h in config.full_heads] if config.full_seeds else []
     bar = progress_bar(
-        len(SCHEMES) * len(config.heads), description="schemes × H", unit="group", enabled=progress
+        len(SCHEMES) * len(config.heads) + len(full_configs),
+        description="reduced, then full-model groups",
+        unit="group",
+        enabled=progress,
     )
     for scheme in SCHEMES:
         for n_heads in config.heads:
             groups[(scheme, n_heads)] = _scheme_group(config, scheme, n_heads)
             bar.update(1)
+    for scheme, n_heads in full_configs:
+        merged = scheme == "random-sign"
+        full[(scheme, n_heads)] = full_model_group(
+            config,
+            _initial_states(config, scheme, n_heads, config.full_seeds),
+            merged=merged,
+            dt=config.dt_merged if merged else config.dt_factorized,
+            horizon=config.full_horizon_merged if merged else config.full_horizon,
+        )
+        bar.update(1)
     bar.close()
     summary = {
         "config": config.as_dict(),
         "groups": {},
+        "full_model": {},
         "warmup_scaling": warmup_scaling(config),
         "separation": separation(config),
     }
@@ -218,9 +269,14 @@ def run_task_allocation(config: TaskAllocationConfig, out_dir, *, progress=None,
     for (scheme, n_heads), g in groups.items():
         summary["groups"][f"{scheme}/H{n_heads}"] = _group_summary(g)
         arrays.update({f"{scheme}/H{n_heads}/{k}": v for k, v in g.items()})
+    for (scheme, n_heads), g in full.items():
+        summary["full_model"][f"{scheme}/H{n_heads}"] = _full_summary(g)
+        arrays.update({f"full/{scheme}/H{n_heads}/{k}": v for k, v in g.items()})
     np.savez(out_dir / "groups.npz", **arrays)
     save_json(out_dir / "summary.json", summary)
     plot_task_allocation(groups, summary, config, out_dir / "task_allocation.png")
+    if full:
+        plot_full_model_comparison(full, config, out_dir / "full_model.png")
     return summary
 
 
@@ -244,6 +300,25 @@ def _group_summary(g) -> dict:
     }
 
 
+def _full_summary(g) -> dict:
+    """Full model against the reduced flow, same seeds and time axis."""
+    return {
+        "seeds": int(g["success"].size),
+        "success_rate": float(g["success"].mean()),
+        "reduced_success_rate": float(g["reduced_success"].mean()),
+        "final_loss_median": float(np.median(g["final_loss"])),
+        "reduced_final_loss_median": float(np.median(g["reduced_final_loss"])),
+        "warmup_end_median": _nanmedian(g["warmup_end"]),
+        "reduced_warmup_end_median": _nanmedian(g["reduced_warmup_end"]),
+        "emergence_end_median": _nanmedian(g["emergence_end"]),
+        "reduced_emergence_end_median": _nanmedian(g["reduced_emergence_end"]),
+        "spectral_gap_final_median": float(np.median(g["spectral_gap"][:, -1])),
+        "off_ansatz_W_median": float(np.median(g["off_ansatz_W"])),
+        "off_ansatz_U_median": float(np.median(g["off_ansatz_U"])),
+        "diverged": int(g["diverged"].sum()),
+    }
+
+
 def format_allocation_summary(summary: dict) -> str:
     lines = [
         "scheme/H              seeds  allocated (±1 s.e.)  final loss  warm-up  emergence"
@@ -254,6 +329,19 @@ def format_allocation_summary(summary: dict) -> str:
             f"{name:<20} {g['seeds']:>6}  {g['success_rate']:7.1%} ± {g['success_stderr']:.1%}   "
             f"{g['final_loss_median']:9.3f}  {g['warmup_end_median']:7.2f}  "
             f"{g['emergence_end_median']:9.2f}  {g['convergence_median']:9.2f}"
+        )
+    if summary["full_model"]:
+        lines.append(
+            "full model vs reduced (same seeds): allocated, final loss, warm-up end, emergence "
+            "end, (Ω, M) gap, off-ansatz W"
+        )
+    for name, g in summary["full_model"].items():
+        lines.append(
+            f"  {name:<18} {g['success_rate']:4.0%} vs {g['reduced_success_rate']:4.0%}  "
+            f"{g['final_loss_median']:7.2f} vs {g['reduced_final_loss_median']:6.2f}  "
+            f"{g['warmup_end_median']:5.2f} vs {g['reduced_warmup_end_median']:5.2f}  "
+            f"{g['emergence_end_median']:5.2f} vs {g['reduced_emergence_end_median']:5.2f}  "
+            f"{g['spectral_gap_final_median']:5.1%}  {g['off_ansatz_W_median']:5.1%}"
         )
     for flow, w in summary["warmup_scaling"].items():
         lines.append(f"warm-up vs init scale ({flow} flow): log-log slope {w['loglog_slope']:.2f}")

@@ -1,0 +1,93 @@
+"""The full softmax model beside the reduced dynamics, for the `task-allocation` experiment.
+
+A few seeds of each scheme are trained as full attention models (all D×D weights, sampled
+prompts, SGD) from the decomposable init of the same (Ω, M) the reduced ensemble starts from:
+`FactorizedAttention` for the balanced factorized flow, `MergedAttention` for the merged flow.
+`reduced_time_scales` puts the ansatz entries on the reduced flow's clock, so both run over the
+same time axis; the same seeds are integrated in the reduced dynamics over the same horizon
+and the two are compared: allocation, final loss, phase times, distance in (Ω, M), and the
+weight that left the ansatz.
+"""
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import jax.random as jr
+import numpy as np
+
+from .._analysis import detect_phases, task_allocation
+from .._decomposable import decomposable_attention, reduced_time_scales
+from .._objectives import ICLLoss
+from .._observables import semi_singular_values
+from .._reduced import ReducedLoss
+from .._tasks import MultiTaskRegression, disjoint_blocks
+from .._trainer import preconditioned_sgd, sgd, train_ensemble
+
+
+def _off_ansatz_fraction(model, blocks, d):
+    """‖W − W_ansatz‖ / ‖W‖ and the same for U, for one model (merged weights)."""
+    merged = model.merged()
+    on = decomposable_attention(*semi_singular_values(model, blocks), blocks, d)
+    off = lambda full, ansatz: jnp.linalg.norm(full - ansatz) / jnp.linalg.norm(full)  # noqa: E731
+    return off(merged.W, on.W), off(merged.U, on.U)
+
+
+def full_model_group(config, initial_states, *, merged: bool, dt: float, horizon: float) -> dict:
+    """Train the full model from each initial reduced state (stacked), and the reduced flow
+    from the same states over the same horizon; returns per-seed arrays for both."""
+    blocks = disjoint_blocks(config.d, config.n_tasks)
+    steps = round(horizon / dt)
+    schedule = dict(steps=steps, record_every=steps // config.n_records, key=jr.key(config.seed))
+
+    def build(state):
+        omega, mu = state.spectral()
+        return decomposable_attention(omega, mu, blocks, config.d, factorized=not merged)
+
+    models = eqx.filter_vmap(build)(initial_states)
+    one_model = build(jax.tree.map(lambda x: x[0], initial_states))
+    optimizer = preconditioned_sgd(dt, reduced_time_scales(one_model, blocks))
+    task = MultiTaskRegression(config.d, config.context_len, blocks)
+    observe = lambda model: semi_singular_values(model, blocks)  # noqa: E731
+    full, full_traj = train_ensemble(
+        models, ICLLoss(task, config.full_batch), optimizer, observe=observe, **schedule
+    )
+    reduced, reduced_traj = train_ensemble(
+        initial_states,
+        ReducedLoss(config.block_sizes, config.context_len),
+        sgd(dt),
+        observe=lambda s: s.spectral(),
+        **schedule,
+    )
+    # The ICL loss averages the n outputs; ℓ sums them.
+    full_loss = config.n_tasks * full_traj.loss
+    full_phases = jax.vmap(lambda t, l: detect_phases(t, l, window=9))(full_traj.time, full_loss)
+    reduced_phases = jax.vmap(detect_phases)(reduced_traj.time, reduced_traj.loss)
+    omega, mu = jax.vmap(lambda m: semi_singular_values(m, blocks))(full)
+    off_w, off_u = jax.vmap(lambda m: _off_ansatz_fraction(m, blocks, config.d))(full)
+    scale = jnp.maximum(
+        jnp.abs(reduced_traj.observables[0]).max(axis=(1, 2, 3)),
+        jnp.abs(reduced_traj.observables[1]).max(axis=(1, 2, 3)),
+    )
+    gap = jnp.maximum(
+        jnp.abs(full_traj.observables[0] - reduced_traj.observables[0]).max(axis=(2, 3)),
+        jnp.abs(full_traj.observables[1] - reduced_traj.observables[1]).max(axis=(2, 3)),
+    )
+    return {
+        "time": np.asarray(full_traj.time[0]),
+        "loss": np.asarray(full_loss),
+        "reduced_loss": np.asarray(reduced_traj.loss),
+        "success": np.asarray(jax.vmap(task_allocation)(omega, mu).success),
+        "reduced_success": np.asarray(
+            jax.vmap(lambda s: task_allocation(*s.spectral()))(reduced).success
+        ),
+        "final_loss": np.asarray(full_loss[:, -10:].mean(axis=1)),
+        "reduced_final_loss": np.asarray(reduced_traj.loss[:, -1]),
+        "warmup_end": np.asarray(full_phases.warmup_end),
+        "reduced_warmup_end": np.asarray(reduced_phases.warmup_end),
+        "emergence_end": np.asarray(full_phases.emergence_end),
+        "reduced_emergence_end": np.asarray(reduced_phases.emergence_end),
+        "spectral_gap": np.asarray(gap / scale[:, None]),
+        "off_ansatz_W": np.asarray(off_w),
+        "off_ansatz_U": np.asarray(off_u),
+        "diverged": np.asarray(full_traj.diverged[:, -1]),
+    }
