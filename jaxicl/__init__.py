@@ -30,7 +30,11 @@ from ._objectives import (
     ICLLoss as ICLLoss,
     monte_carlo_loss as monte_carlo_loss,
 )
-from ._observables import semi_singular_values as semi_singular_values
+from ._observables import (
+    HeadStructure as HeadStructure,
+    head_structure as head_structure,
+    semi_singular_values as semi_singular_values,
+)
 from ._predictors import (
     debiased_gd_prediction as debiased_gd_prediction,
     debiased_gd_risk as debiased_gd_risk,

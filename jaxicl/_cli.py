@@ -5,10 +5,10 @@ import dataclasses
 import sys
 
 from ._devices import use_all_cpu_cores
-from ._experiments._ensemble_training import (
-    EnsembleTrainingConfig,
-    format_summary,
-    run_ensemble_training,
+from ._experiments._paired_heads import (
+    PairedHeadsConfig,
+    format_paired_heads_summary,
+    run_paired_heads,
 )
 from ._experiments._task_allocation import (
     TaskAllocationConfig,
@@ -18,7 +18,7 @@ from ._experiments._task_allocation import (
 
 
 EXPERIMENTS = {
-    "ensemble-training": (EnsembleTrainingConfig, run_ensemble_training, format_summary),
+    "paired-heads": (PairedHeadsConfig, run_paired_heads, format_paired_heads_summary),
     "task-allocation": (TaskAllocationConfig, run_task_allocation, format_allocation_summary),
 }
 

@@ -6,6 +6,7 @@ For head h and task i (definitions of the reference code of Chen et al. 2024):
 Under the decomposable ansatz these two H×n matrices are the whole state of the dynamics.
 """
 
+import equinox as eqx
 import jax.numpy as jnp
 from jaxtyping import Array, Float
 
@@ -35,3 +36,42 @@ def semi_singular_values(
     tasks = jnp.arange(n_out)
     mu = merged.U[:, tasks, d + tasks]
     return omega, mu
+
+
+class HeadStructure(eqx.Module):
+    """The learned structure of each head of a single-output model (He et al. 2025), per head.
+
+    - `kq_diagonal_ratio`: ‖diag W_xx‖ / ‖W_xx‖ (1: the x-block of KQ is diagonal).
+    - `kq_diagonal_spread`: std / |mean| of that diagonal (0: homogeneous, ω I).
+    - `kq_label_ratio`: weight of W outside its x-block (the label row and column) over ‖W‖.
+    - `ov_last_entry_ratio`: |U[0, d]| / ‖U‖ (1: OV reads only the label, "last-entry-only").
+    - `omega`, `mu`: the head's semi-singular values (diagonal mean, label entry).
+    """
+
+    kq_diagonal_ratio: Float[Array, " H"]
+    kq_diagonal_spread: Float[Array, " H"]
+    kq_label_ratio: Float[Array, " H"]
+    ov_last_entry_ratio: Float[Array, " H"]
+    omega: Float[Array, " H"]
+    mu: Float[Array, " H"]
+
+
+def head_structure(model: AbstractAttention) -> HeadStructure:
+    """Structure statistics of every head of one single-output model (token (x, y))."""
+    merged = model.merged()
+    if merged.U.shape[1] != 1:
+        raise ValueError(f"`model` must have one output, got {merged.U.shape[1]}.")
+    d = merged.W.shape[-1] - 1
+    x_block = merged.W[:, :d, :d]
+    diagonal = jnp.diagonal(x_block, axis1=1, axis2=2)
+    norm = lambda a, axes: jnp.sqrt(jnp.sum(a**2, axis=axes))  # noqa: E731
+    w_norm = norm(merged.W, (1, 2))
+    omega = diagonal.mean(axis=1)
+    return HeadStructure(
+        kq_diagonal_ratio=norm(diagonal, 1) / norm(x_block, (1, 2)),
+        kq_diagonal_spread=diagonal.std(axis=1) / jnp.abs(omega),
+        kq_label_ratio=jnp.sqrt(jnp.maximum(w_norm**2 - norm(x_block, (1, 2)) ** 2, 0)) / w_norm,
+        ov_last_entry_ratio=jnp.abs(merged.U[:, 0, d]) / norm(merged.U[:, 0, :], 1),
+        omega=omega,
+        mu=merged.U[:, 0, d],
+    )

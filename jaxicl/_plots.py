@@ -14,12 +14,15 @@ def _pyplot():
     return plt
 
 
-def plot_ensemble_training(results: dict, references: dict, path: pathlib.Path) -> None:
-    """Loss curves (median and 10–90% band over members) per head count, final population
-    losses, and the learned (ω_h, μ_h) of every head, with the reference predictors' risks."""
+def plot_paired_heads(results: dict, summary: dict, path: pathlib.Path) -> None:
+    """Six panels: loss curves per H, final losses, learned (ω_h, μ_h), loss against context
+    length with the reference predictors, structure statistics per H, and the zero-sum Σμ."""
     plt = _pyplot()
-    fig, (ax_curve, ax_hist, ax_heads) = plt.subplots(1, 3, figsize=(15, 4.5))
+    fig, axes = plt.subplots(2, 3, figsize=(16, 9))
+    (ax_curve, ax_hist, ax_heads), (ax_length, ax_structure, ax_sum) = axes
     colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    references = summary["references"]
+    by_length = summary["by_length"]
     for color, (n_heads, rec) in zip(colors, results.items()):
         steps, loss = rec["step"], rec["loss_mean"]
         ax_curve.plot(steps, np.median(loss, axis=0), color=color, label=f"H = {n_heads} (median)")
@@ -27,43 +30,78 @@ def plot_ensemble_training(results: dict, references: dict, path: pathlib.Path) 
         ax_curve.fill_between(steps, low, high, color=color, alpha=0.25, linewidth=0)
         ax_hist.hist(rec["final_loss"], bins=30, color=color, alpha=0.6, label=f"H = {n_heads}")
         ax_heads.scatter(
-            rec["omega"][:, -1].ravel(),
-            rec["mu"][:, -1].ravel(),
-            s=6,
-            color=color,
-            alpha=0.6,
-            label=f"H = {n_heads}",
+            rec["omega"][:, -1].ravel(), rec["mu"][:, -1].ravel(), s=6, color=color, alpha=0.6
         )
-    styles = {"bayes_ridge": ":", "best_gd": "--", "best_debiased_gd": "-.", "zero_predictor": "-"}
+        ax_heads.scatter([], [], color=color, label=f"H = {n_heads}")
+        median = np.median(rec["loss_by_length"], axis=0)
+        ax_length.plot(by_length["lengths"], median, "o-", color=color, label=f"H = {n_heads}")
+        ax_sum.hist(rec["mu"][:, -1].sum(axis=1), bins=30, color=color, alpha=0.6)
+    styles = {
+        "bayes_ridge": ":",
+        "best_gd": "--",
+        "best_debiased_gd": "-.",
+        "kernel_smoother": (0, (1, 3)),
+        "zero_predictor": "-",
+    }
     for name, style in styles.items():
-        for ax in (ax_curve, ax_hist):
-            (ax.axhline if ax is ax_curve else ax.axvline)(
-                references[name],
-                color="black",
-                linestyle=style,
-                linewidth=1,
-                label=name.replace("_", " ") if ax is ax_curve else None,
-            )
-    ax_curve.set(
-        yscale="log",
-        xlabel="step",
-        ylabel="training loss (block mean)",
-        title="Training loss over the ensemble",
-    )
-    ax_hist.set(
-        xlabel="population loss after training",
-        ylabel="members",
-        title="Final loss per member (Monte Carlo)",
-    )
+        ax_curve.axhline(
+            references[name], color="black", ls=style, lw=1, label=name.replace("_", " ")
+        )
+        ax_hist.axvline(references[name], color="black", ls=style, lw=1)
+    length_names = {
+        "bayes_ridge": ":",
+        "gd": "--",
+        "debiased_gd": "-.",
+        "kernel_smoother": (0, (1, 3)),
+    }
+    for name, style in length_names.items():
+        ax_length.plot(
+            by_length["lengths"],
+            by_length["predictors"][name],
+            color="black",
+            ls=style,
+            lw=1,
+            label=f"{name.replace('_', ' ')} (best for each L)",
+        )
+    training_length = summary["config"]["context_len"]
+    ax_length.axvline(training_length, color="grey", lw=0.5)
+    _structure_bars(ax_structure, summary["groups"], colors)
+    ax_curve.set(yscale="log", xlabel="step", ylabel="training loss (block mean)")
+    ax_curve.set_title("Training loss over the ensemble")
+    ax_hist.set(xlabel="population loss after training", ylabel="members")
+    ax_hist.set_title("Final loss per member (Monte Carlo; lines: references)")
     ax_heads.axhline(0, color="grey", linewidth=0.5)
     ax_heads.axvline(0, color="grey", linewidth=0.5)
-    ax_heads.set(
-        xlabel="ω_h (KQ x-block diagonal mean)",
-        ylabel="μ_h (OV label entry)",
-        title="Learned heads at the end",
+    ax_heads.set(xlabel="ω_h (KQ x-block diagonal mean)", ylabel="μ_h (OV label entry)")
+    ax_heads.set_title("Learned heads: ± pairs lie on both sides")
+    ax_length.set(
+        xlabel="context length L at evaluation",
+        ylabel="population loss (median over members)",
+        yscale="log",
     )
-    for ax in (ax_curve, ax_hist, ax_heads):
-        ax.legend(fontsize=8)
+    ax_length.set_title(f"Length generalization (trained at L = {training_length})")
+    ax_sum.set(xlabel="Σ_h μ_h after training", ylabel="members")
+    ax_sum.set_title("Zero-sum output weights")
+    for ax in (ax_curve, ax_hist, ax_heads, ax_length, ax_structure):
+        ax.legend(fontsize=7)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+def _structure_bars(ax, groups, colors):
+    names = {
+        "kq_diagonal_ratio": "KQ diagonal\nratio",
+        "kq_diagonal_spread": "KQ diagonal\nspread",
+        "kq_label_ratio": "KQ label\nrow/col",
+        "ov_last_entry_ratio": "OV last-\nentry ratio",
+        "zero_sum_median": "|Σμ| / Σ|μ|",
+        "paired_fraction": "± paired\nmembers",
+    }
+    width = 0.8 / len(groups)
+    for k, (color, (n_heads, g)) in enumerate(zip(colors, groups.items())):
+        x = np.arange(len(names)) + (k - (len(groups) - 1) / 2) * width
+        ax.bar(x, [g[name] for name in names], width, color=color, label=f"H = {n_heads}")
+    ax.set_xticks(np.arange(len(names)), list(names.values()), fontsize=7)
+    ax.set(ylabel="median over live heads", ylim=(0, 1.05))
+    ax.set_title("Learned structure (He et al.: 1, 0, 0, 1, 0, 1)")

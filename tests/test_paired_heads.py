@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 import jaxicl._cli as cli
-from jaxicl._experiments._ensemble_training import EnsembleTrainingConfig, run_ensemble_training
+from jaxicl._experiments._paired_heads import PairedHeadsConfig, run_paired_heads
 
 
 TINY = dict(
@@ -24,20 +24,20 @@ class Interrupt(Exception):
 
 
 def test_interrupted_run_resumes_to_identical_results(tmp_path):
-    config = EnsembleTrainingConfig(**TINY)
-    whole = run_ensemble_training(config, tmp_path / "whole", progress=False)
+    config = PairedHeadsConfig(**TINY)
+    whole = run_paired_heads(config, tmp_path / "whole", progress=False)
 
     def kill_after_first_chunk_of_h2(n_heads, done):
         if n_heads == 2 and done == 20:
             raise Interrupt
 
     with pytest.raises(Interrupt):
-        run_ensemble_training(
+        run_paired_heads(
             config, tmp_path / "resumed", progress=False, on_chunk=kill_after_first_chunk_of_h2
         )
     assert not (tmp_path / "resumed" / "summary.json").exists()
     chunks_seen = []
-    resumed = run_ensemble_training(
+    resumed = run_paired_heads(
         config,
         tmp_path / "resumed",
         progress=False,
@@ -57,11 +57,11 @@ def test_interrupted_run_resumes_to_identical_results(tmp_path):
 
 
 def test_different_configuration_is_refused(tmp_path):
-    run_ensemble_training(EnsembleTrainingConfig(**TINY), tmp_path, progress=False)
+    run_paired_heads(PairedHeadsConfig(**TINY), tmp_path, progress=False)
     before = (tmp_path / "config.json").read_text()
     with pytest.raises(ValueError, match="n_members: stored 4, requested 8"):
-        run_ensemble_training(
-            EnsembleTrainingConfig(**dict(TINY, n_members=8)), tmp_path, progress=False
+        run_paired_heads(
+            PairedHeadsConfig(**dict(TINY, n_members=8)), tmp_path, progress=False
         )
     assert (tmp_path / "config.json").read_text() == before
 
@@ -77,14 +77,14 @@ def test_different_configuration_is_refused(tmp_path):
 )
 def test_bad_config_names_the_field(overrides, field):
     with pytest.raises(ValueError, match=field):
-        EnsembleTrainingConfig(**dict(TINY, **overrides))
+        PairedHeadsConfig(**dict(TINY, **overrides))
 
 
 def test_cli_runs_and_reports(tmp_path, capsys):
     out = tmp_path / "run"
     args = [
         "run",
-        "ensemble-training",
+        "paired-heads",
         "--out",
         str(out),
         "--quiet",
@@ -113,7 +113,7 @@ def test_cli_runs_and_reports(tmp_path, capsys):
 
 
 def test_cli_bad_value_exits_with_message(tmp_path, capsys):
-    code = cli.main(["run", "ensemble-training", "--out", str(tmp_path), "--n-members", "-3"])
+    code = cli.main(["run", "paired-heads", "--out", str(tmp_path), "--n-members", "-3"])
     assert code == 2
     assert "`n_members` must be a positive integer" in capsys.readouterr().err
     assert not (tmp_path / "config.json").exists()

@@ -1,0 +1,80 @@
+"""Risks against context length L: trained models (evaluated away from their training L) and
+the reference predictors, each at its best setting for that L (He et al. 2025)."""
+
+import math
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import jax.random as jr
+
+from .._objectives import monte_carlo_loss
+from .._predictors import (
+    debiased_gd_risk,
+    gd_risk,
+    optimal_gd_step,
+    ridge_risk_given_inputs,
+)
+from .._tasks import LinearRegression, sample_prompts
+
+
+def _task(d, context_len, noise_var):
+    sigma = math.sqrt(noise_var)
+    return LinearRegression(d, context_len, context_noise=sigma, query_noise=sigma)
+
+
+@eqx.filter_jit
+def _kernel_smoother_risk(prompts, omegas):
+    """Best single-head smoother ŷ = μ Σ_l softmax(ω x_lᵀx_q) y_l over a grid of ω, with μ
+    optimal in closed form for each ω: risk = E[y_q²] − E[s y_q]² / E[s²]."""
+
+    def risk(omega):
+        weights = jax.nn.softmax(omega * jnp.einsum("pld,pd->pl", prompts.x, prompts.query_x))
+        smooth = jnp.einsum("pl,plo->p", weights, prompts.y)
+        target = prompts.query_y[:, 0]
+        return jnp.mean(target**2) - jnp.mean(smooth * target) ** 2 / jnp.mean(smooth**2)
+
+    return jax.vmap(risk)(omegas).min()
+
+
+def predictor_risks(d: int, lengths, noise_var: float, n_prompts: int, *, key) -> dict:
+    """Population risk of each reference predictor at each L (lists aligned with `lengths`).
+
+    GD and debiased GD at their optimal step (closed forms), Bayes ridge λ = σ²d (closed form
+    given the inputs, averaged over sampled inputs), the kernel smoother at its best (ω, μ) (Monte
+    Carlo, ω on a grid; in-sample μ makes it optimistic by O(1/`n_prompts`)), zero predictor.
+    """
+    sigma = math.sqrt(noise_var)
+    noise = dict(context_noise=sigma, query_noise=sigma)
+    out = {k: [] for k in ("gd", "debiased_gd", "bayes_ridge", "kernel_smoother", "zero")}
+    omegas = jnp.linspace(0.0, 1.5, 61)
+    for length in lengths:
+        length_key = jr.fold_in(key, length)
+        prompts = sample_prompts(_task(d, length, noise_var), n_prompts, key=length_key)
+        for name, debiased, risk in (
+            ("gd", False, gd_risk),
+            ("debiased_gd", True, debiased_gd_risk),
+        ):
+            step = optimal_gd_step(d=d, context_len=length, context_noise=sigma, debiased=debiased)
+            out[name].append(float(risk(d=d, context_len=length, step=step, **noise)))
+        ridge = jax.vmap(lambda x: ridge_risk_given_inputs(x, ridge=noise_var * d, **noise))
+        out["bayes_ridge"].append(float(ridge(prompts.x).mean()))
+        out["kernel_smoother"].append(float(_kernel_smoother_risk(prompts, omegas)))
+        out["zero"].append(1.0 + noise_var)
+    return out
+
+
+@eqx.filter_jit
+def _losses_at(models, task, n_prompts, key):
+    per_member = lambda model: monte_carlo_loss(model, task, n_prompts, key=key)[0]  # noqa: E731
+    return eqx.filter_vmap(per_member)(models)
+
+
+def model_losses_by_length(models, d: int, lengths, noise_var: float, n_prompts: int, *, key):
+    """Population loss (Monte Carlo, the same prompts for every member) of each stacked model at
+    each L; shape (members, len(lengths))."""
+    columns = [
+        _losses_at(models, _task(d, length, noise_var), n_prompts, jr.fold_in(key, length))
+        for length in lengths
+    ]
+    return jnp.stack(columns, axis=1)

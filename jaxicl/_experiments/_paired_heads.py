@@ -1,0 +1,265 @@
+"""Experiment `paired-heads`: many random initializations of multi-head softmax attention
+trained on in-context linear regression (the single-task setting of He et al., ICML 2025),
+for several head counts, compared with the reference predictors.
+
+Each head count is one compiled program over all its members. Steps run in chunks; after each
+chunk the ensemble state and its records are checkpointed, so a killed run resumes where it
+stopped and finishes with the same numbers.
+"""
+
+import dataclasses
+import math
+import pathlib
+
+import equinox as eqx
+import jax
+import jax.random as jr
+import numpy as np
+
+from .. import _validation as check
+from .._checkpoint import claim_run_directory, save_json
+from .._objectives import monte_carlo_loss
+from .._observables import head_structure
+from .._tasks import LinearRegression
+from ._chunked_training import train_group
+from ._length_generalization import model_losses_by_length, predictor_risks
+
+
+@dataclasses.dataclass(frozen=True)
+class PairedHeadsConfig:
+    """Configuration of `paired-heads`; every field is validated on construction.
+
+    Defaults follow He et al. (d = 5, L = 40, σ² = 0.1, Adam 1e-3, 256 prompts a step) with
+    a short horizon so that the whole run takes a few CPU-minutes.
+    """
+
+    d: int = 5
+    context_len: int = 40
+    noise_var: float = 0.1
+    heads: tuple[int, ...] = (1, 2, 4, 8)
+    n_members: int = 64
+    steps: int = 3000
+    record_every: int = 50
+    chunk_steps: int = 500
+    batch_size: int = 256
+    learning_rate: float = 1e-3
+    init_scale: float = 0.1
+    eval_prompts: int = 4096
+    eval_lengths: tuple[int, ...] = (10, 20, 40, 60, 80, 100)
+    seed: int = 0
+
+    def __post_init__(self):
+        for name in (
+            "d",
+            "context_len",
+            "n_members",
+            "steps",
+            "record_every",
+            "chunk_steps",
+            "batch_size",
+            "eval_prompts",
+        ):
+            check.positive_int(name, getattr(self, name))
+        check.finite_nonnegative("noise_var", self.noise_var)
+        check.finite_positive("learning_rate", self.learning_rate)
+        check.finite_nonnegative("init_scale", self.init_scale)
+        if not isinstance(self.seed, int) or isinstance(self.seed, bool):
+            raise ValueError(f"`seed` must be an integer, got {self.seed!r}.")
+        if not self.heads:
+            raise ValueError("`heads` must list at least one head count, got ().")
+        for h in self.heads:
+            check.positive_int("heads", h)
+        if not self.eval_lengths:
+            raise ValueError("`eval_lengths` must list at least one context length, got ().")
+        for length in self.eval_lengths:
+            check.positive_int("eval_lengths", length)
+        if self.chunk_steps % self.record_every or self.steps % self.chunk_steps:
+            raise ValueError(
+                f"`record_every` ({self.record_every}) must divide `chunk_steps` "
+                f"({self.chunk_steps}), which must divide `steps` ({self.steps})."
+            )
+
+    def as_dict(self) -> dict:
+        out = dataclasses.asdict(self)
+        out["heads"] = list(self.heads)
+        out["eval_lengths"] = list(self.eval_lengths)
+        return out
+
+
+def reference_risks(config: PairedHeadsConfig, *, key) -> dict:
+    """Population risks of the reference predictors at the training length (see
+    `predictor_risks`), under the names the summary and figure use."""
+    risks = predictor_risks(
+        config.d, (config.context_len,), config.noise_var, config.eval_prompts, key=key
+    )
+    names = dict(
+        bayes_ridge="bayes_ridge",
+        best_gd="gd",
+        best_debiased_gd="debiased_gd",
+        kernel_smoother="kernel_smoother",
+        zero_predictor="zero",
+    )
+    return {name: risks[source][0] for name, source in names.items()}
+
+
+@eqx.filter_jit
+def _population_losses(models, task, n_prompts, key):
+    """Each member's population loss by Monte Carlo on the same fresh prompts (paired)."""
+    per_member = lambda model: monte_carlo_loss(model, task, n_prompts, key=key)  # noqa: E731
+    return eqx.filter_vmap(per_member)(models)
+
+
+def run_paired_heads(
+    config: PairedHeadsConfig,
+    out_dir: str | pathlib.Path,
+    *,
+    progress: bool | None = None,
+    on_chunk=None,
+) -> dict:
+    """Run (or resume) the experiment into `out_dir`; returns the summary that is also saved.
+
+    Writes `config.json`, `records_H{h}.npz` (loss and (ω, μ) per member over training, final
+    population losses, losses at every evaluation length), `summary.json` and
+    `paired_heads.png`. `on_chunk(n_heads, steps_done)` is
+    called after every checkpoint.
+    """
+    from .._plots import plot_paired_heads
+
+    out_dir = pathlib.Path(out_dir)
+    claim_run_directory(out_dir, config.as_dict())
+    eval_key, reference_key, length_key = jr.split(jr.fold_in(jr.key(config.seed), 10_000), 3)
+    lengths = config.eval_lengths
+    summary = {
+        "config": config.as_dict(),
+        "device": str(jax.devices()[0].device_kind),
+        "references": reference_risks(config, key=reference_key),
+        "by_length": {
+            "lengths": list(lengths),
+            "predictors": predictor_risks(
+                config.d, lengths, config.noise_var, config.eval_prompts, key=reference_key
+            ),
+            "models_median": {},
+        },
+        "groups": {},
+    }
+    results = {}
+    sigma = math.sqrt(config.noise_var)
+    task = LinearRegression(config.d, config.context_len, context_noise=sigma, query_noise=sigma)
+    for n_heads in config.heads:
+        models, records, timings = train_group(
+            config, task, n_heads, out_dir / f"H{n_heads}", progress=progress, on_chunk=on_chunk
+        )
+        # One task: keep (members, records, H) rather than a trailing task axis of size 1.
+        records = dict(records, omega=records["omega"][..., 0], mu=records["mu"][..., 0])
+        losses, errors = _population_losses(models, task, config.eval_prompts, eval_key)
+        by_length = model_losses_by_length(
+            models, config.d, lengths, config.noise_var, config.eval_prompts, key=length_key
+        )
+        records = dict(
+            records,
+            final_loss=np.asarray(losses),
+            final_loss_stderr=np.asarray(errors),
+            loss_by_length=np.asarray(by_length),
+        )
+        np.savez(out_dir / f"records_H{n_heads}.npz", **records)
+        results[n_heads] = records
+        summary["groups"][str(n_heads)] = dict(
+            _group_summary(config, records, timings), **_structure_summary(models)
+        )
+        summary["by_length"]["models_median"][str(n_heads)] = np.median(
+            records["loss_by_length"], axis=0
+        ).tolist()
+    save_json(out_dir / "summary.json", summary)
+    plot_paired_heads(results, summary, out_dir / "paired_heads.png")
+    return summary
+
+
+def _structure_summary(models) -> dict:
+    """Medians over live heads (|ω μ| ≥ 5% of the member's strongest head) of the structure
+    statistics, the zero-sum measure |Σ_h μ_h| / Σ_h |μ_h|, and the fraction of members whose
+    live heads come in both signs while each still fits the data (ω_h μ_h > 0): ± pairs."""
+    structure = jax.vmap(head_structure)(models)
+    strength = np.abs(np.asarray(structure.omega * structure.mu))
+    live = strength >= 0.05 * strength.max(axis=1, keepdims=True)
+    omega, mu = np.asarray(structure.omega), np.asarray(structure.mu)
+    out = {
+        name: float(np.median(np.asarray(getattr(structure, name))[live]))
+        for name in (
+            "kq_diagonal_ratio",
+            "kq_diagonal_spread",
+            "kq_label_ratio",
+            "ov_last_entry_ratio",
+        )
+    }
+    out["zero_sum_median"] = float(np.median(np.abs(mu.sum(axis=1)) / np.abs(mu).sum(axis=1)))
+    both_signs = ((omega > 0) & live).any(axis=1) & ((omega < 0) & live).any(axis=1)
+    aligned = np.where(live, omega * mu > 0, True).all(axis=1)
+    out["paired_fraction"] = float(np.mean(both_signs & aligned))
+    out["live_heads_median"] = float(np.median(live.sum(axis=1)))
+    return out
+
+
+def _group_summary(config, records, timings) -> dict:
+    final = records["final_loss"]
+    healthy = final[~records["diverged"][:, -1]]
+    mu = records["mu"][:, -1]
+    group = {
+        "members": int(final.shape[0]),
+        "diverged": int(records["diverged"][:, -1].sum()),
+        "final_loss_median": float(np.median(healthy)),
+        "final_loss_q10": float(np.quantile(healthy, 0.1)),
+        "final_loss_q90": float(np.quantile(healthy, 0.9)),
+        "final_loss_mean": float(healthy.mean()),
+        "final_loss_stderr": float(healthy.std(ddof=1) / np.sqrt(healthy.size))
+        if healthy.size > 1
+        else float("nan"),
+        "sum_mu_median": float(np.median(mu.sum(axis=1))),
+    }
+    if mu.shape[1] >= 2:
+        group["mixed_sign_mu_fraction"] = float(
+            np.mean((mu > 0).any(axis=1) & (mu < 0).any(axis=1))
+        )
+    if len(timings) > 1:
+        # The first chunk of a fresh process includes compilation; later chunks do not.
+        group["member_steps_per_s"] = (
+            config.n_members * config.chunk_steps / float(np.median(timings[1:]))
+        )
+        group["first_chunk_s"] = float(timings[0])
+    return group
+
+
+def format_paired_heads_summary(summary: dict) -> str:
+    """A short plain-text table of the saved summary."""
+    refs = summary["references"]
+    lines = [
+        "heads  members  final loss mean ± s.e. (median)  diag KQ  spread  last-entry OV  "
+        "|Σμ|/Σ|μ|  ± pairs  live heads"
+    ]
+    for h, g in summary["groups"].items():
+        lines.append(
+            f"{h:>5}  {g['members']:>7}  {g['final_loss_mean']:.4f} ± {g['final_loss_stderr']:.4f}"
+            f" ({g['final_loss_median']:.4f})   {g['kq_diagonal_ratio']:6.3f}  "
+            f"{g['kq_diagonal_spread']:6.3f}  {g['ov_last_entry_ratio']:13.3f}  "
+            f"{g['zero_sum_median']:9.3f}  {g['paired_fraction']:7.0%}  "
+            f"{g['live_heads_median']:10.0f}"
+        )
+    lines.append(
+        "references at the training L: Bayes ridge {bayes_ridge:.4f}, best GD {best_gd:.4f}, "
+        "best debiased GD {best_debiased_gd:.4f}, best kernel smoother {kernel_smoother:.4f}, "
+        "zero {zero_predictor:.4f}".format(**refs)
+    )
+    by_length = summary["by_length"]
+    lines.append(
+        "loss against context length L: " + "  ".join(f"{n:>6}" for n in by_length["lengths"])
+    )
+    rows = [(f"H={h} (median)", v) for h, v in by_length["models_median"].items()]
+    rows += [(name, v) for name, v in by_length["predictors"].items()]
+    for name, values in rows:
+        lines.append(f"  {name:<29}" + "  ".join(f"{v:6.3f}" for v in values))
+    for h, g in summary["groups"].items():
+        if "member_steps_per_s" in g:
+            lines.append(
+                f"H={h}: {g['member_steps_per_s']:.0f} member-steps/s after compilation "
+                f"(first chunk incl. compile {g['first_chunk_s']:.1f} s)"
+            )
+    return "\n".join(lines)
