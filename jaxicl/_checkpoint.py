@@ -66,5 +66,16 @@ def load_checkpoint(path: pathlib.Path, like):
     return state, records
 
 
+def cached_arrays(path: pathlib.Path, compute) -> dict:
+    """The dict of NumPy arrays stored at `path` (`.npz`), or `compute()`'s, saved atomically
+    first: an experiment made of independent groups resumes at the first missing group."""
+    if path.exists():
+        with np.load(path) as stored:
+            return {k: stored[k] for k in stored.files}
+    arrays = {k: np.asarray(v) for k, v in compute().items()}
+    _atomic_write(path, lambda f: np.savez(f, **arrays))
+    return arrays
+
+
 def save_json(path: pathlib.Path, payload: dict) -> None:
     _atomic_write(path, lambda f: f.write(json.dumps(payload, indent=2).encode()))

@@ -5,6 +5,11 @@ import dataclasses
 import sys
 
 from ._devices import use_all_cpu_cores
+from ._experiments._overlapping_tasks import (
+    OverlappingTasksConfig,
+    format_overlapping_summary,
+    run_overlapping_tasks,
+)
 from ._experiments._paired_heads import (
     PairedHeadsConfig,
     format_paired_heads_summary,
@@ -18,8 +23,13 @@ from ._experiments._task_allocation import (
 
 
 EXPERIMENTS = {
-    "paired-heads": (PairedHeadsConfig, run_paired_heads, format_paired_heads_summary),
     "task-allocation": (TaskAllocationConfig, run_task_allocation, format_allocation_summary),
+    "paired-heads": (PairedHeadsConfig, run_paired_heads, format_paired_heads_summary),
+    "overlapping-tasks": (
+        OverlappingTasksConfig,
+        run_overlapping_tasks,
+        format_overlapping_summary,
+    ),
 }
 
 

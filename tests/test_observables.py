@@ -27,3 +27,19 @@ def test_block_count_must_match_outputs(getkey):
     model = ji.init_normal(d=4, n_out=1, n_heads=1, scale=0.5, key=getkey())
     with pytest.raises(ValueError, match="`blocks`"):
         ji.semi_singular_values(model, ((0, 2), (2, 4)))
+
+
+def test_head_structure_of_the_learned_form_and_of_a_random_model(getkey):
+    """W = ω I on the x-block, U = μ on the label: every statistic at its ideal value; a
+    random model is far from it."""
+    d, omega, mu = 5, jnp.asarray([0.3, -0.2]), jnp.asarray([1.5, -2.0])
+    ideal = ji.decomposable_attention(omega[:, None], mu[:, None], ((0, d),), d)
+    s = ji.head_structure(ideal)
+    assert jnp.allclose(s.kq_diagonal_ratio, 1.0) and jnp.allclose(s.kq_diagonal_spread, 0.0)
+    assert jnp.allclose(s.kq_label_ratio, 0.0) and jnp.allclose(s.ov_last_entry_ratio, 1.0)
+    assert jnp.allclose(s.omega, omega) and jnp.allclose(s.mu, mu)
+    noisy = ji.init_normal(d=d, n_out=1, n_heads=16, scale=1.0, key=getkey())
+    r = ji.head_structure(noisy)
+    # Random-matrix medians: ≈ √(d/d²) = 0.45, |u_6|/‖u‖ ≈ 0.3, ≈ √(11/36) = 0.55.
+    assert jnp.median(r.kq_diagonal_ratio) < 0.7 and jnp.median(r.ov_last_entry_ratio) < 0.7
+    assert jnp.median(r.kq_label_ratio) > 0.3

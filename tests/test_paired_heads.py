@@ -60,9 +60,7 @@ def test_different_configuration_is_refused(tmp_path):
     run_paired_heads(PairedHeadsConfig(**TINY), tmp_path, progress=False)
     before = (tmp_path / "config.json").read_text()
     with pytest.raises(ValueError, match="n_members: stored 4, requested 8"):
-        run_paired_heads(
-            PairedHeadsConfig(**dict(TINY, n_members=8)), tmp_path, progress=False
-        )
+        run_paired_heads(PairedHeadsConfig(**dict(TINY, n_members=8)), tmp_path, progress=False)
     assert (tmp_path / "config.json").read_text() == before
 
 
@@ -107,7 +105,7 @@ def test_cli_runs_and_reports(tmp_path, capsys):
     ]
     assert cli.main(args) == 0
     printed = capsys.readouterr().out
-    assert "final loss median" in printed and "Bayes ridge" in printed
+    assert "final loss mean" in printed and "Bayes ridge" in printed
     summary = json.loads((out / "summary.json").read_text())
     assert summary["groups"]["2"]["members"] == 3
 
@@ -117,3 +115,24 @@ def test_cli_bad_value_exits_with_message(tmp_path, capsys):
     assert code == 2
     assert "`n_members` must be a positive integer" in capsys.readouterr().err
     assert not (tmp_path / "config.json").exists()
+
+
+def test_summary_has_structure_and_length_curves(tmp_path):
+    config = PairedHeadsConfig(**dict(TINY, eval_lengths=(4, 8, 16)))
+    summary = run_paired_heads(config, tmp_path, progress=False)
+    for g in summary["groups"].values():
+        for name in ("kq_diagonal_ratio", "ov_last_entry_ratio", "zero_sum_median"):
+            assert 0 <= g[name] <= 1
+        assert 0 <= g["paired_fraction"] <= 1 and np.isfinite(g["final_loss_stderr"])
+    assert summary["groups"]["1"]["paired_fraction"] == 0  # one head cannot pair
+    by_length = summary["by_length"]
+    assert by_length["lengths"] == [4, 8, 16]
+    for h in ("1", "2"):
+        assert len(by_length["models_median"][h]) == 3
+    predictors = by_length["predictors"]
+    # Bayes ridge is optimal: no other predictor beats it at any L (up to Monte Carlo noise).
+    for name in ("gd", "debiased_gd", "kernel_smoother"):
+        assert all(b <= p + 0.02 for b, p in zip(predictors["bayes_ridge"], predictors[name]))
+    with np.load(tmp_path / "records_H2.npz") as records:
+        assert records["loss_by_length"].shape == (4, 3)
+    assert (tmp_path / "paired_heads.png").stat().st_size > 50_000

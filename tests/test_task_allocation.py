@@ -16,6 +16,11 @@ TINY = dict(
     n_records=50,
     warmup_scales=(1e-3, 3e-3),
     separation_lengths=(100,),
+    horizon_merged=2.0,
+    full_seeds=2,
+    full_batch=64,
+    full_horizon=40.0,
+    full_horizon_merged=0.5,
 )
 
 
@@ -38,6 +43,43 @@ def test_outputs_have_the_promised_fields(tiny_run):
     assert set(summary["warmup_scaling"]) == {"factorized", "merged"}
     assert json.loads((out / "summary.json").read_text())["config"]["n_seeds"] == 8
     assert (out / "task_allocation.png").stat().st_size > 50_000
+    assert set(summary["full_model"]) == {
+        "balanced/H3",
+        "random-positive/H3",
+        "random-sign/H3",
+    }
+    for g in summary["full_model"].values():
+        assert g["seeds"] == 2
+        assert 0 <= g["off_ansatz_W_median"] < 1 and 0 <= g["off_ansatz_U_median"] < 1
+        assert np.isfinite(g["final_loss_median"]) and g["diverged"] == 0
+    assert (out / "full_model.png").stat().st_size > 30_000
+
+
+def test_full_model_allocates_like_the_reduced_flow(tiny_run):
+    """Balanced init, H = n: the full model (64 sampled prompts a step) allocates head h to
+    task h at some time, as the reduced flow does, and its loss drops by more than half."""
+    out, summary = tiny_run
+    g = summary["full_model"]["balanced/H3"]
+    assert g["ever_success_rate"] == 1.0 and g["reduced_success_rate"] == 1.0
+    with np.load(out / "groups.npz") as groups:
+        loss = groups["full/balanced/H3/loss"]
+    assert (loss[:, -10:].mean(axis=1) < 0.5 * loss[:, :5].mean(axis=1)).all()
+
+
+def test_rerun_resumes_from_stored_groups(tiny_run, monkeypatch):
+    """A second run in the same directory computes nothing: every group is stored."""
+    import jaxicl._experiments._task_allocation as experiment
+
+    out, summary = tiny_run
+
+    def must_not_run(*args, **kwargs):
+        raise AssertionError("a stored group was recomputed")
+
+    monkeypatch.setattr(experiment, "_scheme_group", must_not_run)
+    monkeypatch.setattr(experiment, "full_model_group", must_not_run)
+    again = run_task_allocation(TaskAllocationConfig(**TINY), out, progress=False)
+    assert again["groups"] == summary["groups"]
+    assert again["full_model"] == summary["full_model"]
 
 
 def test_balanced_init_allocates_head_h_to_task_h(tiny_run):
@@ -66,3 +108,7 @@ def test_bad_config_names_the_field():
         TaskAllocationConfig(**dict(TINY, n_seeds=0))
     with pytest.raises(ValueError, match="`dt_merged`"):
         TaskAllocationConfig(**dict(TINY, dt_merged=0.0003))
+    with pytest.raises(ValueError, match="`full_seeds`"):
+        TaskAllocationConfig(**dict(TINY, full_seeds=9))
+    with pytest.raises(ValueError, match="`full_heads`"):
+        TaskAllocationConfig(**dict(TINY, full_heads=(0,)))

@@ -28,7 +28,7 @@ import numpy as np
 
 from .. import _validation as check
 from .._analysis import detect_phases, task_allocation
-from .._checkpoint import claim_run_directory, save_json
+from .._checkpoint import cached_arrays, claim_run_directory, save_json
 from .._reduced import (
     MergedSpectral,
     ReducedLoss,
@@ -229,7 +229,9 @@ def separation(config) -> dict:
 
 
 def run_task_allocation(config: TaskAllocationConfig, out_dir, *, progress=None, on_chunk=None):
-    """Run the experiment into `out_dir`: `groups.npz`, `summary.json`, `task_allocation.png`."""
+    """Run (or resume) the experiment into `out_dir`: `groups.npz`, `summary.json`,
+    `task_allocation.png`, `full_model.png`. Each finished group is stored under `groups/`,
+    so an interrupted run resumes at the first unfinished group."""
     from .._plots_allocation import plot_full_model_comparison, plot_task_allocation
     from .._progress import progress_bar
 
@@ -245,16 +247,22 @@ def run_task_allocation(config: TaskAllocationConfig, out_dir, *, progress=None,
     )
     for scheme in SCHEMES:
         for n_heads in config.heads:
-            groups[(scheme, n_heads)] = _scheme_group(config, scheme, n_heads)
+            groups[(scheme, n_heads)] = cached_arrays(
+                out_dir / "groups" / f"{scheme}_H{n_heads}.npz",
+                lambda: _scheme_group(config, scheme, n_heads),  # noqa: B023
+            )
             bar.update(1)
     for scheme, n_heads in full_configs:
         merged = scheme == "random-sign"
-        full[(scheme, n_heads)] = full_model_group(
-            config,
-            _initial_states(config, scheme, n_heads, config.full_seeds),
-            merged=merged,
-            dt=config.dt_merged if merged else config.dt_factorized,
-            horizon=config.full_horizon_merged if merged else config.full_horizon,
+        full[(scheme, n_heads)] = cached_arrays(
+            out_dir / "groups" / f"full_{scheme}_H{n_heads}.npz",
+            lambda: full_model_group(  # noqa: B023
+                config,
+                _initial_states(config, scheme, n_heads, config.full_seeds),
+                merged=merged,
+                dt=config.dt_merged if merged else config.dt_factorized,
+                horizon=config.full_horizon_merged if merged else config.full_horizon,
+            ),
         )
         bar.update(1)
     bar.close()

@@ -1,0 +1,161 @@
+"""Experiment `overlapping-tasks`: two regression tasks sharing input coordinates (He et al.
+2025; d = 6, task 1 reads x[0:4], task 2 reads x[2:6], L = 48), trained from random inits for
+several head counts. With N = 2 tasks, He et al. report superposition (heads mixing both
+tasks) for H < 2N and a ± pair of heads per task for H ≥ 2N.
+
+A head's strength on task k is |ω_{h,k} μ_{h,k}|, with ω_{h,k} the mean KQ diagonal over the
+coordinates only task k reads (x[0:2], x[4:6]; the shared ones cannot tell the tasks apart) and
+μ_{h,k} = U_h[k, d + k]. Purity is the larger strength over the sum; a member is *split* when
+each task is served by live heads of purity ≥ 0.9 of both signs of ω (its own ± pair).
+"""
+
+import dataclasses
+import math
+import pathlib
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import jax.random as jr
+import numpy as np
+
+from .. import _validation as check
+from .._checkpoint import claim_run_directory, save_json
+from .._objectives import monte_carlo_loss
+from .._tasks import overlapping_two_task
+from ._chunked_training import train_group
+
+
+PURITY_THRESHOLD = 0.9
+LIVE_FRACTION = 0.05
+OWN_COORDINATES = ((0, 2), (4, 6))  # coordinates read by task 1 only, by task 2 only
+
+
+@dataclasses.dataclass(frozen=True)
+class OverlappingTasksConfig:
+    """Configuration of `overlapping-tasks`; every field is validated on construction."""
+
+    noise_var: float = 0.1
+    context_len: int = 48
+    heads: tuple[int, ...] = (2, 3, 4, 6)
+    n_members: int = 32
+    steps: int = 4000
+    record_every: int = 50
+    chunk_steps: int = 500
+    batch_size: int = 256
+    learning_rate: float = 1e-3
+    init_scale: float = 0.1
+    eval_prompts: int = 4096
+    seed: int = 0
+
+    def __post_init__(self):
+        for name in (
+            "context_len",
+            "n_members",
+            "steps",
+            "record_every",
+            "chunk_steps",
+            "batch_size",
+            "eval_prompts",
+        ):
+            check.positive_int(name, getattr(self, name))
+        check.finite_nonnegative("noise_var", self.noise_var)
+        check.finite_positive("learning_rate", self.learning_rate)
+        check.finite_nonnegative("init_scale", self.init_scale)
+        check.nonnegative_int("seed", self.seed)
+        if not self.heads:
+            raise ValueError("`heads` must list at least one head count, got ().")
+        for h in self.heads:
+            check.positive_int("heads", h)
+        if self.chunk_steps % self.record_every or self.steps % self.chunk_steps:
+            raise ValueError(
+                f"`record_every` ({self.record_every}) must divide `chunk_steps` "
+                f"({self.chunk_steps}), which must divide `steps` ({self.steps})."
+            )
+
+    def as_dict(self) -> dict:
+        out = dataclasses.asdict(self)
+        out["heads"] = list(self.heads)
+        return out
+
+
+def task_strengths(model) -> jax.Array:
+    """(H, 2) strengths |ω_{h,k} μ_{h,k}| and signed ω_{h,k} of one two-output model."""
+    merged = model.merged()
+    d = merged.W.shape[-1] - 2
+    diagonal = jnp.diagonal(merged.W[:, :d, :d], axis1=1, axis2=2)
+    omega = jnp.stack([diagonal[:, a:b].mean(axis=1) for a, b in OWN_COORDINATES], axis=1)
+    mu = merged.U[:, jnp.arange(2), d + jnp.arange(2)]
+    return jnp.abs(omega * mu), omega
+
+
+def _split_statistics(strength, omega) -> dict:
+    """Per member: purity of live heads, and whether every task has its own ± pair."""
+    total = strength.sum(axis=2)
+    live = total >= LIVE_FRACTION * total.max(axis=1, keepdims=True)
+    purity = strength.max(axis=2) / np.where(total > 0, total, 1.0)
+    task = strength.argmax(axis=2)
+    pure = live & (purity >= PURITY_THRESHOLD)
+    own_omega = np.take_along_axis(omega, task[..., None], axis=2)[..., 0]
+    split = np.ones(strength.shape[0], bool)
+    for k in range(strength.shape[2]):
+        serving = pure & (task == k)
+        split &= (serving & (own_omega > 0)).any(axis=1) & (serving & (own_omega < 0)).any(axis=1)
+    return {"purity": purity, "live": live, "split": split}
+
+
+@eqx.filter_jit
+def _population_losses(models, task, n_prompts, key):
+    per_member = lambda model: monte_carlo_loss(model, task, n_prompts, key=key)[0]  # noqa: E731
+    return eqx.filter_vmap(per_member)(models)
+
+
+def run_overlapping_tasks(config: OverlappingTasksConfig, out_dir, *, progress=None, on_chunk=None):
+    """Run (or resume) into `out_dir`: `records_H{h}.npz`, `summary.json`,
+    `overlapping_tasks.png`."""
+    from .._plots_overlapping import plot_overlapping_tasks
+
+    out_dir = pathlib.Path(out_dir)
+    claim_run_directory(out_dir, config.as_dict())
+    task = overlapping_two_task(sigma2=config.noise_var, context_len=config.context_len)
+    eval_key = jr.fold_in(jr.key(config.seed), 10_000)
+    summary = {"config": config.as_dict(), "groups": {}}
+    results = {}
+    for n_heads in config.heads:
+        models, records, _ = train_group(
+            config, task, n_heads, out_dir / f"H{n_heads}", progress=progress, on_chunk=on_chunk
+        )
+        strength, omega = (np.asarray(a) for a in jax.vmap(task_strengths)(models))
+        stats = _split_statistics(strength, omega)
+        loss = np.asarray(_population_losses(models, task, config.eval_prompts, eval_key))
+        results[n_heads] = dict(records, final_loss=loss, strength=strength, **stats)
+        np.savez(out_dir / f"records_H{n_heads}.npz", **results[n_heads])
+        live_purity = stats["purity"][stats["live"]]
+        rate = float(stats["split"].mean())
+        summary["groups"][str(n_heads)] = {
+            "members": int(loss.size),
+            "split_rate": rate,
+            "split_stderr": math.sqrt(rate * (1 - rate) / loss.size),
+            "mixed_head_fraction": float(np.mean(live_purity < PURITY_THRESHOLD)),
+            "purity_median": float(np.median(live_purity)),
+            "final_loss_median": float(np.median(loss)),
+            "final_loss_q10": float(np.quantile(loss, 0.1)),
+            "final_loss_q90": float(np.quantile(loss, 0.9)),
+        }
+    save_json(out_dir / "summary.json", summary)
+    plot_overlapping_tasks(results, summary, out_dir / "overlapping_tasks.png")
+    return summary
+
+
+def format_overlapping_summary(summary: dict) -> str:
+    lines = [
+        "heads  members  split (own ± pair per task)  mixed live heads  purity median  "
+        "final loss median [10%, 90%]"
+    ]
+    for h, g in summary["groups"].items():
+        lines.append(
+            f"{h:>5}  {g['members']:>7}  {g['split_rate']:14.0%} ± {g['split_stderr']:.0%}"
+            f"       {g['mixed_head_fraction']:15.0%}  {g['purity_median']:13.3f}  "
+            f"{g['final_loss_median']:.4f} [{g['final_loss_q10']:.4f}, {g['final_loss_q90']:.4f}]"
+        )
+    return "\n".join(lines)

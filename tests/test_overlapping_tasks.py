@@ -1,0 +1,62 @@
+import json
+
+import numpy as np
+import pytest
+
+from jaxicl._experiments._overlapping_tasks import (
+    OverlappingTasksConfig,
+    _split_statistics,
+    run_overlapping_tasks,
+)
+
+
+TINY = dict(
+    heads=(2, 4),
+    n_members=4,
+    steps=40,
+    record_every=10,
+    chunk_steps=20,
+    batch_size=16,
+    eval_prompts=64,
+)
+
+
+def test_split_statistics_tell_pairs_from_superposition():
+    """Member 0: a + and a − pure head per task (split). Member 1: four heads mixing both
+    tasks (superposition). Member 2: pure heads but task 2 has no negative head."""
+    strength = np.array(
+        [
+            [[1, 0], [1, 0], [0, 1], [0, 1]],
+            [[1, 1], [1, 0.8], [0.9, 1], [1, 1]],
+            [[1, 0], [1, 0], [0, 1], [0, 1]],
+        ],
+        float,
+    )
+    omega = np.array(
+        [
+            [[1, 0], [-1, 0], [0, 1], [0, -1]],
+            [[1, 1], [-1, -1], [1, 1], [-1, -1]],
+            [[1, 0], [-1, 0], [0, 1], [0, 1]],
+        ],
+        float,
+    )
+    stats = _split_statistics(strength, omega)
+    assert stats["split"].tolist() == [True, False, False]
+    assert (stats["purity"][1] < 0.9).all() and (stats["purity"][0] == 1).all()
+
+
+def test_runs_and_reports(tmp_path):
+    summary = run_overlapping_tasks(OverlappingTasksConfig(**TINY), tmp_path, progress=False)
+    assert set(summary["groups"]) == {"2", "4"}
+    for g in summary["groups"].values():
+        assert {"split_rate", "split_stderr", "mixed_head_fraction", "purity_median"} <= set(g)
+        assert 0.5 <= g["purity_median"] <= 1 and np.isfinite(g["final_loss_median"])
+    assert json.loads((tmp_path / "summary.json").read_text())["config"]["heads"] == [2, 4]
+    assert (tmp_path / "overlapping_tasks.png").stat().st_size > 30_000
+
+
+def test_bad_config_names_the_field():
+    with pytest.raises(ValueError, match="`heads`"):
+        OverlappingTasksConfig(**dict(TINY, heads=(0,)))
+    with pytest.raises(ValueError, match="`chunk_steps`"):
+        OverlappingTasksConfig(**dict(TINY, chunk_steps=30))
