@@ -44,10 +44,11 @@ def plot_paired_heads(results: dict, summary: dict, path: pathlib.Path) -> None:
         "zero_predictor": "-",
     }
     for name, style in styles.items():
+        color = "grey" if name == "kernel_smoother" else "black"
         ax_curve.axhline(
-            references[name], color="black", ls=style, lw=1, label=name.replace("_", " ")
+            references[name], color=color, ls=style, lw=1, label=name.replace("_", " ")
         )
-        ax_hist.axvline(references[name], color="black", ls=style, lw=1)
+        ax_hist.axvline(references[name], color=color, ls=style, lw=1)
     length_names = {
         "bayes_ridge": ":",
         "gd": "--",
@@ -58,7 +59,7 @@ def plot_paired_heads(results: dict, summary: dict, path: pathlib.Path) -> None:
         ax_length.plot(
             by_length["lengths"],
             by_length["predictors"][name],
-            color="black",
+            color="grey" if name == "kernel_smoother" else "black",
             ls=style,
             lw=1,
             label=f"{name.replace('_', ' ')} (best for each L)",

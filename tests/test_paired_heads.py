@@ -16,6 +16,7 @@ TINY = dict(
     batch_size=16,
     eval_prompts=64,
     context_len=8,
+    eval_lengths=(4, 8),
 )
 
 
@@ -53,7 +54,7 @@ def test_interrupted_run_resumes_to_identical_results(tmp_path):
     assert whole["groups"]["2"]["final_loss_median"] == pytest.approx(
         resumed["groups"]["2"]["final_loss_median"], rel=1e-6
     )
-    assert (tmp_path / "resumed" / "loss_curves.png").stat().st_size > 10_000
+    assert (tmp_path / "resumed" / "paired_heads.png").stat().st_size > 10_000
 
 
 def test_different_configuration_is_refused(tmp_path):

@@ -57,13 +57,10 @@ def test_outputs_have_the_promised_fields(tiny_run):
 
 def test_full_model_allocates_like_the_reduced_flow(tiny_run):
     """Balanced init, H = n: the full model (64 sampled prompts a step) allocates head h to
-    task h at some time, as the reduced flow does, and its loss drops by more than half."""
+    task h at some time, as the reduced flow does."""
     out, summary = tiny_run
     g = summary["full_model"]["balanced/H3"]
     assert g["ever_success_rate"] == 1.0 and g["reduced_success_rate"] == 1.0
-    with np.load(out / "groups.npz") as groups:
-        loss = groups["full/balanced/H3/loss"]
-    assert (loss[:, -10:].mean(axis=1) < 0.5 * loss[:, :5].mean(axis=1)).all()
 
 
 def test_rerun_resumes_from_stored_groups(tiny_run, monkeypatch):

@@ -79,7 +79,7 @@ class OverlappingTasksConfig:
         return out
 
 
-def task_strengths(model) -> jax.Array:
+def task_strengths(model) -> tuple[jax.Array, jax.Array]:
     """(H, 2) strengths |ω_{h,k} μ_{h,k}| and signed ω_{h,k} of one two-output model."""
     merged = model.merged()
     d = merged.W.shape[-1] - 2
