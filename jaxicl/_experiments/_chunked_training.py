@@ -13,6 +13,7 @@ import jax.random as jr
 import numpy as np
 import optax
 
+from .. import _validation as check
 from .._checkpoint import load_checkpoint, save_checkpoint
 from .._init import init_normal
 from .._objectives import ICLLoss
@@ -92,3 +93,24 @@ def train_group(config, task, n_heads: int, group_dir, *, progress, on_chunk):
             on_chunk(n_heads, done)
     bar.close()
     return states.model, records, timings
+
+
+def check_training_config(config) -> None:
+    """Validate the fields `train_group` reads (and `heads`, `noise_var`, `eval_prompts`),
+    naming the field, before anything compiles."""
+    for name in ("n_members", "steps", "record_every", "chunk_steps", "batch_size", "eval_prompts"):
+        check.positive_int(name, getattr(config, name))
+    check.finite_nonnegative("noise_var", config.noise_var)
+    check.finite_positive("learning_rate", config.learning_rate)
+    check.finite_nonnegative("init_scale", config.init_scale)
+    if not isinstance(config.seed, int) or isinstance(config.seed, bool):
+        raise ValueError(f"`seed` must be an integer, got {config.seed!r}.")
+    if not config.heads:
+        raise ValueError("`heads` must list at least one head count, got ().")
+    for h in config.heads:
+        check.positive_int("heads", h)
+    if config.chunk_steps % config.record_every or config.steps % config.chunk_steps:
+        raise ValueError(
+            f"`record_every` ({config.record_every}) must divide `chunk_steps` "
+            f"({config.chunk_steps}), which must divide `steps` ({config.steps})."
+        )

@@ -23,7 +23,7 @@ from .. import _validation as check
 from .._checkpoint import claim_run_directory, save_json
 from .._objectives import monte_carlo_loss
 from .._tasks import overlapping_two_task
-from ._chunked_training import train_group
+from ._chunked_training import check_training_config, train_group
 
 
 PURITY_THRESHOLD = 0.9
@@ -49,29 +49,8 @@ class OverlappingTasksConfig:
     seed: int = 0
 
     def __post_init__(self):
-        for name in (
-            "context_len",
-            "n_members",
-            "steps",
-            "record_every",
-            "chunk_steps",
-            "batch_size",
-            "eval_prompts",
-        ):
-            check.positive_int(name, getattr(self, name))
-        check.finite_nonnegative("noise_var", self.noise_var)
-        check.finite_positive("learning_rate", self.learning_rate)
-        check.finite_nonnegative("init_scale", self.init_scale)
-        check.nonnegative_int("seed", self.seed)
-        if not self.heads:
-            raise ValueError("`heads` must list at least one head count, got ().")
-        for h in self.heads:
-            check.positive_int("heads", h)
-        if self.chunk_steps % self.record_every or self.steps % self.chunk_steps:
-            raise ValueError(
-                f"`record_every` ({self.record_every}) must divide `chunk_steps` "
-                f"({self.chunk_steps}), which must divide `steps` ({self.steps})."
-            )
+        check.positive_int("context_len", self.context_len)
+        check_training_config(self)
 
     def as_dict(self) -> dict:
         out = dataclasses.asdict(self)

@@ -21,7 +21,7 @@ from .._checkpoint import claim_run_directory, save_json
 from .._objectives import monte_carlo_loss
 from .._observables import head_structure
 from .._tasks import LinearRegression
-from ._chunked_training import train_group
+from ._chunked_training import check_training_config, train_group
 from ._length_generalization import model_losses_by_length, predictor_risks
 
 
@@ -49,35 +49,13 @@ class PairedHeadsConfig:
     seed: int = 0
 
     def __post_init__(self):
-        for name in (
-            "d",
-            "context_len",
-            "n_members",
-            "steps",
-            "record_every",
-            "chunk_steps",
-            "batch_size",
-            "eval_prompts",
-        ):
-            check.positive_int(name, getattr(self, name))
-        check.finite_nonnegative("noise_var", self.noise_var)
-        check.finite_positive("learning_rate", self.learning_rate)
-        check.finite_nonnegative("init_scale", self.init_scale)
-        if not isinstance(self.seed, int) or isinstance(self.seed, bool):
-            raise ValueError(f"`seed` must be an integer, got {self.seed!r}.")
-        if not self.heads:
-            raise ValueError("`heads` must list at least one head count, got ().")
-        for h in self.heads:
-            check.positive_int("heads", h)
+        check.positive_int("d", self.d)
+        check.positive_int("context_len", self.context_len)
+        check_training_config(self)
         if not self.eval_lengths:
             raise ValueError("`eval_lengths` must list at least one context length, got ().")
         for length in self.eval_lengths:
             check.positive_int("eval_lengths", length)
-        if self.chunk_steps % self.record_every or self.steps % self.chunk_steps:
-            raise ValueError(
-                f"`record_every` ({self.record_every}) must divide `chunk_steps` "
-                f"({self.chunk_steps}), which must divide `steps` ({self.steps})."
-            )
 
     def as_dict(self) -> dict:
         out = dataclasses.asdict(self)
