@@ -40,7 +40,9 @@ def test_split_statistics_tell_pairs_from_superposition():
         ],
         float,
     )
-    stats = _split_statistics(strength, omega)
+    mu = np.where(omega != 0, strength / np.where(omega != 0, np.abs(omega), 1.0), 1.0)
+    stats = _split_statistics(omega, mu)
+    assert np.allclose(stats["strength"], strength)
     assert stats["split"].tolist() == [True, False, False]
     assert (stats["purity"][1] < 0.9).all() and (stats["purity"][0] == 1).all()
 

@@ -16,7 +16,7 @@ import optax
 from .. import _validation as check
 from .._checkpoint import load_checkpoint, save_checkpoint
 from .._init import init_normal
-from .._objectives import ICLLoss
+from .._objectives import ICLLoss, monte_carlo_loss
 from .._observables import semi_singular_values
 from .._progress import progress_bar
 from .._train_state import init_ensemble_state
@@ -93,6 +93,14 @@ def train_group(config, task, n_heads: int, group_dir, *, progress, on_chunk):
             on_chunk(n_heads, done)
     bar.close()
     return states.model, records, timings
+
+
+@eqx.filter_jit
+def population_losses(models, task, n_prompts: int, key):
+    """Each stacked member's population loss on `task` by Monte Carlo, all members on the
+    same prompts (paired comparisons); returns `(estimates, standard_errors)`."""
+    per_member = lambda model: monte_carlo_loss(model, task, n_prompts, key=key)  # noqa: E731
+    return eqx.filter_vmap(per_member)(models)
 
 
 def check_training_config(config) -> None:

@@ -8,7 +8,6 @@ import jax
 import jax.numpy as jnp
 import jax.random as jr
 
-from .._objectives import monte_carlo_loss
 from .._predictors import (
     debiased_gd_risk,
     gd_risk,
@@ -16,6 +15,7 @@ from .._predictors import (
     ridge_risk_given_inputs,
 )
 from .._tasks import LinearRegression, sample_prompts
+from ._chunked_training import population_losses
 
 
 def _task(d, context_len, noise_var):
@@ -64,17 +64,12 @@ def predictor_risks(d: int, lengths, noise_var: float, n_prompts: int, *, key) -
     return out
 
 
-@eqx.filter_jit
-def _losses_at(models, task, n_prompts, key):
-    per_member = lambda model: monte_carlo_loss(model, task, n_prompts, key=key)[0]  # noqa: E731
-    return eqx.filter_vmap(per_member)(models)
-
-
 def model_losses_by_length(models, d: int, lengths, noise_var: float, n_prompts: int, *, key):
     """Population loss (Monte Carlo, the same prompts for every member) of each stacked model at
     each L; shape (members, len(lengths))."""
-    columns = [
-        _losses_at(models, _task(d, length, noise_var), n_prompts, jr.fold_in(key, length))
-        for length in lengths
-    ]
+    columns = []
+    for length in lengths:
+        task = _task(d, length, noise_var)
+        estimates, _ = population_losses(models, task, n_prompts, jr.fold_in(key, length))
+        columns.append(estimates)
     return jnp.stack(columns, axis=1)

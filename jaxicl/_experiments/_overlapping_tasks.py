@@ -13,17 +13,16 @@ import dataclasses
 import math
 import pathlib
 
-import equinox as eqx
 import jax
 import jax.numpy as jnp
 import jax.random as jr
 import numpy as np
 
 from .. import _validation as check
+from .._analysis import task_allocation
 from .._checkpoint import claim_run_directory, save_json
-from .._objectives import monte_carlo_loss
 from .._tasks import overlapping_two_task
-from ._chunked_training import check_training_config, train_group
+from ._chunked_training import check_training_config, population_losses, train_group
 
 
 PURITY_THRESHOLD = 0.9
@@ -58,35 +57,35 @@ class OverlappingTasksConfig:
         return out
 
 
-def task_strengths(model) -> tuple[jax.Array, jax.Array]:
-    """(H, 2) strengths |ω_{h,k} μ_{h,k}| and signed ω_{h,k} of one two-output model."""
+def own_semi_singular_values(model) -> tuple[jax.Array, jax.Array]:
+    """(ω, μ), each (H, 2), of one two-output model, ω over each task's own coordinates."""
     merged = model.merged()
     d = merged.W.shape[-1] - 2
     diagonal = jnp.diagonal(merged.W[:, :d, :d], axis1=1, axis2=2)
     omega = jnp.stack([diagonal[:, a:b].mean(axis=1) for a, b in OWN_COORDINATES], axis=1)
     mu = merged.U[:, jnp.arange(2), d + jnp.arange(2)]
-    return jnp.abs(omega * mu), omega
+    return omega, mu
 
 
-def _split_statistics(strength, omega) -> dict:
-    """Per member: purity of live heads, and whether every task has its own ± pair."""
-    total = strength.sum(axis=2)
-    live = total >= LIVE_FRACTION * total.max(axis=1, keepdims=True)
-    purity = strength.max(axis=2) / np.where(total > 0, total, 1.0)
-    task = strength.argmax(axis=2)
+def _split_statistics(omega, mu) -> dict:
+    """Per member (leading axis): strengths, purity and liveness of the heads
+    (`task_allocation`), and whether every task has its own ± pair of pure live heads."""
+    allocation = jax.vmap(
+        lambda o, m: task_allocation(
+            o, m, purity_threshold=PURITY_THRESHOLD, dead_fraction=LIVE_FRACTION
+        )
+    )(jnp.asarray(omega), jnp.asarray(mu))
+    strength, purity, task, live = (
+        np.asarray(a)
+        for a in (allocation.strength, allocation.purity, allocation.task, ~allocation.dead)
+    )
     pure = live & (purity >= PURITY_THRESHOLD)
-    own_omega = np.take_along_axis(omega, task[..., None], axis=2)[..., 0]
+    own_omega = np.take_along_axis(np.asarray(omega), task[..., None], axis=2)[..., 0]
     split = np.ones(strength.shape[0], bool)
     for k in range(strength.shape[2]):
         serving = pure & (task == k)
         split &= (serving & (own_omega > 0)).any(axis=1) & (serving & (own_omega < 0)).any(axis=1)
-    return {"purity": purity, "live": live, "split": split}
-
-
-@eqx.filter_jit
-def _population_losses(models, task, n_prompts, key):
-    per_member = lambda model: monte_carlo_loss(model, task, n_prompts, key=key)[0]  # noqa: E731
-    return eqx.filter_vmap(per_member)(models)
+    return {"strength": strength, "purity": purity, "live": live, "split": split}
 
 
 def run_overlapping_tasks(config: OverlappingTasksConfig, out_dir, *, progress=None, on_chunk=None):
@@ -104,10 +103,9 @@ def run_overlapping_tasks(config: OverlappingTasksConfig, out_dir, *, progress=N
         models, records, _ = train_group(
             config, task, n_heads, out_dir / f"H{n_heads}", progress=progress, on_chunk=on_chunk
         )
-        strength, omega = (np.asarray(a) for a in jax.vmap(task_strengths)(models))
-        stats = _split_statistics(strength, omega)
-        loss = np.asarray(_population_losses(models, task, config.eval_prompts, eval_key))
-        results[n_heads] = dict(records, final_loss=loss, strength=strength, **stats)
+        stats = _split_statistics(*jax.vmap(own_semi_singular_values)(models))
+        loss = np.asarray(population_losses(models, task, config.eval_prompts, eval_key)[0])
+        results[n_heads] = dict(records, final_loss=loss, **stats)
         np.savez(out_dir / f"records_H{n_heads}.npz", **results[n_heads])
         live_purity = stats["purity"][stats["live"]]
         rate = float(stats["split"].mean())

@@ -2,26 +2,24 @@
 trained on in-context linear regression (the single-task setting of He et al., ICML 2025),
 for several head counts, compared with the reference predictors.
 
-Each head count is one compiled program over all its members. Steps run in chunks; after each
-chunk the ensemble state and its records are checkpointed, so a killed run resumes where it
-stopped and finishes with the same numbers.
+Training is `train_group` (one compiled program per head count, checkpointed chunks, so a
+killed run resumes to the same numbers); evaluation adds the learned-structure statistics and
+the loss against context length.
 """
 
 import dataclasses
 import math
 import pathlib
 
-import equinox as eqx
 import jax
 import jax.random as jr
 import numpy as np
 
 from .. import _validation as check
 from .._checkpoint import claim_run_directory, save_json
-from .._objectives import monte_carlo_loss
 from .._observables import head_structure
 from .._tasks import LinearRegression
-from ._chunked_training import check_training_config, train_group
+from ._chunked_training import check_training_config, population_losses, train_group
 from ._length_generalization import model_losses_by_length, predictor_risks
 
 
@@ -64,12 +62,12 @@ class PairedHeadsConfig:
         return out
 
 
-def reference_risks(config: PairedHeadsConfig, *, key) -> dict:
-    """Population risks of the reference predictors at the training length (see
-    `predictor_risks`), under the names the summary and figure use."""
-    risks = predictor_risks(
-        config.d, (config.context_len,), config.noise_var, config.eval_prompts, key=key
-    )
+def reference_risks(config: PairedHeadsConfig, *, key) -> tuple[dict, dict]:
+    """The reference predictors' risks (`predictor_risks`), computed once for the training
+    length and the evaluation lengths. Returns `(at_training_length, by_length)`: the first
+    under the names the summary and figure use, the second aligned with `eval_lengths`."""
+    lengths = sorted({config.context_len, *config.eval_lengths})
+    risks = predictor_risks(config.d, lengths, config.noise_var, config.eval_prompts, key=key)
     names = dict(
         bayes_ridge="bayes_ridge",
         best_gd="gd",
@@ -77,14 +75,13 @@ def reference_risks(config: PairedHeadsConfig, *, key) -> dict:
         kernel_smoother="kernel_smoother",
         zero_predictor="zero",
     )
-    return {name: risks[source][0] for name, source in names.items()}
-
-
-@eqx.filter_jit
-def _population_losses(models, task, n_prompts, key):
-    """Each member's population loss by Monte Carlo on the same fresh prompts (paired)."""
-    per_member = lambda model: monte_carlo_loss(model, task, n_prompts, key=key)  # noqa: E731
-    return eqx.filter_vmap(per_member)(models)
+    train = lengths.index(config.context_len)
+    at_training_length = {name: risks[source][train] for name, source in names.items()}
+    by_length = {
+        name: [values[lengths.index(length)] for length in config.eval_lengths]
+        for name, values in risks.items()
+    }
+    return at_training_length, by_length
 
 
 def run_paired_heads(
@@ -107,15 +104,14 @@ def run_paired_heads(
     claim_run_directory(out_dir, config.as_dict())
     eval_key, reference_key, length_key = jr.split(jr.fold_in(jr.key(config.seed), 10_000), 3)
     lengths = config.eval_lengths
+    references, predictors_by_length = reference_risks(config, key=reference_key)
     summary = {
         "config": config.as_dict(),
         "device": str(jax.devices()[0].device_kind),
-        "references": reference_risks(config, key=reference_key),
+        "references": references,
         "by_length": {
             "lengths": list(lengths),
-            "predictors": predictor_risks(
-                config.d, lengths, config.noise_var, config.eval_prompts, key=reference_key
-            ),
+            "predictors": predictors_by_length,
             "models_median": {},
         },
         "groups": {},
@@ -129,7 +125,7 @@ def run_paired_heads(
         )
         # One task: keep (members, records, H) rather than a trailing task axis of size 1.
         records = dict(records, omega=records["omega"][..., 0], mu=records["mu"][..., 0])
-        losses, errors = _population_losses(models, task, config.eval_prompts, eval_key)
+        losses, errors = population_losses(models, task, config.eval_prompts, eval_key)
         by_length = model_losses_by_length(
             models, config.d, lengths, config.noise_var, config.eval_prompts, key=length_key
         )
