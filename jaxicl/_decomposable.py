@@ -69,28 +69,24 @@ def reduced_time_scales(model: AbstractAttention, blocks: Blocks) -> AbstractAtt
     population gradient on the ansatz and grow only from sampling noise, so keeping them on the
     plain clock keeps that noise at the level of ordinary SGD on the ICL loss.
     """
-    n_tasks = len(blocks)
-    merged = model.merged()
-    width = merged.W.shape[-1]
-    d = width - n_tasks
-    dtype = merged.W.dtype
-    sizes = jnp.asarray([stop - start for start, stop in blocks], dtype)
-    coords = jnp.arange(d)
-    if isinstance(model, MergedAttention):
-        omega_scale, shape = n_tasks * (sizes @ block_mask(blocks, d, dtype)), model.W.shape
-    elif isinstance(model, FactorizedAttention):
-        omega_scale = n_tasks * math.sqrt(width) * (sizes @ block_mask(blocks, d, dtype))
-        shape = model.Q.shape
-        if shape[1] != width:
-            raise ValueError(f"`model` must have square Q and K (r = D = {width}), got {shape}.")
-    else:
+    if not isinstance(model, (MergedAttention, FactorizedAttention)):
         raise ValueError(
             f"`model` must be a MergedAttention or FactorizedAttention, got {type(model).__name__}."
         )
-    diagonal = jnp.full(shape, n_tasks, dtype).at[:, coords, coords].set(omega_scale)
+    factorized = isinstance(model, FactorizedAttention)
+    score = model.Q if factorized else model.W  # (H, r, D) or (H, D, D): the entries that carry ω
+    width, dtype, n_tasks = score.shape[-1], score.dtype, len(blocks)
+    if score.shape[1] != width:
+        raise ValueError(f"`model` must have square Q and K (r = D = {width}), got {score.shape}.")
+    d = width - n_tasks
+    sizes = jnp.asarray([stop - start for start, stop in blocks], dtype)
+    root_width = math.sqrt(width) if factorized else 1.0
+    omega_scale = n_tasks * root_width * (sizes @ block_mask(blocks, d, dtype))
+    coords = jnp.arange(d)
+    diagonal = jnp.full(score.shape, n_tasks, dtype).at[:, coords, coords].set(omega_scale)
     plain = lambda array: jnp.full(array.shape, n_tasks, dtype)  # noqa: E731
-    if isinstance(model, MergedAttention):
-        return MergedAttention(W=diagonal, U=plain(model.U), kind=model.kind)
-    return FactorizedAttention(
-        Q=diagonal, K=diagonal, V=plain(model.V), O=plain(model.O), kind=model.kind
-    )
+    if factorized:
+        return FactorizedAttention(
+            Q=diagonal, K=diagonal, V=plain(model.V), O=plain(model.O), kind=model.kind
+        )
+    return MergedAttention(W=diagonal, U=plain(model.U), kind=model.kind)

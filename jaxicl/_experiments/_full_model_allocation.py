@@ -26,9 +26,8 @@ from .._analysis import detect_phases, task_allocation
 from .._decomposable import decomposable_attention, reduced_time_scales
 from .._objectives import ICLLoss
 from .._observables import semi_singular_values
-from .._reduced import ReducedLoss
 from .._tasks import MultiTaskRegression, disjoint_blocks
-from .._trainer import preconditioned_sgd, sgd, train_ensemble
+from .._trainer import preconditioned_sgd, train_ensemble
 
 
 def _off_ansatz_fraction(model, blocks, d):
@@ -39,9 +38,12 @@ def _off_ansatz_fraction(model, blocks, d):
     return off(merged.W, on.W), off(merged.U, on.U)
 
 
-def full_model_group(config, initial_states, *, merged: bool, dt: float, horizon: float) -> dict:
-    """Train the full model from each initial reduced state (stacked), and the reduced flow
-    from the same states over the same horizon; returns per-seed arrays for both."""
+def full_model_group(
+    config, initial_states, reduced_run, *, merged: bool, dt: float, horizon: float
+) -> dict:
+    """Train the full model from each initial reduced state (stacked) with step `dt` over
+    `horizon`, and compare with `reduced_run` = (final states, trajectory) of the reduced flow
+    from the same states on the same schedule; returns per-seed arrays for both."""
     blocks = disjoint_blocks(config.d, config.n_tasks)
     steps = round(horizon / dt)
     schedule = dict(steps=steps, record_every=steps // config.n_records, key=jr.key(config.seed))
@@ -58,13 +60,7 @@ def full_model_group(config, initial_states, *, merged: bool, dt: float, horizon
     full, full_traj = train_ensemble(
         models, ICLLoss(task, config.full_batch), optimizer, observe=observe, **schedule
     )
-    reduced, reduced_traj = train_ensemble(
-        initial_states,
-        ReducedLoss(config.block_sizes, config.context_len),
-        sgd(dt),
-        observe=lambda s: s.spectral(),
-        **schedule,
-    )
+    reduced, reduced_traj = reduced_run
     # The ICL loss averages the n outputs; ℓ sums them.
     full_loss = config.n_tasks * full_traj.loss
     full_phases = jax.vmap(lambda t, l: detect_phases(t, l, window=9))(full_traj.time, full_loss)

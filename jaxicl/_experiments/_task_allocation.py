@@ -177,6 +177,17 @@ def _scheme_group(config, scheme, n_heads):
     }
 
 
+def _full_group(config, scheme, n_heads):
+    """The full model for the first `full_seeds` seeds, beside the reduced flow of the same
+    seeds on the same schedule."""
+    merged = scheme == "random-sign"
+    dt = config.dt_merged if merged else config.dt_factorized
+    horizon = config.full_horizon_merged if merged else config.full_horizon
+    states = _initial_states(config, scheme, n_heads, config.full_seeds)
+    reduced_run = _integrate(config, states, dt, ensemble=True, horizon=horizon)
+    return full_model_group(config, states, reduced_run, merged=merged, dt=dt, horizon=horizon)
+
+
 def warmup_scaling(config) -> dict:
     """Warm-up end against init scale for the balanced init (H = n), both flows, with the
     least-squares slope of log(warm-up) on log(scale)."""
@@ -253,16 +264,9 @@ def run_task_allocation(config: TaskAllocationConfig, out_dir, *, progress=None,
             )
             bar.update(1)
     for scheme, n_heads in full_configs:
-        merged = scheme == "random-sign"
         full[(scheme, n_heads)] = cached_arrays(
             out_dir / "groups" / f"full_{scheme}_H{n_heads}.npz",
-            lambda: full_model_group(  # noqa: B023
-                config,
-                _initial_states(config, scheme, n_heads, config.full_seeds),
-                merged=merged,
-                dt=config.dt_merged if merged else config.dt_factorized,
-                horizon=config.full_horizon_merged if merged else config.full_horizon,
-            ),
+            lambda: _full_group(config, scheme, n_heads),  # noqa: B023
         )
         bar.update(1)
     bar.close()
