@@ -38,7 +38,8 @@ def plot_task_allocation(groups, summary, config, path) -> None:
     axes[1, 3].legend(fontsize=8)
     fig.suptitle(
         f"Task allocation, reduced dynamics: d = {config.d} in {n} blocks, L = "
-        f"{config.context_len}, {config.n_seeds} seeds per scheme and H"
+        f"{config.context_len}, {config.n_seeds} seeds per random scheme and H "
+        "(the balanced init is deterministic: one run)"
     )
     fig.tight_layout()
     fig.savefig(path, dpi=110)

@@ -57,8 +57,15 @@ def full_model_group(
     optimizer = preconditioned_sgd(dt, reduced_time_scales(one_model, blocks))
     task = MultiTaskRegression(config.d, config.context_len, blocks)
     observe = lambda model: semi_singular_values(model, blocks)  # noqa: E731
+    # Per-member prompts: seeds of a deterministic init (balanced) then differ by their
+    # sampling noise instead of repeating one run.
     full, full_traj = train_ensemble(
-        models, ICLLoss(task, config.full_batch), optimizer, observe=observe, **schedule
+        models,
+        ICLLoss(task, config.full_batch),
+        optimizer,
+        observe=observe,
+        shared_data=False,
+        **schedule,
     )
     reduced, reduced_traj = reduced_run
     # The ICL loss averages the n outputs; ℓ sums them.
