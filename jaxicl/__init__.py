@@ -20,10 +20,39 @@ from ._decomposable import (
     decomposable_attention as decomposable_attention,
     reduced_time_scales as reduced_time_scales,
 )
+from ._feature_attention import (
+    FeatureAttention as FeatureAttention,
+    init_feature_attention as init_feature_attention,
+)
+from ._feature_regression import (
+    FeatureRegression as FeatureRegression,
+    feature_regression as feature_regression,
+)
 from ._init import (
     init_balanced as init_balanced,
     init_identity as init_identity,
     init_normal as init_normal,
+)
+from ._meanfield_loss import (
+    first_variation as first_variation,
+    optimal_attention as optimal_attention,
+    transformer_loss as transformer_loss,
+    two_timescale_loss as two_timescale_loss,
+)
+from ._meanfield_objectives import (
+    FeatureICLLoss as FeatureICLLoss,
+    MeanFieldLoss as MeanFieldLoss,
+)
+from ._meanfield_solver import (
+    MeanFieldObservables as MeanFieldObservables,
+    ParticleSolver as ParticleSolver,
+    particle_solver as particle_solver,
+)
+from ._neurons import (
+    NeuronMeasure as NeuronMeasure,
+    random_measure as random_measure,
+    symmetric_measure as symmetric_measure,
+    uniform_measure as uniform_measure,
 )
 from ._objectives import (
     AbstractObjective as AbstractObjective,
@@ -34,6 +63,17 @@ from ._observables import (
     HeadStructure as HeadStructure,
     head_structure as head_structure,
     semi_singular_values as semi_singular_values,
+)
+from ._particle_flow import (
+    AttentionFlow as AttentionFlow,
+    StaticAttention as StaticAttention,
+    particle_flow as particle_flow,
+)
+from ._particle_moves import (
+    AfterSteps as AfterSteps,
+    BirthDeath as BirthDeath,
+    HessianPerturbation as HessianPerturbation,
+    IsotropicPerturbation as IsotropicPerturbation,
 )
 from ._predictors import (
     debiased_gd_prediction as debiased_gd_prediction,

@@ -31,6 +31,7 @@ from ._train_state import (
 
 
 Objective = Callable[..., Float[Array, ""]]
+AfterStep = Callable[[PyTree, PyTree, Array, PRNGKeyArray], PyTree]
 
 
 def _draw_and_evaluate(objective):
@@ -49,8 +50,11 @@ def _all_finite(tree) -> Bool[Array, ""]:
     return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in leaves]))
 
 
-def _step(state: TrainState, evaluate, optimizer, data) -> tuple[TrainState, Array]:
-    """One optimizer step; a non-finite loss or update freezes the member instead of applying."""
+def _step(
+    state: TrainState, evaluate, optimizer, data, after_step, step, key
+) -> tuple[TrainState, Array]:
+    """One optimizer step, then `after_step` (if any) on the updated model; a non-finite loss
+    or result freezes the member instead of applying."""
     params, static = eqx.partition(state.model, eqx.is_inexact_array)
     loss, grads = jax.value_and_grad(lambda p: evaluate(eqx.combine(p, static), data))(params)
     # Optax mixes Python floats with int counters; keep its arithmetic under standard promotion
@@ -58,6 +62,9 @@ def _step(state: TrainState, evaluate, optimizer, data) -> tuple[TrainState, Arr
     with jax.numpy_dtype_promotion("standard"):
         updates, opt_state = optimizer.update(grads, state.opt_state, params)
     new_params = eqx.apply_updates(params, updates)
+    if after_step is not None:
+        moved = after_step(eqx.combine(new_params, static), data, step, key)
+        new_params = eqx.filter(moved, eqx.is_inexact_array)
     healthy = jnp.isfinite(loss) & _all_finite(new_params) & ~state.diverged
     lr = jnp.asarray(learning_rate(opt_state, jnp.nan), state.time.dtype)
     new_state = TrainState(
@@ -87,9 +94,15 @@ def _map_members(fn, states, member_chunk):
     return lax.map(on_arrays, arrays, batch_size=member_chunk)
 
 
+# Per-member randomness of `after_step` comes from its own stream, so it never correlates with
+# the data, which may be shared by all members.
+_AFTER_STEP_STREAM = 0x5EED
+
+
 def _run(states, objective, optimizer, key, start_step, config):
-    steps, record_every, observe, shared_data, member_chunk = config
+    steps, record_every, observe, shared_data, member_chunk, after_step = config
     draw, evaluate = _draw_and_evaluate(objective)
+    after_key = jr.fold_in(key, _AFTER_STEP_STREAM)
 
     def one_step(states, step):
         # Shared data is drawn once per step, outside the member map; `step` is unbatched.
@@ -97,7 +110,9 @@ def _run(states, objective, optimizer, key, start_step, config):
 
         def member_step(state):
             data = shared if shared_data else draw(jr.fold_in(jr.fold_in(key, state.member), step))
-            return _step(state, evaluate, optimizer, data)
+            member_key = jr.fold_in(jr.fold_in(after_key, state.member), step)
+            # `step` (not `state.step`) is unbatched, so a move scheduled on it branches for real.
+            return _step(state, evaluate, optimizer, data, after_step, step, member_key)
 
         return _map_members(member_step, states, member_chunk)
 
@@ -196,6 +211,7 @@ def train_ensemble_steps(
     steps: int,
     record_every: int,
     observe: Callable[[PyTree], PyTree] = _no_observables,
+    after_step: AfterStep | None = None,
     shared_data: bool = True,
     member_chunk: int | None | str = "auto",
     shard_members: bool = True,
@@ -212,6 +228,8 @@ def train_ensemble_steps(
       `optax.inject_hyperparams` (as `jaxicl.sgd` does) to record gradient-flow time Σ lr.
     - `steps`, `record_every`: `steps` must be a multiple of `record_every`.
     - `observe`: maps one model to a pytree of observables recorded with the loss.
+    - `after_step`: `(model, data, step, key) -> model`, applied after every optimizer step
+      (e.g. particle perturbations or birth–death); `key` is per member and per step.
     - `shared_data`: `True` (default): every member sees the same prompts at a given step
       (common random numbers; on CPU random-number generation would otherwise dominate).
       `False`: member i draws from `fold_in(key, i)`.
@@ -239,7 +257,7 @@ def train_ensemble_steps(
     n_devices = _member_devices(shard_members, n_members)
     chunk = _resolve_member_chunk(member_chunk, n_members // n_devices)
     start_step = jnp.asarray(member_steps[0], jnp.int32)
-    config = (steps, record_every, observe, shared_data, chunk)
+    config = (steps, record_every, observe, shared_data, chunk, after_step)
     if n_devices > 1:
         return _run_sharded(states, objective, optimizer, key, start_step, config, n_devices)
     return _run_jit(states, objective, optimizer, key, start_step, config)
@@ -253,6 +271,7 @@ def train_steps(
     steps: int,
     record_every: int,
     observe: Callable[[PyTree], PyTree] = _no_observables,
+    after_step: AfterStep | None = None,
     key: PRNGKeyArray,
 ) -> tuple[TrainState, Trajectory]:
     """Continue one run for `steps` more steps (compiled once per shape and configuration).
@@ -270,6 +289,7 @@ def train_steps(
         steps=steps,
         record_every=record_every,
         observe=observe,
+        after_step=after_step,
         member_chunk=None,
         shard_members=False,
         key=key,
@@ -285,6 +305,7 @@ def train(
     steps: int,
     record_every: int,
     observe: Callable[[PyTree], PyTree] = _no_observables,
+    after_step: AfterStep | None = None,
     key: PRNGKeyArray,
 ) -> tuple[PyTree, Trajectory]:
     """Train one model from scratch (`train_steps` from a fresh state).
@@ -292,7 +313,9 @@ def train(
     **Returns:** `(model, trajectory)`.
     """
     state = init_train_state(model, optimizer)
-    kwargs = dict(steps=steps, record_every=record_every, observe=observe, key=key)
+    kwargs = dict(
+        steps=steps, record_every=record_every, observe=observe, after_step=after_step, key=key
+    )
     state, trajectory = train_steps(state, objective, optimizer, **kwargs)
     return state.model, trajectory
 
@@ -305,6 +328,7 @@ def train_ensemble(
     steps: int,
     record_every: int,
     observe: Callable[[PyTree], PyTree] = _no_observables,
+    after_step: AfterStep | None = None,
     shared_data: bool = True,
     member_chunk: int | None | str = "auto",
     shard_members: bool = True,
@@ -318,6 +342,7 @@ def train_ensemble(
         steps=steps,
         record_every=record_every,
         observe=observe,
+        after_step=after_step,
         shared_data=shared_data,
         member_chunk=member_chunk,
         shard_members=shard_members,

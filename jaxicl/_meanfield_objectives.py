@@ -1,0 +1,90 @@
+"""Objectives of the feature-attention model for the trainer: n = ∞ losses over a fixed input
+sample or fresh batches, and the finite-n in-context loss."""
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+from jaxtyping import Array, Float, PRNGKeyArray
+
+from . import _validation as check
+from ._feature_attention import FeatureAttention
+from ._feature_regression import FeatureRegression
+from ._meanfield_loss import transformer_loss, two_timescale_loss
+from ._objectives import AbstractObjective
+from ._prompt import Prompt
+from ._tasks import sample_prompts
+
+
+ATTENTION_MODES = ("static", "attention")
+
+
+class MeanFieldLoss(AbstractObjective):
+    """The n = ∞ loss: L(µ) (`attention="static"`: W at its closed-form optimum, the
+    two-timescale limit) or L_TF(µ, W) (`attention="attention"`: W is a trained parameter).
+
+    Expectations over x are sample means over `inputs` (a fixed sample: deterministic flow), or
+    over `batch_size` fresh inputs per step when `inputs` is None.
+    """
+
+    task: FeatureRegression
+    attention: str = eqx.field(static=True)
+    inputs: Float[Array, "n d"] | None
+    targets: Float[Array, "n k"] | None
+    batch_size: int | None = eqx.field(static=True)
+    jitter: float | None = eqx.field(static=True)
+
+    def __init__(
+        self,
+        task: FeatureRegression,
+        *,
+        attention: str = "static",
+        inputs: Float[Array, "n d"] | None = None,
+        batch_size: int | None = None,
+        jitter: float | None = None,
+    ):
+        self.task = task
+        self.attention = check.one_of("attention", attention, ATTENTION_MODES)
+        if (inputs is None) == (batch_size is None):
+            raise ValueError("Give exactly one of `inputs` (a fixed sample) and `batch_size`.")
+        if inputs is not None and (inputs.ndim != 2 or inputs.shape[1] != task.d):
+            raise ValueError(f"`inputs` must have shape (n, d={task.d}), got {inputs.shape}.")
+        self.inputs = inputs
+        self.targets = None if inputs is None else task.target_features(inputs)
+        self.batch_size = (
+            None if batch_size is None else check.positive_int("batch_size", batch_size)
+        )
+        self.jitter = None if jitter is None else check.finite_nonnegative("jitter", jitter)
+
+    def draw(self, key: PRNGKeyArray) -> tuple[Float[Array, "n d"], Float[Array, "n k"]]:
+        if self.inputs is not None:
+            return self.inputs, self.targets
+        x = self.task.inputs(self.batch_size, key=key)
+        return x, self.task.target_features(x)
+
+    def evaluate(self, model: FeatureAttention, data) -> Float[Array, ""]:
+        x, f = data
+        if self.attention == "static":
+            return two_timescale_loss(model.particles, x, f, self.jitter)
+        return transformer_loss(model, x, f)
+
+
+class FeatureICLLoss(AbstractObjective):
+    """The finite-n in-context loss L^n = ½ E(ŷ_q − y_q)² over a fresh batch of prompts.
+
+    With the ½ it is on the scale of L_TF: for a fixed model,
+    L^n = L_TF + ½σ² + O(1/n).
+    """
+
+    task: FeatureRegression
+    batch_size: int = eqx.field(static=True)
+
+    def __init__(self, task: FeatureRegression, batch_size: int):
+        self.task = task
+        self.batch_size = check.positive_int("batch_size", batch_size)
+
+    def draw(self, key: PRNGKeyArray) -> Prompt:
+        return sample_prompts(self.task, self.batch_size, key=key)
+
+    def evaluate(self, model: FeatureAttention, data: Prompt) -> Float[Array, ""]:
+        errors = jax.vmap(lambda p: (model(p) - p.query_y)[0] ** 2)(data)
+        return 0.5 * jnp.mean(errors)

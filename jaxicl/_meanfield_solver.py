@@ -1,0 +1,143 @@
+"""The mean-field particle solver: the trainer driving the particle flow, with W static or
+trained, optional perturbations and birth–death, and records on a held-out input sample.
+
+An ensemble of particle systems (seeds, or measures of different M padded to one size) is one
+`train_ensemble_steps` call, like any other ensemble.
+"""
+
+from typing import NamedTuple
+
+import equinox as eqx
+import jax.numpy as jnp
+import optax
+from jaxtyping import Array, Float, PRNGKeyArray
+
+from . import _validation as check
+from ._feature_attention import FeatureAttention
+from ._feature_regression import FeatureRegression
+from ._meanfield_loss import moments, transformer_loss, two_timescale_loss
+from ._meanfield_objectives import MeanFieldLoss
+from ._particle_flow import AttentionFlow, StaticAttention, particle_flow
+from ._particle_moves import AfterSteps, BirthDeath, HessianPerturbation, IsotropicPerturbation
+from ._train_state import TrainState, Trajectory, init_ensemble_state
+from ._trainer import train_ensemble_steps
+
+
+PERTURBATIONS = ("none", "isotropic", "hessian")
+
+
+class MeanFieldObservables(eqx.Module):
+    """Records of one model on a held-out input sample: `loss` L(µ), `transformer_loss`
+    L_TF(µ, W), `condition` (of Σ_µµ), `teacher_singular_values` (of Σ_µ°µ, descending), and
+    particle statistics (mass-weighted): `a_norm`, `w_norm`, `w_spread` (RMS distance of the w_j
+    to their mean; 0 when all particles coincide)."""
+
+    inputs: Float[Array, "n d"]
+    targets: Float[Array, "n k"]
+    jitter: float | None = eqx.field(static=True, default=None)
+
+    def __call__(self, model: FeatureAttention) -> dict:
+        p = model.particles
+        _, sigma, cross = moments(p, self.inputs, self.targets)
+        eigenvalues = jnp.linalg.eigvalsh(sigma)
+        w_mean = p.mass @ p.w
+        return {
+            "loss": two_timescale_loss(p, self.inputs, self.targets, self.jitter),
+            "transformer_loss": transformer_loss(model, self.inputs, self.targets),
+            "condition": eigenvalues[-1] / eigenvalues[0],
+            "teacher_singular_values": jnp.linalg.svd(cross, compute_uv=False),
+            "a_norm": p.mass @ jnp.linalg.norm(p.a, axis=1),
+            "w_norm": p.mass @ jnp.linalg.norm(p.w, axis=1),
+            "w_spread": jnp.sqrt(p.mass @ jnp.sum((p.w - w_mean[None]) ** 2, axis=1)),
+        }
+
+
+class ParticleSolver(NamedTuple):
+    """What the trainer needs to run the particle flow (from `particle_solver`)."""
+
+    objective: MeanFieldLoss
+    optimizer: optax.GradientTransformation
+    after_step: AfterSteps
+    observe: MeanFieldObservables
+
+    def init(self, models: FeatureAttention) -> TrainState:
+        """Stacked train states for a stacked ensemble of models."""
+        return init_ensemble_state(models, self.optimizer)
+
+    def run(
+        self,
+        states: TrainState,
+        *,
+        steps: int,
+        record_every: int,
+        key: PRNGKeyArray,
+        member_chunk: int | None | str = "auto",
+    ) -> tuple[TrainState, Trajectory]:
+        """Continue the ensemble `steps` Euler steps (resumable like any trainer call)."""
+        return train_ensemble_steps(
+            states,
+            self.objective,
+            self.optimizer,
+            steps=steps,
+            record_every=record_every,
+            observe=self.observe,
+            after_step=self.after_step,
+            member_chunk=member_chunk,
+            key=key,
+        )
+
+
+def particle_solver(
+    task: FeatureRegression,
+    *,
+    learning_rate: float,
+    eval_inputs: Float[Array, "n d"],
+    inputs: Float[Array, "n d"] | None = None,
+    batch_size: int | None = None,
+    attention: str = "static",
+    attention_ratio: float = 10.0,
+    perturbation: str = "none",
+    perturbation_size: float = 0.0,
+    perturb_every: int = 1,
+    birth_death_rate: float = 0.0,
+    jitter: float | None = None,
+) -> ParticleSolver:
+    """Configure the particle solver of the Wasserstein gradient flow of L (or L_TF).
+
+    **Arguments:**
+
+    - `task`: the feature-regression task (its teacher defines f°).
+    - `learning_rate`: the Euler step η of the flow (each particle moves η × its velocity).
+    - `eval_inputs`: held-out inputs on which the records are computed.
+    - `inputs` / `batch_size`: a fixed training sample, or fresh inputs each step (one of them).
+    - `attention`: `"static"` (W = W_µ after every step, particles follow ∇L: the two-timescale
+      limit) or `"attention"` (particles follow ∇L_TF at the current W, and W follows its
+      gradient flow on L_TF `attention_ratio` times faster; see `AttentionFlow`).
+    - `perturbation`: `"none"`, `"isotropic"` or `"hessian"` (Hessian-guided), of size
+      `perturbation_size`, every `perturb_every` steps.
+    - `birth_death_rate`: rate of the birth–death jumps (0: none).
+    - `jitter`: relative ridge on Σ_µµ (see `two_timescale_loss`).
+    """
+    check.finite_positive("learning_rate", learning_rate)
+    check.one_of("perturbation", perturbation, PERTURBATIONS)
+    check.finite_nonnegative("birth_death_rate", birth_death_rate)
+    objective = MeanFieldLoss(
+        task, attention=attention, inputs=inputs, batch_size=batch_size, jitter=jitter
+    )
+    moves = []
+    if perturbation == "isotropic":
+        moves.append(IsotropicPerturbation(perturbation_size, perturb_every))
+    elif perturbation == "hessian":
+        moves.append(HessianPerturbation(perturbation_size, perturb_every, jitter))
+    if birth_death_rate > 0:
+        moves.append(BirthDeath(birth_death_rate, learning_rate, jitter))
+    if attention == "static":
+        moves.append(StaticAttention(jitter))
+    else:
+        moves.append(AttentionFlow(attention_ratio, learning_rate))
+    return ParticleSolver(
+        objective=objective,
+        optimizer=particle_flow(learning_rate),
+        after_step=AfterSteps(tuple(moves)),
+        observe=MeanFieldObservables(eval_inputs, task.target_features(eval_inputs), jitter),
+    )
