@@ -4,7 +4,11 @@ import argparse
 import dataclasses
 import sys
 
+import jax
+
 from ._devices import use_all_cpu_cores
+from ._experiments._feature_learning import FeatureLearningConfig, run_feature_learning
+from ._experiments._feature_learning_summary import format_feature_learning_summary
 from ._experiments._overlapping_tasks import (
     OverlappingTasksConfig,
     format_overlapping_summary,
@@ -30,7 +34,14 @@ EXPERIMENTS = {
         run_overlapping_tasks,
         format_overlapping_summary,
     ),
+    "feature-learning": (
+        FeatureLearningConfig,
+        run_feature_learning,
+        format_feature_learning_summary,
+    ),
 }
+# The mean-field solver meets ill-conditioned k×k systems; it runs in float64.
+FLOAT64_EXPERIMENTS = ("feature-learning",)
 
 
 def _parse_field(field_type, text: str):
@@ -61,6 +72,8 @@ def _build_parser() -> argparse.ArgumentParser:
 def main(argv=None) -> int:
     args = _build_parser().parse_args(argv)
     use_all_cpu_cores()
+    if args.experiment in FLOAT64_EXPERIMENTS:
+        jax.config.update("jax_enable_x64", True)
     config_cls, run, describe = EXPERIMENTS[args.experiment]
     overrides = {}
     try:

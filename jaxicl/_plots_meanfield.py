@@ -1,0 +1,70 @@
+"""The feature-learning figure: static vs joint W, saddle escape, the mean-field limit."""
+
+import numpy as np
+
+from ._plots import _pyplot
+
+
+def _band(ax, time, curves, label, color=None):
+    median = np.median(curves, axis=0)
+    (line,) = ax.plot(time, median, label=label, color=color)
+    if curves.shape[0] > 1:
+        low, high = np.quantile(curves, [0.1, 0.9], axis=0)
+        ax.fill_between(time, low, high, alpha=0.2, color=line.get_color())
+
+
+def plot_feature_learning(results, summary, path) -> None:
+    plt = _pyplot()
+    scale = summary["constant_feature_loss"]
+    fig, axes = plt.subplots(2, 3, figsize=(17, 9))
+    ax_curves, ax_gap, ax_saddle, ax_mf, ax_rate, ax_final = axes.ravel()
+
+    static = results["static"]
+    time = static["time"][0]
+    _band(ax_curves, time, static["loss"] / scale, "static (W = W_µ)", "black")
+    for ratio in summary["attention"]:
+        joint = results[f"attention_r{ratio}"]
+        _band(ax_curves, time, joint["transformer_loss"] / scale, f"joint W, ratio {ratio}")
+        gap = np.abs(joint["transformer_loss"] - static["loss"]) / scale
+        ax_gap.plot(time, np.median(gap, axis=0), label=f"ratio {ratio}")
+    ax_curves.set(yscale="log", xlabel="flow time t", ylabel="L / L_c (median, 10–90%)")
+    ax_curves.set_title("Two-timescale (static) vs jointly trained attention")
+    ax_curves.legend(fontsize=8)
+    ax_gap.set(yscale="log", xlabel="flow time t", ylabel="|L_TF(joint) − L(static)| / L_c")
+    ax_gap.set_title("Gap to the static run (median over seeds)")
+    ax_gap.legend(fontsize=8)
+
+    for variant in summary["saddle"]["variants"]:
+        rec = results[f"saddle_{variant}"]
+        ax_saddle.plot(rec["time"][0], rec["loss"][0] / scale, label=variant)
+    ax_saddle.set(yscale="log", xlabel="flow time t", ylabel="L / L_c")
+    ax_saddle.set_title("Symmetric init: plateau and escape")
+    ax_saddle.legend(fontsize=8)
+
+    mf = summary["mean_field"]
+    for m in [*mf["sizes"], mf["reference_M"]]:
+        rec = results[f"mean_field_M{m}"]
+        _band(ax_mf, rec["time"][0], rec["loss"] / scale, f"M = {m}")
+    ax_mf.set(yscale="log", xlabel="flow time t", ylabel="L / L_c")
+    ax_mf.set_title("Same initial law, growing M")
+    ax_mf.legend(fontsize=8)
+
+    sizes, distance = np.asarray(mf["sizes"]), np.asarray(mf["distance"])
+    ax_rate.loglog(sizes, distance, "o-", label=f"measured (fit M^{mf['rate']:.2f})")
+    ax_rate.loglog(sizes, distance[0] * (sizes / sizes[0]) ** -0.5, "k:", label="M^-1/2")
+    ax_rate.set(xlabel="particles M", ylabel=f"sup_t |L_M − L_{mf['reference_M']}| (mean)")
+    ax_rate.set_title("Mean-field limit")
+    ax_rate.legend(fontsize=8)
+
+    final = static["loss"][:, -1] / scale
+    threshold = summary["config"]["success_threshold"]
+    ax_final.hist(np.log10(final), bins=20)
+    ax_final.axvline(
+        np.log10(threshold), color="red", ls="--", label=f"success: L/L_c < {threshold:g}"
+    )
+    ax_final.set(xlabel="log10 final L / L_c (static)", ylabel="seeds")
+    ax_final.set_title(f"Success rate {summary['static']['success_rate']:.0%}")
+    ax_final.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
