@@ -77,7 +77,7 @@ def test_hessian_perturbation_matches_explicit_hessian(problem, getkey):
     model = eqx.tree_at(lambda m: m.particles.mass, model, jr.dirichlet(getkey(), jnp.ones(n)))
     p = model.particles
     key = getkey()
-    moved = ji.HessianPerturbation(0.05)(model, (x, f), jnp.asarray(0), key)
+    moved = eqx.filter_jit(ji.HessianPerturbation(0.05))(model, (x, f), jnp.asarray(0), key)
 
     def flat_loss(theta):
         a, w = theta[:, :K], theta[:, K:]
@@ -102,7 +102,7 @@ def test_birth_death_copies_particles_and_lowers_the_loss(problem, getkey):
     task, x, f = problem
     model = ji.init_feature_attention(n_particles=60, k=K, d=D, padded_to=64, key=getkey())
     p = model.particles
-    move = ji.BirthDeath(rate=20.0, dt=0.5)
+    move = eqx.filter_jit(ji.BirthDeath(rate=20.0, dt=0.5))
     before = float(ji.two_timescale_loss(p, x, f))
     old = {tuple(np.round(np.asarray(row), 12)) for row in np.asarray(p.w[:60])}
     changes = []

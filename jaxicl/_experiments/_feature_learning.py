@@ -51,12 +51,12 @@ class FeatureLearningConfig:
     a_scale: float = 1.0
     n_inputs: int = 2000
     n_eval_inputs: int = 4000
-    learning_rate: float = 0.1
+    learning_rate: float = 0.05
     steps: int = 1000
     record_every: int = 20
     n_seeds: int = 8
-    attention_ratios: tuple[float, ...] = (1.0, 10.0, 100.0)
-    success_threshold: float = 0.01
+    attention_ratios: tuple[float, ...] = (10.0, 100.0, 1000.0)
+    success_threshold: float = 0.02
     perturbation_size: float = 0.01
     perturb_every: int = 10
     birth_death_rate: float = 10.0
@@ -105,6 +105,7 @@ class FeatureLearningConfig:
 def _records(trajectory) -> dict:
     out = {k: np.asarray(v) for k, v in trajectory.observables.items()}
     out["time"] = np.asarray(trajectory.time)
+    out["train_loss"] = np.asarray(trajectory.loss)  # the flow's own objective, at each record
     return out
 
 
