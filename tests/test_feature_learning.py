@@ -19,6 +19,7 @@ TINY = dict(
     steps=60,
     record_every=10,
     n_seeds=3,
+    attention_seeds=2,
     attention_ratios=(1.0, 100.0),
     mean_field_sizes=(8, 16, 32),
     mean_field_seeds=2,

@@ -21,12 +21,23 @@ def _escape_time(time, loss, level):
 
 
 def _mean_field(config, results) -> dict:
+    """Distance of each M's L(t) to the largest M's mean curve, averaged over seeds: over the
+    trajectory after t = 0 (time-averaged), and at t = 0 alone (the initial law's sampling)."""
     sizes = list(config.mean_field_sizes)
     curves = {m: results[f"mean_field_M{m}"]["loss"] for m in sizes}
     reference = curves[sizes[-1]].mean(axis=0)
-    distance = [float(np.abs(curves[m] - reference).max(axis=1).mean()) for m in sizes[:-1]]
-    slope = float(np.polyfit(np.log(sizes[:-1]), np.log(distance), 1)[0])
-    return {"sizes": sizes[:-1], "distance": distance, "rate": slope, "reference_M": sizes[-1]}
+    gaps = {m: np.abs(curves[m] - reference) for m in sizes[:-1]}
+    distance = [float(gaps[m][:, 1:].mean()) for m in sizes[:-1]]
+    initial = [float(gaps[m][:, 0].mean()) for m in sizes[:-1]]
+    log_m = np.log(sizes[:-1])
+    return {
+        "sizes": sizes[:-1],
+        "distance": distance,
+        "rate": float(np.polyfit(log_m, np.log(distance), 1)[0]),
+        "initial_distance": initial,
+        "initial_rate": float(np.polyfit(log_m, np.log(initial), 1)[0]),
+        "reference_M": sizes[-1],
+    }
 
 
 def _saddle(results, scale) -> dict:
@@ -55,7 +66,9 @@ def summarize(config, setting, results) -> dict:
     attention = {}
     for ratio in config.attention_ratios:
         joint = results[f"attention_r{ratio:g}"]
-        gap = np.abs(joint["transformer_loss"] - static["loss"]) / scale
+        # the joint runs' seeds; both with W as trained on the training sample
+        paired = static["transformer_loss"][: joint["loss"].shape[0]]
+        gap = np.abs(joint["transformer_loss"] - paired) / scale
         attention[f"{ratio:g}"] = {
             "mean_gap_relative": float(gap.mean()),
             "max_gap_relative": float(gap.max(axis=1).mean()),
@@ -110,7 +123,7 @@ def format_feature_learning_summary(summary: dict) -> str:
     mf = summary["mean_field"]
     pairs = ", ".join(f"M={m}: {d:.2e}" for m, d in zip(mf["sizes"], mf["distance"]))
     lines.append(
-        f"mean-field limit: sup_t |L_M − L_ref| (ref M = {mf['reference_M']}) {pairs};"
-        f" fitted rate M^{mf['rate']:.2f}"
+        f"mean-field limit: time-averaged |L_M − L_ref| / (ref: mean of M = {mf['reference_M']})"
+        f" {pairs}; fitted rate M^{mf['rate']:.2f} (at t = 0 alone: M^{mf['initial_rate']:.2f})"
     )
     return "\n".join(lines)
