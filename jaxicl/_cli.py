@@ -1,4 +1,5 @@
-"""The `jaxicl` command line: `jaxicl run EXPERIMENT [--field value ...]`."""
+"""The `jaxicl` command line: `jaxicl run EXPERIMENT [--field value ...]`,
+`jaxicl sweep FILE.toml --out STORE`, `jaxicl inspect STORE`."""
 
 import argparse
 import dataclasses
@@ -66,12 +67,38 @@ def _build_parser() -> argparse.ArgumentParser:
             sub.add_argument(
                 flag, dest=field.name, type=str, default=None, help=f"default: {field.default!r}"
             )
+    sweep = commands.add_parser("sweep", help="run (or resume) a sweep described in a TOML file")
+    sweep.add_argument("file", help="sweep description (TOML)")
+    sweep.add_argument("--out", required=True, help="Zarr store to stream results into")
+    sweep.add_argument("--quiet", action="store_true", help="no progress bar")
+    inspect = commands.add_parser("inspect", help="what a sweep store holds, how complete")
+    inspect.add_argument("store", help="Zarr store written by `jaxicl sweep`")
     return parser
+
+
+def _sweep(args) -> int:
+    from ._sweep_config import load_sweep
+    from ._sweep_runner import run_sweep
+    from ._sweep_store import describe_store
+
+    try:
+        if args.command == "inspect":
+            print(describe_store(args.store))
+            return 0
+        config = load_sweep(args.file)
+        run_sweep(config, args.out, progress=False if args.quiet else None)
+    except (ValueError, FileNotFoundError) as error:
+        print(f"jaxicl: error: {error}", file=sys.stderr)
+        return 2
+    print(describe_store(args.out))
+    return 0
 
 
 def main(argv=None) -> int:
     args = _build_parser().parse_args(argv)
     use_all_cpu_cores()
+    if args.command in ("sweep", "inspect"):
+        return _sweep(args)
     if args.experiment in FLOAT64_EXPERIMENTS:
         jax.config.update("jax_enable_x64", True)
     config_cls, run, describe = EXPERIMENTS[args.experiment]

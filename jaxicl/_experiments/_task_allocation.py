@@ -27,6 +27,7 @@ import jax
 import jax.numpy as jnp
 import jax.random as jr
 import numpy as np
+from jaxtyping import Array
 
 from .. import _validation as check
 from .._analysis import detect_phases, task_allocation
@@ -120,7 +121,7 @@ class TaskAllocationConfig:
         return {k: list(v) if isinstance(v, tuple) else v for k, v in out.items()}
 
 
-def initial_state(scheme: str, n_heads: int, n_tasks: int, scale: float, *, key):
+def initial_state(scheme: str, n_heads: int, n_tasks: int, scale: float | Array, *, key):
     """One seed's initial (Ω, M) state for a scheme (see the module docstring)."""
     omega_key, mu_key = jr.split(key)
     shape = (n_heads, n_tasks)

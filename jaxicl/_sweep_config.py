@@ -1,0 +1,112 @@
+"""Sweep descriptions: a workload, its fixed settings, a grid of values × a number of seeds.
+
+A sweep file (TOML) looks like
+
+    workload = "reduced-allocation"
+    seeds = 1024
+    member_chunk = "auto"        # members per compiled call; "auto" sizes it from memory
+
+    [fixed]
+    horizon = 20.0
+
+    [grid]
+    heads = [2, 3, 4]            # changes shapes: one compiled group per value
+    init_scale = [3e-4, 1e-3]    # keeps shapes: members of one program
+
+Everything is checked here, in Python, before anything is compiled; every error names the field,
+the bad value and what is allowed.
+"""
+
+import dataclasses
+import itertools
+import math
+import tomllib
+
+from . import _validation as check
+from ._sweep_workloads import WORKLOADS
+
+
+@dataclasses.dataclass(frozen=True)
+class SweepConfig:
+    """A validated sweep: `fixed` settings, `grid` axes (name → values), `seeds` per point."""
+
+    workload: str
+    seeds: int
+    fixed: dict
+    grid: dict
+    member_chunk: int | str = "auto"
+
+    def __post_init__(self):
+        check.one_of("workload", self.workload, WORKLOADS)
+        check.positive_int("seeds", self.seeds)
+        if self.member_chunk != "auto":
+            check.positive_int("member_chunk", self.member_chunk)
+        spec = WORKLOADS[self.workload]
+        for name, value in self.fixed.items():
+            check.one_of("fixed", name, spec.defaults)
+            spec.check(f"fixed.{name}", name, value)
+        for name, values in self.grid.items():
+            check.one_of("grid", name, spec.shape_axes + spec.member_axes)
+            if not isinstance(values, list) or not values:
+                raise ValueError(f"`grid.{name}` must be a non-empty list, got {values!r}.")
+            if name in self.fixed:
+                raise ValueError(f"`{name}` is both in [fixed] and in [grid]; keep one.")
+            for value in values:
+                spec.check(f"grid.{name}", name, value)
+
+    @property
+    def spec(self):
+        return WORKLOADS[self.workload]
+
+    def settings(self) -> dict:
+        """Workload defaults overridden by [fixed] (grid axes take their first value here)."""
+        out = dict(self.spec.defaults)
+        out.update(self.fixed)
+        return out
+
+    def axis(self, name) -> list:
+        return list(self.grid.get(name, [self.settings()[name]]))
+
+    def groups(self) -> list[dict]:
+        """One dict of shape-axis values per compiled group."""
+        names = self.spec.shape_axes
+        return [dict(zip(names, values)) for values in itertools.product(*map(self.axis, names))]
+
+    def member_points(self) -> list[dict]:
+        """The member-axis values of every grid point inside a group."""
+        names = self.spec.member_axes
+        return [dict(zip(names, values)) for values in itertools.product(*map(self.axis, names))]
+
+    @property
+    def total_members(self) -> int:
+        return len(self.groups()) * len(self.member_points()) * self.seeds
+
+    def as_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+def load_sweep(path) -> SweepConfig:
+    """Read and validate a sweep file."""
+    with open(path, "rb") as f:
+        try:
+            raw = tomllib.load(f)
+        except tomllib.TOMLDecodeError as error:
+            raise ValueError(f"{path} is not valid TOML: {error}") from None
+    allowed = ("workload", "seeds", "member_chunk", "fixed", "grid")
+    for key in raw:
+        check.one_of("top-level key", key, allowed)
+    for key in ("workload", "seeds"):
+        if key not in raw:
+            raise ValueError(f"{path} must set `{key}`.")
+    return SweepConfig(
+        workload=raw["workload"],
+        seeds=raw["seeds"],
+        fixed=dict(raw.get("fixed", {})),
+        grid={k: list(v) if isinstance(v, list) else v for k, v in raw.get("grid", {}).items()},
+        member_chunk=raw.get("member_chunk", "auto"),
+    )
+
+
+def chunk_bounds(n: int, size: int) -> list[tuple[int, int]]:
+    """[start, stop) blocks of `size` covering range(n)."""
+    return [(i * size, min(n, (i + 1) * size)) for i in range(math.ceil(n / size))]

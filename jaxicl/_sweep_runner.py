@@ -1,0 +1,62 @@
+"""Running a sweep: groups of equal shapes, units of work (a member point × a block of seeds)
+streamed into the store one at a time, so only one unit's records are ever in host memory.
+
+Each unit's members are one `train_ensemble` call of the group's program (sharded over the
+local devices like any ensemble). A killed sweep resumes at the first unit without its flag.
+"""
+
+import pathlib
+
+import numpy as np
+
+from ._progress import progress_bar
+from ._sweep_config import SweepConfig, chunk_bounds
+from ._sweep_store import done_units, open_store, write_unit
+
+
+# Without a memory estimate, "auto" runs up to this many members per call: the reduced state
+# of a member is a few hundred bytes, so this stays far below any device's memory.
+AUTO_MEMBER_CHUNK = 4096
+
+
+def _units(config: SweepConfig) -> list[tuple[int, int, int, int]]:
+    size = config.seeds if config.member_chunk == "auto" else config.member_chunk
+    size = min(size, AUTO_MEMBER_CHUNK) if config.member_chunk == "auto" else size
+    blocks = chunk_bounds(config.seeds, size)
+    n_groups, n_points = len(config.groups()), len(config.member_points())
+    return [(g, p, a, b) for g in range(n_groups) for p in range(n_points) for a, b in blocks]
+
+
+def _index(config: SweepConfig, group: dict, point: dict, start: int, stop: int) -> tuple:
+    shape = [config.axis(name).index(group[name]) for name in config.spec.shape_axes]
+    member = [config.axis(name).index(point[name]) for name in config.spec.member_axes]
+    return (*shape, *member, slice(start, stop))
+
+
+def run_sweep(config: SweepConfig, out, *, progress=None, on_unit=None) -> pathlib.Path:
+    """Run (or resume) `config` into the Zarr store at `out`; returns its path."""
+    out = pathlib.Path(out)
+    groups, points, settings = config.groups(), config.member_points(), config.settings()
+    units = _units(config)
+    programs = {}
+
+    def program(g):
+        if g not in programs:
+            programs[g] = config.spec.build({**settings, **groups[g]}, groups[g])
+        return programs[g]
+
+    root = open_store(out, config, program(0), len(units))
+    done = done_units(root)
+    bar = progress_bar(config.total_members, description="sweep", unit="member", enabled=progress)
+    bar.update(sum(b - a for (_, _, a, b), flag in zip(units, done) if flag))
+    for u, (g, p, start, stop) in enumerate(units):
+        if done[u]:
+            continue
+        values = {name: np.full(stop - start, v) for name, v in points[p].items()}
+        records = program(g).run(values, np.arange(start, stop))
+        write_unit(root, u, _index(config, groups[g], points[p], start, stop), records)
+        bar.update(stop - start)
+        if on_unit is not None:
+            on_unit(u)
+    bar.close()
+    return out
