@@ -71,6 +71,11 @@ def _build_parser() -> argparse.ArgumentParser:
     sweep.add_argument("file", help="sweep description (TOML)")
     sweep.add_argument("--out", required=True, help="Zarr store to stream results into")
     sweep.add_argument("--quiet", action="store_true", help="no progress bar")
+    sweep.add_argument(
+        "--coordinator", help="host:port of process 0, to split the sweep over processes"
+    )
+    sweep.add_argument("--num-processes", type=int, help="processes in the distributed sweep")
+    sweep.add_argument("--process-id", type=int, help="this process's index (0 creates the store)")
     inspect = commands.add_parser("inspect", help="what a sweep store holds, how complete")
     inspect.add_argument("store", help="Zarr store written by `jaxicl sweep`")
     return parser
@@ -86,6 +91,12 @@ def _sweep(args) -> int:
             print(describe_store(args.store))
             return 0
         config = load_sweep(args.file)
+        if args.coordinator is not None:
+            jax.distributed.initialize(
+                coordinator_address=args.coordinator,
+                num_processes=args.num_processes,
+                process_id=args.process_id,
+            )
         run_sweep(config, args.out, progress=False if args.quiet else None)
     except (ValueError, FileNotFoundError) as error:
         print(f"jaxicl: error: {error}", file=sys.stderr)

@@ -3,10 +3,13 @@ streamed into the store one at a time, so only one unit's records are ever in ho
 
 Each unit's members are one `train_ensemble` call of the group's program (sharded over the
 local devices like any ensemble). A killed sweep resumes at the first unit without its flag.
+Under `jax.distributed` (several processes, e.g. one per host), process i runs the units
+u ≡ i (mod process count) and writes them into the same store: units own disjoint chunk files.
 """
 
 import pathlib
 
+import jax
 import numpy as np
 
 from ._progress import progress_bar
@@ -19,10 +22,15 @@ from ._sweep_store import done_units, open_store, write_unit
 AUTO_MEMBER_CHUNK = 4096
 
 
+def seed_block(config: SweepConfig) -> int:
+    """Seeds per unit of work (the members of one compiled call)."""
+    if config.member_chunk == "auto":
+        return min(config.seeds, AUTO_MEMBER_CHUNK)
+    return min(config.seeds, config.member_chunk)
+
+
 def _units(config: SweepConfig) -> list[tuple[int, int, int, int]]:
-    size = config.seeds if config.member_chunk == "auto" else config.member_chunk
-    size = min(size, AUTO_MEMBER_CHUNK) if config.member_chunk == "auto" else size
-    blocks = chunk_bounds(config.seeds, size)
+    blocks = chunk_bounds(config.seeds, seed_block(config))
     n_groups, n_points = len(config.groups()), len(config.member_points())
     return [(g, p, a, b) for g in range(n_groups) for p in range(n_points) for a, b in blocks]
 
@@ -45,11 +53,16 @@ def run_sweep(config: SweepConfig, out, *, progress=None, on_unit=None) -> pathl
             programs[g] = config.spec.build({**settings, **groups[g]}, groups[g])
         return programs[g]
 
-    root = open_store(out, config, program(0), len(units))
+    # Several processes (jax.distributed) take every process_count-th unit each.
+    process, n_processes = jax.process_index(), jax.process_count()
+    root = open_store(out, config, program(0), len(units), seed_block(config), create=process == 0)
     done = done_units(root)
-    bar = progress_bar(config.total_members, description="sweep", unit="member", enabled=progress)
-    bar.update(sum(b - a for (_, _, a, b), flag in zip(units, done) if flag))
-    for u, (g, p, start, stop) in enumerate(units):
+    mine = [u for u in range(len(units)) if u % n_processes == process]
+    total = sum(units[u][3] - units[u][2] for u in mine)
+    bar = progress_bar(total, description="sweep", unit="member", enabled=progress)
+    bar.update(sum(units[u][3] - units[u][2] for u in mine if done[u]))
+    for u in mine:
+        g, p, start, stop = units[u]
         if done[u]:
             continue
         values = {name: np.full(stop - start, v) for name, v in points[p].items()}

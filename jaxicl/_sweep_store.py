@@ -12,6 +12,7 @@ import json
 import os
 import pathlib
 import shutil
+import time
 
 import jax
 import numpy as np
@@ -40,9 +41,16 @@ def _describe(config: SweepConfig) -> str:
     return json.dumps({**config.as_dict(), "float64": _float64()}, sort_keys=True)
 
 
-def open_store(path, config: SweepConfig, program, n_units: int) -> zarr.Group:
-    """Create the store for `config`, or reopen it if it holds the same sweep."""
+def open_store(
+    path, config: SweepConfig, program, n_units: int, seed_block: int, *, create: bool = True
+) -> zarr.Group:
+    """Create the store for `config`, or reopen it if it holds the same sweep. Every unit
+    (a block of `seed_block` seeds) owns whole chunks, so processes writing different units
+    never touch the same file. With `create=False` (processes other than the first of a
+    distributed sweep) wait for the store to appear instead of creating it."""
     path = pathlib.Path(path)
+    if not create:
+        _wait_for(path / "zarr.json")
     if (path / "zarr.json").exists():
         root = zarr.open_group(str(path), mode="a")
         stored = root.attrs.get("sweep")
@@ -70,7 +78,7 @@ def open_store(path, config: SweepConfig, program, n_units: int) -> zarr.Group:
     shape = tuple(len(coords[d]) for d in dims)
     for name, (trailing, dtype) in program.records.items():
         full_shape = shape + tuple(len(program.time) for _ in trailing)
-        chunks = (1,) * (len(dims) - 1) + (shape[-1],) + full_shape[len(dims) :]
+        chunks = (1,) * (len(dims) - 1) + (seed_block,) + full_shape[len(dims) :]
         fill = False if dtype == "bool" else np.nan
         root.create_array(
             name,
@@ -81,12 +89,25 @@ def open_store(path, config: SweepConfig, program, n_units: int) -> zarr.Group:
             dimension_names=[*dims, *trailing],
         )
     root.create_array(
-        "chunk_done", shape=(n_units,), dtype="bool", fill_value=False, dimension_names=["unit"]
+        "chunk_done",
+        shape=(n_units,),
+        chunks=(1,),
+        dtype="bool",
+        fill_value=False,
+        dimension_names=["unit"],
     )
     root.attrs["sweep"] = _describe(config)
     path.parent.mkdir(parents=True, exist_ok=True)
     os.replace(building, path)
     return zarr.open_group(str(path), mode="a")
+
+
+def _wait_for(marker: pathlib.Path, timeout: float = 600.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not marker.exists():
+        if time.monotonic() > deadline:
+            raise ValueError(f"{marker.parent} was not created by process 0 within {timeout} s.")
+        time.sleep(0.1)
 
 
 def done_units(root: zarr.Group) -> np.ndarray:

@@ -27,12 +27,19 @@ TINY = dict(
 )
 
 
-def test_runs_writes_results_and_resumes_without_recomputing(tmp_path, monkeypatch):
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory):
+    """One tiny run shared by the tests below (the experiment takes a while even tiny)."""
+    out = tmp_path_factory.mktemp("feature_learning")
     config = FeatureLearningConfig(**TINY)
-    summary = run_feature_learning(config, tmp_path, progress=False)
+    return config, out, run_feature_learning(config, out, progress=False)
+
+
+def test_runs_writes_results_and_resumes_without_recomputing(finished, monkeypatch):
+    config, out, summary = finished
     for name in ("summary.json", "feature_learning.png", "groups/static.npz"):
-        assert (tmp_path / name).exists(), name
-    stored = json.loads((tmp_path / "summary.json").read_text())
+        assert (out / name).exists(), name
+    stored = json.loads((out / "summary.json").read_text())
     assert stored["static"]["seeds"] == 3
     assert set(stored["attention"]) == {"1", "100"}
     assert set(stored["saddle"]["variants"]) == set(experiment.SADDLE_VARIANTS)
@@ -44,14 +51,14 @@ def test_runs_writes_results_and_resumes_without_recomputing(tmp_path, monkeypat
         raise AssertionError("a stored group was recomputed")
 
     monkeypatch.setattr(experiment, "_solve", no_work)
-    again = run_feature_learning(config, tmp_path, progress=False)
+    again = run_feature_learning(config, out, progress=False)
     assert again["static"] == summary["static"]
 
 
-def test_other_configuration_is_refused(tmp_path):
-    run_feature_learning(FeatureLearningConfig(**TINY), tmp_path, progress=False)
+def test_other_configuration_is_refused(finished):
+    _, out, _ = finished
     with pytest.raises(ValueError, match="different configuration"):
-        run_feature_learning(FeatureLearningConfig(**{**TINY, "steps": 120}), tmp_path)
+        run_feature_learning(FeatureLearningConfig(**{**TINY, "steps": 120}), out)
 
 
 @pytest.mark.parametrize(

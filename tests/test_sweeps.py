@@ -150,3 +150,13 @@ def test_inspect_reports_completeness(tmp_path, capsys):
     assert _cli.main(["inspect", str(tmp_path / "store")]) == 0
     out = capsys.readouterr().out
     assert "complete: 12 of 12 units (100%)" in out and "init_scale" in out
+
+
+def test_a_process_runs_every_process_count_th_unit(tmp_path, monkeypatch):
+    import jax
+
+    monkeypatch.setattr(jax, "process_count", lambda: 2)
+    monkeypatch.setattr(jax, "process_index", lambda: 0)
+    run_sweep(_config(), tmp_path / "store", progress=False)
+    flags = np.asarray(zarr.open_group(str(tmp_path / "store"), mode="r")["chunk_done"][:])
+    assert flags[0::2].all() and not flags[1::2].any()

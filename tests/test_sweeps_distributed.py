@@ -1,0 +1,84 @@
+"""Sweeps across devices and processes, each run in fresh subprocesses: 4 CPU devices give the
+store of 1; two processes under jax.distributed (localhost) write the store of one process."""
+
+import os
+import socket
+import subprocess
+import sys
+
+import numpy as np
+import xarray as xr
+import zarr
+
+
+SWEEP = (
+    'workload = "reduced-allocation"\nseeds = 8\nmember_chunk = 4\n'
+    "[fixed]\nd = 9\nhorizon = 2.0\nn_records = 4\n"
+    "[grid]\nheads = [2, 3]\ninit_scale = [1e-3, 3e-3]\n"
+)
+
+
+def _command(sweep, out, *extra):
+    return [
+        sys.executable,
+        "-m",
+        "jaxicl",
+        "sweep",
+        str(sweep),
+        "--out",
+        str(out),
+        "--quiet",
+        *extra,
+    ]
+
+
+def _env(devices):
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("JAX_", "XLA_"))}
+    return {**env, "JAX_NUM_CPU_DEVICES": str(devices)}
+
+
+def _arrays(path):
+    data = xr.open_zarr(str(path), consolidated=False).load()
+    return {name: np.asarray(data[name]) for name in ("loss", "success", "warmup_end")}
+
+
+def test_four_devices_give_the_store_of_one(tmp_path):
+    sweep = tmp_path / "sweep.toml"
+    sweep.write_text(SWEEP)
+    for devices in (1, 4):
+        out = tmp_path / f"d{devices}"
+        subprocess.run(_command(sweep, out), env=_env(devices), check=True, timeout=600)
+    one, four = _arrays(tmp_path / "d1"), _arrays(tmp_path / "d4")
+    for name in one:
+        np.testing.assert_allclose(four[name], one[name], rtol=1e-6)
+
+
+def test_two_processes_write_the_store_of_one(tmp_path):
+    sweep = tmp_path / "sweep.toml"
+    sweep.write_text(SWEEP)
+    with socket.socket() as s:
+        s.bind(("localhost", 0))
+        port = s.getsockname()[1]
+    shared = tmp_path / "two"
+    workers = [
+        subprocess.Popen(
+            _command(
+                sweep,
+                shared,
+                "--coordinator",
+                f"localhost:{port}",
+                "--num-processes",
+                "2",
+                "--process-id",
+                str(i),
+            ),
+            env=_env(1),
+        )
+        for i in range(2)
+    ]
+    assert [w.wait(timeout=600) for w in workers] == [0, 0]
+    subprocess.run(_command(sweep, tmp_path / "one"), env=_env(1), check=True, timeout=600)
+    assert np.asarray(zarr.open_group(str(shared), mode="r")["chunk_done"][:]).all()
+    two, one = _arrays(shared), _arrays(tmp_path / "one")
+    for name in one:
+        np.testing.assert_array_equal(two[name], one[name])
