@@ -7,6 +7,7 @@ Under `jax.distributed` (several processes, e.g. one per host), process i runs t
 u ≡ i (mod process count) and writes them into the same store: units own disjoint chunk files.
 """
 
+import os
 import pathlib
 
 import jax
@@ -17,20 +18,38 @@ from ._sweep_config import SweepConfig, chunk_bounds
 from ._sweep_store import done_units, open_store, write_unit
 
 
-# Without a memory estimate, "auto" runs up to this many members per call: the reduced state
-# of a member is a few hundred bytes, so this stays far below any device's memory.
-AUTO_MEMBER_CHUNK = 4096
+# "auto" sizing: a unit may use this fraction of the device's memory (host RAM on CPU), and
+# holds at most MAX_MEMBER_CHUNK members (beyond that a call is long enough to amortize).
+MEMORY_FRACTION = 0.25
+MAX_MEMBER_CHUNK = 65536
+PROBE_MEMBERS = 256
 
 
-def seed_block(config: SweepConfig) -> int:
+def device_memory_bytes() -> int:
+    """Memory of the first local device: its allocator limit, or physical RAM on CPU."""
+    stats = jax.local_devices()[0].memory_stats() or {}
+    if "bytes_limit" in stats:
+        return int(stats["bytes_limit"])
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+
+
+def auto_member_chunk(program, budget: int) -> int:
+    """Members per call from XLA's memory analysis of the compiled call: the bytes of a
+    `PROBE_MEMBERS`-member call (arguments, outputs, temporaries), scaled to `budget`."""
+    per_member = max(1, program.memory(PROBE_MEMBERS) // PROBE_MEMBERS)
+    return int(min(MAX_MEMBER_CHUNK, max(1, budget // per_member)))
+
+
+def seed_block(config: SweepConfig, program) -> int:
     """Seeds per unit of work (the members of one compiled call)."""
     if config.member_chunk == "auto":
-        return min(config.seeds, AUTO_MEMBER_CHUNK)
+        budget = int(MEMORY_FRACTION * device_memory_bytes())
+        return min(config.seeds, auto_member_chunk(program, budget))
     return min(config.seeds, config.member_chunk)
 
 
-def _units(config: SweepConfig) -> list[tuple[int, int, int, int]]:
-    blocks = chunk_bounds(config.seeds, seed_block(config))
+def _units(config: SweepConfig, block: int) -> list[tuple[int, int, int, int]]:
+    blocks = chunk_bounds(config.seeds, block)
     n_groups, n_points = len(config.groups()), len(config.member_points())
     return [(g, p, a, b) for g in range(n_groups) for p in range(n_points) for a, b in blocks]
 
@@ -45,7 +64,6 @@ def run_sweep(config: SweepConfig, out, *, progress=None, on_unit=None) -> pathl
     """Run (or resume) `config` into the Zarr store at `out`; returns its path."""
     out = pathlib.Path(out)
     groups, points, settings = config.groups(), config.member_points(), config.settings()
-    units = _units(config)
     programs = {}
 
     def program(g):
@@ -55,7 +73,9 @@ def run_sweep(config: SweepConfig, out, *, progress=None, on_unit=None) -> pathl
 
     # Several processes (jax.distributed) take every process_count-th unit each.
     process, n_processes = jax.process_index(), jax.process_count()
-    root = open_store(out, config, program(0), len(units), seed_block(config), create=process == 0)
+    block = seed_block(config, program(0))  # the same in every process: same program, device
+    units = _units(config, block)
+    root = open_store(out, config, program(0), len(units), block, create=process == 0)
     done = done_units(root)
     mine = [u for u in range(len(units)) if u % n_processes == process]
     total = sum(units[u][3] - units[u][2] for u in mine)

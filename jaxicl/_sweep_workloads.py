@@ -19,7 +19,8 @@ from . import _validation as check
 from ._analysis import detect_phases, task_allocation
 from ._reduced import ReducedLoss
 from ._tasks import disjoint_blocks
-from ._trainer import sgd, train_ensemble
+from ._train_state import init_ensemble_state
+from ._trainer import _no_observables, _run_jit, sgd, train_ensemble
 
 
 @dataclasses.dataclass(frozen=True)
@@ -37,11 +38,13 @@ class Workload:
 @dataclasses.dataclass(frozen=True)
 class Program:
     """One compiled group: `run(member_values, seeds)` → dict of NumPy records (members first);
-    `records` names each record and its trailing dimensions; `time` labels the record axis."""
+    `records` names each record and its trailing dimensions; `time` labels the record axis;
+    `memory(n)` is XLA's memory analysis (bytes) of the compiled call for n members."""
 
     run: Callable
     records: dict
     time: np.ndarray
+    memory: Callable
 
 
 def _allocation_program(settings: dict, group: dict) -> Program:
@@ -54,18 +57,33 @@ def _allocation_program(settings: dict, group: dict) -> Program:
     record_every = max(1, steps // settings["n_records"])
     steps = record_every * settings["n_records"]
     root = jr.fold_in(jr.key(settings["seed"]), heads)
+    optimizer = sgd(settings["dt"])
 
-    def run(member_values: dict, seeds: np.ndarray) -> dict:
+    def initial(member_values: dict, seeds) -> eqx.Module:
         scales = jnp.asarray(member_values["init_scale"])
         keys = jax.vmap(lambda s: jr.fold_in(root, s))(jnp.asarray(seeds))
         make = lambda scale, key: initial_state(  # noqa: E731
             settings["scheme"], heads, n_tasks, scale, key=key
         )
-        states = eqx.filter_vmap(make)(scales, keys)
+        return eqx.filter_vmap(make)(scales, keys)
+
+    def memory(n: int) -> int:
+        states = init_ensemble_state(initial({"init_scale": np.ones(n)}, np.arange(n)), optimizer)
+        config = (steps, record_every, _no_observables, True, 64, None)
+        start = jnp.asarray(0, jnp.int32)
+        compiled = _run_jit.lower(states, objective, optimizer, jr.key(0), start, config).compile()
+        analysis = compiled.compiled.memory_analysis()  # equinox wraps the jax object
+        return int(
+            analysis.argument_size_in_bytes
+            + analysis.output_size_in_bytes
+            + analysis.temp_size_in_bytes
+        )
+
+    def run(member_values: dict, seeds: np.ndarray) -> dict:
         final, traj = train_ensemble(
-            states,
+            initial(member_values, seeds),
             objective,
-            sgd(settings["dt"]),
+            optimizer,
             steps=steps,
             record_every=record_every,
             member_chunk=64,
@@ -87,7 +105,7 @@ def _allocation_program(settings: dict, group: dict) -> Program:
         "diverged": ((), "bool"),
     }
     time = settings["dt"] * record_every * np.arange(settings["n_records"])
-    return Program(run=run, records=records, time=time)
+    return Program(run=run, records=records, time=time, memory=memory)
 
 
 def _positive_int(field, value):

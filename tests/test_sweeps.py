@@ -160,3 +160,19 @@ def test_a_process_runs_every_process_count_th_unit(tmp_path, monkeypatch):
     run_sweep(_config(), tmp_path / "store", progress=False)
     flags = np.asarray(zarr.open_group(str(tmp_path / "store"), mode="r")["chunk_done"][:])
     assert flags[0::2].all() and not flags[1::2].any()
+
+
+def test_auto_member_chunk_follows_the_memory_analysis(tmp_path, monkeypatch):
+    from jaxicl import _sweep_runner as runner
+
+    config = _config(member_chunk="auto", seeds=40)
+    program = config.spec.build(config.settings(), config.groups()[0])
+    small, large = program.memory(64), program.memory(256)
+    assert 3.0 < large / small < 5.0  # the compiled call's bytes grow with the members
+    per_member = program.memory(runner.PROBE_MEMBERS) // runner.PROBE_MEMBERS
+    assert runner.auto_member_chunk(program, 10 * per_member) == 10
+    # a device with room for ~16 members per unit gets units of 16 seeds
+    monkeypatch.setattr(runner, "device_memory_bytes", lambda: 4 * 16 * per_member)
+    run_sweep(config, tmp_path / "store", progress=False)
+    flags = zarr.open_group(str(tmp_path / "store"), mode="r")["chunk_done"]
+    assert flags.shape == (2 * 2 * 3,)  # groups × points × ceil(40 / 16)
