@@ -96,6 +96,9 @@ from ._reduced import (
     optimal_allocation_losses as optimal_allocation_losses,
     reduced_loss as reduced_loss,
 )
+from ._sweep_config import SweepConfig as SweepConfig, load_sweep as load_sweep
+from ._sweep_runner import run_sweep as run_sweep
+from ._sweep_store import open_sweep as open_sweep, plot_sweep as plot_sweep
 from ._tasks import (
     AbstractTask as AbstractTask,
     LinearRegression as LinearRegression,

@@ -78,17 +78,25 @@ def _build_parser() -> argparse.ArgumentParser:
     sweep.add_argument("--process-id", type=int, help="this process's index (0 creates the store)")
     inspect = commands.add_parser("inspect", help="what a sweep store holds, how complete")
     inspect.add_argument("store", help="Zarr store written by `jaxicl sweep`")
+    plot = commands.add_parser("plot", help="standard figures of a sweep store")
+    plot.add_argument("store", help="Zarr store written by `jaxicl sweep`")
+    plot.add_argument("--out", default=None, help="figure path (default: STORE.png)")
     return parser
 
 
 def _sweep(args) -> int:
     from ._sweep_config import load_sweep
     from ._sweep_runner import run_sweep
-    from ._sweep_store import describe_store
+    from ._sweep_store import describe_store, plot_sweep
 
     try:
         if args.command == "inspect":
             print(describe_store(args.store))
+            return 0
+        if args.command == "plot":
+            figure = args.out or f"{str(args.store).rstrip('/')}.png"
+            plot_sweep(args.store, figure)
+            print(f"figure written to {figure}")
             return 0
         config = load_sweep(args.file)
         if args.coordinator is not None:
@@ -108,7 +116,7 @@ def _sweep(args) -> int:
 def main(argv=None) -> int:
     args = _build_parser().parse_args(argv)
     use_all_cpu_cores()
-    if args.command in ("sweep", "inspect"):
+    if args.command in ("sweep", "inspect", "plot"):
         return _sweep(args)
     if args.experiment in FLOAT64_EXPERIMENTS:
         jax.config.update("jax_enable_x64", True)

@@ -124,15 +124,29 @@ def write_unit(root: zarr.Group, unit: int, index: tuple, records: dict) -> None
 
 def describe_store(path) -> str:
     """What a sweep store holds and how complete it is."""
-    import xarray as xr
-
+    dataset = open_sweep(path)
     root = zarr.open_group(str(path), mode="r")
     config = json.loads(root.attrs["sweep"])
     done = done_units(root)
-    dataset = xr.open_zarr(str(path), consolidated=False)
     lines = [
         f"sweep: workload {config['workload']}, {config['seeds']} seeds, grid {config['grid']}",
         f"complete: {int(done.sum())} of {done.size} units ({done.mean():.0%})",
         str(dataset),
     ]
     return "\n".join(lines)
+
+
+def open_sweep(path):
+    """The store as one labelled xarray dataset (lazily loaded)."""
+    import xarray as xr
+
+    if not (pathlib.Path(path) / "zarr.json").exists():
+        raise ValueError(f"{path} is not a sweep store (no zarr.json).")
+    return xr.open_zarr(str(path), consolidated=False)
+
+
+def plot_sweep(path, figure) -> None:
+    """The standard figures of a (possibly incomplete) sweep store."""
+    from ._plots_sweep import plot_figures
+
+    plot_figures(open_sweep(path), figure)

@@ -150,6 +150,9 @@ def test_inspect_reports_completeness(tmp_path, capsys):
     assert _cli.main(["inspect", str(tmp_path / "store")]) == 0
     out = capsys.readouterr().out
     assert "complete: 12 of 12 units (100%)" in out and "init_scale" in out
+    assert _cli.main(["plot", str(tmp_path / "store"), "--out", str(tmp_path / "f.png")]) == 0
+    assert (tmp_path / "f.png").stat().st_size > 10_000
+    assert _cli.main(["inspect", str(tmp_path / "missing")]) == 2
 
 
 def test_a_process_runs_every_process_count_th_unit(tmp_path, monkeypatch):

@@ -1,0 +1,42 @@
+"""Standard figures of a sweep store: a phase diagram of the allocation rate over the two
+largest grid axes, and loss curves (median over seeds) for every grid point."""
+
+import numpy as np
+
+from ._plots import _pyplot
+
+
+def _phase_axes(success) -> tuple[str, str]:
+    """The two grid axes with the most values (seeds excluded), for the phase diagram."""
+    sizes = {d: n for d, n in success.sizes.items() if d != "seed"}
+    ranked = sorted(sizes, key=lambda d: -sizes[d])
+    return ranked[0], ranked[1] if len(ranked) > 1 else ranked[0]
+
+
+def plot_figures(dataset, path) -> None:
+    plt = _pyplot()
+    rate = dataset["success"].mean("seed")
+    x_axis, y_axis = _phase_axes(dataset["success"])
+    others = [d for d in rate.dims if d not in (x_axis, y_axis)]
+    table = rate.isel({d: 0 for d in others}).transpose(y_axis, x_axis)
+    fig, (ax_phase, ax_loss) = plt.subplots(1, 2, figsize=(12, 4.5))
+    image = ax_phase.imshow(table.values, origin="lower", aspect="auto", vmin=0, vmax=1)
+    ax_phase.set_xticks(range(table.sizes[x_axis]), [f"{v:g}" for v in table[x_axis].values])
+    ax_phase.set_yticks(range(table.sizes[y_axis]), [f"{v:g}" for v in table[y_axis].values])
+    ax_phase.set(xlabel=x_axis, ylabel=y_axis)
+    ax_phase.set_title(f"Allocation success rate over {dataset.sizes['seed']} seeds")
+    for (i, j), value in np.ndenumerate(table.values):
+        ax_phase.text(j, i, f"{value:.0%}", ha="center", va="center", color="white")
+    fig.colorbar(image, ax=ax_phase)
+    median = dataset["loss"].median("seed")
+    points = median.stack(point=[d for d in median.dims if d != "time"])
+    for k in range(points.sizes["point"]):
+        label = ", ".join(
+            f"{n}={v:g}" for n, v in zip(points.indexes["point"].names, points["point"].values[k])
+        )
+        ax_loss.plot(dataset["time"], points.isel(point=k), label=label)
+    ax_loss.set(xlabel="gradient-flow time", ylabel="loss (median over seeds)", yscale="log")
+    ax_loss.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
