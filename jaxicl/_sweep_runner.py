@@ -7,6 +7,7 @@ Under `jax.distributed` (several processes, e.g. one per host), process i runs t
 u ≡ i (mod process count) and writes them into the same store: units own disjoint chunk files.
 """
 
+import math
 import os
 import pathlib
 
@@ -44,7 +45,9 @@ def seed_block(config: SweepConfig, program) -> int:
     """Seeds per unit of work (the members of one compiled call)."""
     if config.member_chunk == "auto":
         budget = int(MEMORY_FRACTION * device_memory_bytes())
-        return min(config.seeds, auto_member_chunk(program, budget))
+        largest = auto_member_chunk(program, budget)
+        # equal units (the last one no smaller), so one compiled call serves them all
+        return math.ceil(config.seeds / math.ceil(config.seeds / largest))
     return min(config.seeds, config.member_chunk)
 
 

@@ -1,0 +1,89 @@
+"""Reduced-dynamics sweep at scale: throughput and peak resident memory of a sweep, each
+configuration in a fresh process (so its peak memory is its own).
+
+Workload `reduced-allocation` (d = 50, 3 tasks, H = 3, random-positive init), 100,000 seeds in
+units of 25,000 (one compiled call each); two step counts (peak memory must not grow with
+steps: records stream to the store unit by unit), and 1 vs 2 vs 4 CPU devices (members sharded
+with JAX sharding). The first unit compiles; throughput is taken from the others.
+
+    python benchmarks/sweep_scaling.py --out benchmarks/sweep_scaling_cpu.json
+    python benchmarks/sweep_scaling.py --seeds 8000 --member-chunk 2000      # quicker
+"""
+
+import argparse
+import json
+import os
+import pathlib
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+
+
+def child(seeds: int, horizon: float, out: str, member_chunk: int) -> None:
+    """One sweep in this process; prints its timings and peak RSS as JSON."""
+    from jaxicl._sweep_config import SweepConfig
+    from jaxicl._sweep_runner import run_sweep
+
+    config = SweepConfig(
+        workload="reduced-allocation",
+        seeds=seeds,
+        fixed={"horizon": horizon, "n_records": 40},
+        grid={},
+        member_chunk=member_chunk,
+    )
+    steps = round(horizon / config.settings()["dt"])
+    marks = [time.perf_counter()]
+    run_sweep(config, out, progress=False, on_unit=lambda u: marks.append(time.perf_counter()))
+    units = [b - a for a, b in zip(marks, marks[1:])]
+    steady = min(units[1:]) if len(units) > 1 else units[0]
+    result = {
+        "seconds": marks[-1] - marks[0],
+        "units": len(units),
+        "member_steps_per_s": member_chunk * steps / steady,
+        "compile_s": units[0] - steady,
+        "steps": steps,
+        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+    }
+    print(json.dumps(result))
+
+
+def run(seeds: int, horizon: float, devices: int, chunk: int) -> dict:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("JAX_", "XLA_"))}
+    env["JAX_NUM_CPU_DEVICES"] = str(devices)
+    with tempfile.TemporaryDirectory() as tmp:
+        out = pathlib.Path(tmp) / "store"
+        command = [sys.executable, __file__, "--child", str(seeds), str(horizon), str(out)]
+        done = subprocess.run(
+            [*command, str(chunk)], env=env, check=True, capture_output=True, text=True
+        )
+    return {"seeds": seeds, "devices": devices, **json.loads(done.stdout.splitlines()[-1])}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--child", nargs=4, help=argparse.SUPPRESS)
+    parser.add_argument("--seeds", type=int, default=100_000)
+    parser.add_argument("--member-chunk", type=int, default=25_000)
+    parser.add_argument("--out", default=None)
+    args = parser.parse_args()
+    if args.child:
+        seeds, horizon, out, chunk = args.child
+        child(int(seeds), float(horizon), out, int(chunk))
+        return
+    plan = [(5.0, 2), (20.0, 2), (5.0, 1), (5.0, 4)]
+    rows = [run(args.seeds, horizon, n, args.member_chunk) for horizon, n in plan]
+    for r in rows:
+        print(
+            f"{r['seeds']} members × {r['steps']} steps on {r['devices']} CPU device(s):"
+            f" {r['member_steps_per_s']:.3g} member-steps/s after compiling"
+            f" ({r['compile_s']:.1f} s), {r['seconds']:.1f} s in all ({r['units']} units),"
+            f" peak RSS {r['peak_rss_mb']:.0f} MB"
+        )
+    if args.out:
+        pathlib.Path(args.out).write_text(json.dumps(rows, indent=2))
+
+
+if __name__ == "__main__":
+    main()
