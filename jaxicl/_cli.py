@@ -78,6 +78,11 @@ def _build_parser() -> argparse.ArgumentParser:
     sweep.add_argument("--process-id", type=int, help="this process's index (0 creates the store)")
     inspect = commands.add_parser("inspect", help="what a sweep store holds, how complete")
     inspect.add_argument("store", help="Zarr store written by `jaxicl sweep`")
+    bench = commands.add_parser("bench", help="standard workloads on the devices JAX sees")
+    bench.add_argument("--out", default="bench.json", help="JSON report (default: bench.json)")
+    bench.add_argument(
+        "--scale", type=float, default=1.0, help="multiply every workload's member count"
+    )
     plot = commands.add_parser("plot", help="standard figures of a sweep store")
     plot.add_argument("store", help="Zarr store written by `jaxicl sweep`")
     plot.add_argument("--out", default=None, help="figure path (default: STORE.png)")
@@ -118,6 +123,15 @@ def main(argv=None) -> int:
     use_all_cpu_cores()
     if args.command in ("sweep", "inspect", "plot"):
         return _sweep(args)
+    if args.command == "bench":
+        from ._bench import format_bench, run_bench
+
+        if not args.scale > 0:
+            print(f"jaxicl: error: `--scale` must be > 0, got {args.scale}.", file=sys.stderr)
+            return 2
+        print(format_bench(run_bench(scale=args.scale, out=args.out)))
+        print(f"report written to {args.out}")
+        return 0
     if args.experiment in FLOAT64_EXPERIMENTS:
         jax.config.update("jax_enable_x64", True)
     config_cls, run, describe = EXPERIMENTS[args.experiment]

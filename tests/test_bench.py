@@ -1,0 +1,21 @@
+"""`jaxicl bench` at a tiny scale: every workload runs and reports sane, saved figures."""
+
+import json
+import math
+
+from jaxicl import _cli
+from jaxicl._bench import WORKLOADS
+
+
+def test_bench_reports_every_workload(tmp_path, capsys):
+    out = tmp_path / "bench.json"
+    assert _cli.main(["bench", "--scale", "0.002", "--out", str(out)]) == 0
+    report = json.loads(out.read_text())
+    assert [w["workload"] for w in report["workloads"]] == list(WORKLOADS)
+    assert report["matmul_peak_flop_per_s"] > 1e8
+    for row in report["workloads"]:
+        assert row["member_steps_per_s"] > 0 and row["compile_s"] >= 0
+        # achieved rate from XLA's flop count: positive and below the measured matmul peak × 4
+        assert 0 < row["fraction_of_matmul_peak"] < 4 and math.isfinite(row["flop_per_s"])
+    assert "member-steps/s" in capsys.readouterr().out
+    assert _cli.main(["bench", "--scale", "0"]) == 2
