@@ -2,17 +2,14 @@
 sample or fresh batches, and the finite-n in-context loss."""
 
 import equinox as eqx
-import jax
-import jax.numpy as jnp
 from jaxtyping import Array, Float, PRNGKeyArray
 
 from . import _validation as check
 from ._feature_attention import FeatureAttention
 from ._feature_regression import FeatureRegression
 from ._meanfield_loss import transformer_loss, two_timescale_loss
-from ._objectives import AbstractObjective
+from ._objectives import AbstractObjective, ICLLoss
 from ._prompt import Prompt
-from ._tasks import sample_prompts
 
 
 ATTENTION_MODES = ("static", "attention")
@@ -69,22 +66,18 @@ class MeanFieldLoss(AbstractObjective):
 
 
 class FeatureICLLoss(AbstractObjective):
-    """The finite-n in-context loss L^n = ½ E(ŷ_q − y_q)² over a fresh batch of prompts.
-
-    With the ½ it is on the scale of L_TF: for a fixed model,
+    """The finite-n in-context loss L^n = ½ E(ŷ_q − y_q)² over a fresh batch of prompts: half
+    the ICL loss of `ICLLoss`, so that it is on the scale of L_TF. For a fixed model,
     L^n = L_TF + ½σ² + O(1/n).
     """
 
-    task: FeatureRegression
-    batch_size: int = eqx.field(static=True)
+    icl: ICLLoss
 
     def __init__(self, task: FeatureRegression, batch_size: int):
-        self.task = task
-        self.batch_size = check.positive_int("batch_size", batch_size)
+        self.icl = ICLLoss(task, batch_size)
 
     def draw(self, key: PRNGKeyArray) -> Prompt:
-        return sample_prompts(self.task, self.batch_size, key=key)
+        return self.icl.draw(key)
 
     def evaluate(self, model: FeatureAttention, data: Prompt) -> Float[Array, ""]:
-        errors = jax.vmap(lambda p: (model(p) - p.query_y)[0] ** 2)(data)
-        return 0.5 * jnp.mean(errors)
+        return 0.5 * self.icl.evaluate(model, data)
