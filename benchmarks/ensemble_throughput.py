@@ -24,7 +24,7 @@ import optax
 
 import jaxicl as ji
 from jaxicl._devices import use_all_cpu_cores
-from jaxicl._trainer import _no_observables, _run_jit  # lowering for cost analysis only
+from jaxicl._trainer import compile_ensemble_steps  # for XLA's cost analysis
 
 
 D_IN, CONTEXT, HEADS, BATCH, LR, NOISE = 5, 40, 2, 256, 1e-3, math.sqrt(0.1)
@@ -44,9 +44,7 @@ def _setup(n_members):
 def flops_per_step(n_members) -> float:
     """XLA's flop count for one step of the whole ensemble (all members at once, no chunking)."""
     states, objective, optimizer = _setup(n_members)
-    config = (1, 1, _no_observables, True, None)
-    lowered = _run_jit.lower(states, objective, optimizer, jr.key(1), jnp.asarray(0), config)
-    analysis = lowered.compile().compiled.cost_analysis()
+    analysis = compile_ensemble_steps(states, objective, optimizer, steps=1).cost_analysis()
     analysis = analysis[0] if isinstance(analysis, list) else analysis
     return float(analysis["flops"])
 

@@ -22,7 +22,7 @@ from ._objectives import ICLLoss
 from ._reduced import ReducedLoss
 from ._tasks import LinearRegression
 from ._train_state import init_ensemble_state
-from ._trainer import _no_observables, _run_jit, sgd, train_ensemble_steps
+from ._trainer import compile_ensemble_steps, sgd, train_ensemble_steps
 
 
 def matmul_peak(n: int = 2048, repeats: int = 5) -> float:
@@ -78,11 +78,8 @@ WORKLOADS = {
 def _flops_per_step(states, objective, optimizer, extra) -> float:
     """XLA's flop count of one step of the whole ensemble (a one-step program: the cost
     analysis counts a loop's body once, whatever its trip count)."""
-    observe = extra.get("observe", _no_observables)
-    config = (1, 1, observe, True, None, extra.get("after_step"))
-    start = jnp.asarray(0, jnp.int32)
-    compiled = _run_jit.lower(states, objective, optimizer, jr.key(1), start, config).compile()
-    analysis = compiled.compiled.cost_analysis()
+    compiled = compile_ensemble_steps(states, objective, optimizer, steps=1, **extra)
+    analysis = compiled.cost_analysis()
     analysis = analysis[0] if isinstance(analysis, list) else analysis
     return float(analysis.get("flops", float("nan")))
 

@@ -20,7 +20,7 @@ from ._analysis import detect_phases, task_allocation
 from ._reduced import ReducedLoss
 from ._tasks import disjoint_blocks
 from ._train_state import init_ensemble_state
-from ._trainer import _no_observables, _run_jit, sgd, train_ensemble
+from ._trainer import compile_ensemble_steps, sgd, train_ensemble
 
 
 @dataclasses.dataclass(frozen=True)
@@ -69,10 +69,8 @@ def _allocation_program(settings: dict, group: dict) -> Program:
 
     def memory(n: int) -> int:
         states = init_ensemble_state(initial({"init_scale": np.ones(n)}, np.arange(n)), optimizer)
-        config = (steps, record_every, _no_observables, True, 64, None)
-        start = jnp.asarray(0, jnp.int32)
-        compiled = _run_jit.lower(states, objective, optimizer, jr.key(0), start, config).compile()
-        analysis = compiled.compiled.memory_analysis()  # equinox wraps the jax object
+        compiled = compile_ensemble_steps(states, objective, optimizer, steps=record_every)
+        analysis = compiled.memory_analysis()
         return int(
             analysis.argument_size_in_bytes
             + analysis.output_size_in_bytes

@@ -263,6 +263,24 @@ def train_ensemble_steps(
     return _run_jit(states, objective, optimizer, key, start_step, config)
 
 
+def compile_ensemble_steps(
+    states: TrainState,
+    objective: Objective,
+    optimizer: optax.GradientTransformation,
+    *,
+    steps: int,
+    observe: Callable[[PyTree], PyTree] = _no_observables,
+    after_step: AfterStep | None = None,
+):
+    """The compiled single-device program of `steps` steps for these stacked states, all members
+    at once (no chunking, no sharding), for XLA's analyses: `.memory_analysis()`,
+    `.cost_analysis()`. Its math is that of `train_ensemble_steps`."""
+    config = (steps, steps, observe, True, None, after_step)
+    start = jnp.asarray(0, jnp.int32)
+    lowered = _run_jit.lower(states, objective, optimizer, jr.key(0), start, config)
+    return lowered.compile().compiled  # equinox wraps the jax.stages.Compiled
+
+
 def train_steps(
     state: TrainState,
     objective: Objective,
