@@ -123,7 +123,7 @@ def format_feature_learning_summary(summary: dict) -> str:
     mf = summary["mean_field"]
     pairs = ", ".join(f"M={m}: {d:.2e}" for m, d in zip(mf["sizes"], mf["distance"]))
     lines.append(
-        f"mean-field limit: time-averaged |L_M − L_ref| / (ref: mean of M = {mf['reference_M']})"
+        f"mean-field limit: time-averaged |L_M − L_ref| (ref: mean of M = {mf['reference_M']})"
         f" {pairs}; fitted rate M^{mf['rate']:.2f} (at t = 0 alone: M^{mf['initial_rate']:.2f})"
     )
     return "\n".join(lines)
