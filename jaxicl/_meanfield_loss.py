@@ -56,15 +56,38 @@ def optimal_attention(
     return jnp.linalg.solve(sigma, jnp.eye(sigma.shape[0], dtype=sigma.dtype))
 
 
+def _half_mean_square(residual: Float[Array, "n k"]) -> Float[Array, ""]:
+    return 0.5 * jnp.mean(jnp.sum(residual**2, axis=-1))
+
+
+def _residual(h, sigma, cross, f, jitter):
+    """(B, ζ) from the sample moments: B = Σ_{µ°µ} (Σ_{µµ} + λI)^{-1} by a linear solve."""
+    sigma = regularized(sigma, _jitter(jitter, f.dtype))
+    b = jnp.linalg.solve(sigma, cross.T).T  # Σ is symmetric: B = (Σ^{-1} Σ_{µ°µ}ᵀ)ᵀ
+    return b, f - h @ b.T
+
+
 def readout(
     particles: NeuronMeasure, x: Inputs, f: TargetFeatures, jitter: float | None = None
 ) -> tuple[Float[Array, "k k"], Float[Array, "n k"], Float[Array, "n k"]]:
     """(B, H, ζ): the least-squares readout B = Σ_{µ°µ} Σ_{µµ}^{-1} (by a linear solve), the
     features H and the residual ζ = F − H Bᵀ."""
     h, sigma, cross = moments(particles, x, f)
-    sigma = regularized(sigma, _jitter(jitter, x.dtype))
-    b = jnp.linalg.solve(sigma, cross.T).T  # Σ is symmetric: B = (Σ^{-1} Σ_{µ°µ}ᵀ)ᵀ
-    return b, h, f - h @ b.T
+    b, residual = _residual(h, sigma, cross, f, jitter)
+    return b, h, residual
+
+
+def losses_from_moments(
+    h: Float[Array, "n k"],
+    sigma: Float[Array, "k k"],
+    cross: Float[Array, "k k"],
+    f: TargetFeatures,
+    w: Float[Array, "k k"],
+    jitter: float | None = None,
+) -> tuple[Float[Array, ""], Float[Array, ""]]:
+    """(L(µ), L_TF(µ, W)) from features and moments already computed (one pass over x)."""
+    _, residual = _residual(h, sigma, cross, f, jitter)
+    return _half_mean_square(residual), _half_mean_square(f - h @ (cross @ w).T)
 
 
 def two_timescale_loss(
@@ -72,14 +95,13 @@ def two_timescale_loss(
 ) -> Float[Array, ""]:
     """L(µ) = ½ E‖f° − B h_µ‖²: the loss with W at its optimum (the two-timescale limit)."""
     _, _, residual = readout(particles, x, f, jitter)
-    return 0.5 * jnp.mean(jnp.sum(residual**2, axis=-1))
+    return _half_mean_square(residual)
 
 
 def transformer_loss(model: FeatureAttention, x: Inputs, f: TargetFeatures) -> Float[Array, ""]:
     """L_TF(µ, W) = ½ E‖f° − Σ_{µ°µ} W h_µ‖² at the model's own W."""
     h, _, cross = moments(model.particles, x, f)
-    prediction = h @ (cross @ model.W).T
-    return 0.5 * jnp.mean(jnp.sum((f - prediction) ** 2, axis=-1))
+    return _half_mean_square(f - h @ (cross @ model.W).T)
 
 
 def first_variation(

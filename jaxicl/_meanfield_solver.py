@@ -15,7 +15,7 @@ from jaxtyping import Array, Float, PRNGKeyArray
 from . import _validation as check
 from ._feature_attention import FeatureAttention
 from ._feature_regression import FeatureRegression
-from ._meanfield_loss import moments, transformer_loss, two_timescale_loss
+from ._meanfield_loss import losses_from_moments, moments
 from ._meanfield_objectives import MeanFieldLoss
 from ._particle_flow import AttentionFlow, StaticAttention, particle_flow
 from ._particle_moves import AfterSteps, BirthDeath, HessianPerturbation, IsotropicPerturbation
@@ -38,12 +38,14 @@ class MeanFieldObservables(eqx.Module):
 
     def __call__(self, model: FeatureAttention) -> dict:
         p = model.particles
-        _, sigma, cross = moments(p, self.inputs, self.targets)
+        # one pass over the held-out inputs serves every record
+        h, sigma, cross = moments(p, self.inputs, self.targets)
+        loss, loss_tf = losses_from_moments(h, sigma, cross, self.targets, model.W, self.jitter)
         eigenvalues = jnp.linalg.eigvalsh(sigma)
         w_mean = p.mass @ p.w
         return {
-            "loss": two_timescale_loss(p, self.inputs, self.targets, self.jitter),
-            "transformer_loss": transformer_loss(model, self.inputs, self.targets),
+            "loss": loss,
+            "transformer_loss": loss_tf,
             "condition": eigenvalues[-1] / eigenvalues[0],
             "teacher_singular_values": jnp.linalg.svd(cross, compute_uv=False),
             "a_norm": p.mass @ jnp.linalg.norm(p.a, axis=1),
