@@ -71,7 +71,7 @@ def run_sweep(config: SweepConfig, out, *, progress=None, on_unit=None) -> pathl
 
     def program(g):
         if g not in programs:
-            programs[g] = config.spec.build({**settings, **groups[g]}, groups[g])
+            programs[g] = config.spec.build({**settings, **groups[g]})
         return programs[g]
 
     # Several processes (jax.distributed) take every process_count-th unit each.

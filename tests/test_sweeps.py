@@ -169,7 +169,7 @@ def test_auto_member_chunk_follows_the_memory_analysis(tmp_path, monkeypatch):
     from jaxicl import _sweep_runner as runner
 
     config = _config(member_chunk="auto", seeds=40)
-    program = config.spec.build(config.settings(), config.groups()[0])
+    program = config.spec.build({**config.settings(), **config.groups()[0]})
     small, large = program.memory(64), program.memory(256)
     assert 3.0 < large / small < 5.0  # the compiled call's bytes grow with the members
     per_member = program.memory(runner.PROBE_MEMBERS) // runner.PROBE_MEMBERS
