@@ -5,6 +5,7 @@ A run directory holds `config.json`. Reopening it with a different configuration
 chunk. Because every random stream is step-indexed, a resumed run equals an uninterrupted one.
 """
 
+import io
 import json
 import os
 import pathlib
@@ -47,22 +48,28 @@ def claim_run_directory(out_dir: pathlib.Path, config: dict) -> None:
     _atomic_write(path, lambda f: f.write(json.dumps(config, indent=2, sort_keys=True).encode()))
 
 
+_STATE_KEY = "__state__"
+
+
 def save_checkpoint(path: pathlib.Path, state, records: dict) -> None:
-    """Save a pytree of arrays (`state`) and a dict of NumPy record arrays, atomically."""
-    _atomic_write(path.with_suffix(".eqx"), lambda f: eqx.tree_serialise_leaves(f, state))
-    _atomic_write(path.with_suffix(".npz"), lambda f: np.savez(f, **records))
+    """Save a pytree of arrays (`state`) and a dict of NumPy record arrays in one file
+    (`path.npz`), atomically: a kill leaves the previous checkpoint or the new one, never a
+    state from one and records from the other."""
+    buffer = io.BytesIO()
+    eqx.tree_serialise_leaves(buffer, state)
+    arrays = {**records, _STATE_KEY: np.frombuffer(buffer.getvalue(), np.uint8)}
+    _atomic_write(path.with_suffix(".npz"), lambda f: np.savez(f, **arrays))
 
 
 def load_checkpoint(path: pathlib.Path, like):
-    """Load what `save_checkpoint` wrote, or return None if there is no complete checkpoint.
-
-    The `.npz` is written last, so its presence marks a complete pair.
-    """
+    """Load what `save_checkpoint` wrote (`like`: a pytree of the state's structure), or return
+    None if there is no checkpoint."""
     if not path.with_suffix(".npz").exists():
         return None
-    state = eqx.tree_deserialise_leaves(path.with_suffix(".eqx"), like)
     with np.load(path.with_suffix(".npz")) as data:
-        records = {k: data[k] for k in data.files}
+        records = {k: data[k] for k in data.files if k != _STATE_KEY}
+        state_bytes = data[_STATE_KEY].tobytes()
+    state = eqx.tree_deserialise_leaves(io.BytesIO(state_bytes), like)
     return state, records
 
 

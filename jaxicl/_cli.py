@@ -104,6 +104,8 @@ def _sweep(args) -> int:
             print(f"figure written to {figure}")
             return 0
         config = load_sweep(args.file)
+        if config.spec.float64:
+            jax.config.update("jax_enable_x64", True)
         if args.coordinator is not None:
             jax.distributed.initialize(
                 coordinator_address=args.coordinator,

@@ -47,6 +47,12 @@ def regularized(sigma: Float[Array, "k k"], jitter: float) -> Float[Array, "k k"
     return sigma + (jitter * jnp.trace(sigma) / k) * jnp.eye(k, dtype=sigma.dtype)
 
 
+def constant_feature_loss(f: TargetFeatures) -> Float[Array, ""]:
+    """L_c = ½ E‖f° − E f°‖² over a sample: the loss when the features carry only constants
+    (the scale the experiments report losses against)."""
+    return _half_mean_square(f - f.mean(axis=0, keepdims=True))
+
+
 def optimal_attention(
     particles: NeuronMeasure, x: Inputs, f: TargetFeatures, jitter: float | None = None
 ) -> Float[Array, "k k"]:

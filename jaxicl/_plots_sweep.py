@@ -1,5 +1,6 @@
-"""Standard figures of a sweep store: a phase diagram of the allocation rate over the two
-largest grid axes, and loss curves (median over seeds) for every grid point."""
+"""Standard figures of a sweep store: a phase diagram of the success rate (allocation, or the
+loss threshold of `feature-learning`) over the two largest grid axes, and loss curves (median
+over seeds) for every grid point."""
 
 import numpy as np
 
@@ -24,7 +25,9 @@ def plot_figures(dataset, path) -> None:
     ax_phase.set_xticks(range(table.sizes[x_axis]), [f"{v:g}" for v in table[x_axis].values])
     ax_phase.set_yticks(range(table.sizes[y_axis]), [f"{v:g}" for v in table[y_axis].values])
     ax_phase.set(xlabel=x_axis, ylabel=y_axis)
-    ax_phase.set_title(f"Allocation success rate over {dataset.sizes['seed']} seeds")
+    ax_phase.set_title(
+        f"{dataset.attrs.get('workload', 'sweep')}: success rate over {dataset.sizes['seed']} seeds"
+    )
     for (i, j), value in np.ndenumerate(table.values):
         ax_phase.text(j, i, f"{value:.0%}", ha="center", va="center", color="white")
     fig.colorbar(image, ax=ax_phase)
@@ -35,7 +38,8 @@ def plot_figures(dataset, path) -> None:
             f"{n}={v:g}" for n, v in zip(points.indexes["point"].names, points["point"].values[k])
         )
         ax_loss.plot(dataset["time"], points.isel(point=k), label=label)
-    ax_loss.set(xlabel="gradient-flow time", ylabel="loss (median over seeds)", yscale="log")
+    units = dataset["time"].attrs.get("units", "time")
+    ax_loss.set(xlabel=units, ylabel="loss (median over seeds)", yscale="log")
     ax_loss.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=110)

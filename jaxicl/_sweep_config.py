@@ -4,14 +4,15 @@ A sweep file (TOML) looks like
 
     workload = "reduced-allocation"
     seeds = 1024
-    member_chunk = "auto"        # members per compiled call; "auto" sizes it from memory
+    member_chunk = "auto"        # members per call; "auto" sizes it from the device's memory
+    chunk_records = "auto"       # records per step chunk (a checkpoint after each)
 
     [fixed]
     horizon = 20.0
 
     [grid]
     heads = [2, 3, 4]            # changes shapes: one compiled group per value
-    init_scale = [3e-4, 1e-3]    # keeps shapes: members of one program
+    init_scale = [3e-4, 1e-3]    # keeps shapes: members of the same calls, with the seeds
 
 Everything is checked here, in Python, before anything is compiled; every error names the field,
 the bad value and what is allowed.
@@ -28,19 +29,26 @@ from ._sweep_workloads import WORKLOADS
 
 @dataclasses.dataclass(frozen=True)
 class SweepConfig:
-    """A validated sweep: `fixed` settings, `grid` axes (name → values), `seeds` per point."""
+    """A validated sweep: `fixed` settings, `grid` axes (name → values), `seeds` per point.
+
+    `member_chunk`: members per compiled call (every member-axis point of a block of seeds), or
+    `"auto"` to size it from XLA's memory analysis. `chunk_records`: records per step chunk
+    (the sweep streams and checkpoints after each), or `"auto"` for a quarter of the records.
+    """
 
     workload: str
     seeds: int
     fixed: dict
     grid: dict
     member_chunk: int | str = "auto"
+    chunk_records: int | str = "auto"
 
     def __post_init__(self):
         check.one_of("workload", self.workload, WORKLOADS)
         check.positive_int("seeds", self.seeds)
-        if self.member_chunk != "auto":
-            check.positive_int("member_chunk", self.member_chunk)
+        for name in ("member_chunk", "chunk_records"):
+            if getattr(self, name) != "auto":
+                check.positive_int(name, getattr(self, name))
         spec = WORKLOADS[self.workload]
         for name, value in self.fixed.items():
             check.one_of("fixed", name, spec.defaults)
@@ -92,7 +100,7 @@ def load_sweep(path) -> SweepConfig:
             raw = tomllib.load(f)
         except tomllib.TOMLDecodeError as error:
             raise ValueError(f"{path} is not valid TOML: {error}") from None
-    allowed = ("workload", "seeds", "member_chunk", "fixed", "grid")
+    allowed = ("workload", "seeds", "member_chunk", "chunk_records", "fixed", "grid")
     for key in raw:
         check.one_of("top-level key", key, allowed)
     for key in ("workload", "seeds"):
@@ -104,6 +112,7 @@ def load_sweep(path) -> SweepConfig:
         fixed=dict(raw.get("fixed", {})),
         grid={k: list(v) if isinstance(v, list) else v for k, v in raw.get("grid", {}).items()},
         member_chunk=raw.get("member_chunk", "auto"),
+        chunk_records=raw.get("chunk_records", "auto"),
     )
 
 

@@ -1,11 +1,13 @@
 """The Zarr store a sweep streams into, readable as one labelled xarray dataset.
 
-Layout: one array per record with dimensions (shape axes…, member axes…, seed[, time]), the
-coordinates of every axis, and `chunk_done` (one flag per unit of work: group × member point ×
-block of seeds). A unit's records are written first and its flag last (Zarr's local store
-writes every chunk file atomically), so a killed sweep resumes at the first unit without a flag
-and ends with a store identical to an uninterrupted run. The sweep description is stored in
-the attributes; another description is refused.
+Layout: one array per series with dimensions (shape axes…, member axes…, seed, time) and one
+per summary without `time`; the coordinates of every axis; and `chunk_done`, one flag per unit
+of work (a group × a block of seeds, every member point) and step chunk. A unit's step chunk
+owns whole Zarr chunks, so processes writing different units never touch the same file. Its
+records are written first and its flag last (Zarr's local store writes every chunk file
+atomically), and the unit's state is checkpointed under `resume/` before either, so a killed
+sweep resumes at the first step chunk without its flag and ends with a store identical to an
+uninterrupted run. The sweep description is stored in the attributes; another is refused.
 """
 
 import json
@@ -18,7 +20,11 @@ import jax
 import numpy as np
 import zarr
 
+from ._checkpoint import load_checkpoint, save_checkpoint
 from ._sweep_config import SweepConfig
+
+
+RESUME_DIR = "resume"
 
 
 def _dimensions(config: SweepConfig) -> tuple[str, ...]:
@@ -26,28 +32,25 @@ def _dimensions(config: SweepConfig) -> tuple[str, ...]:
 
 
 def _coordinates(config: SweepConfig) -> dict:
-    out = {name: np.asarray(config.axis(name)) for name in config.spec.shape_axes}
-    out.update({name: np.asarray(config.axis(name)) for name in config.spec.member_axes})
+    out = {name: np.asarray(config.axis(name)) for name in _dimensions(config)[:-1]}
     out["seed"] = np.arange(config.seeds)
     return out
 
 
-def _float64() -> bool:
+def float64() -> bool:
     return bool(jax.config.jax_enable_x64)
 
 
 def _describe(config: SweepConfig) -> str:
     # The precision is part of the sweep: a resume in the other precision would not reproduce it.
-    return json.dumps({**config.as_dict(), "float64": _float64()}, sort_keys=True)
+    return json.dumps({**config.as_dict(), "float64": float64()}, sort_keys=True)
 
 
-def open_store(
-    path, config: SweepConfig, program, n_units: int, seed_block: int, *, create: bool = True
-) -> zarr.Group:
-    """Create the store for `config`, or reopen it if it holds the same sweep. Every unit
-    (a block of `seed_block` seeds) owns whole chunks, so processes writing different units
-    never touch the same file. With `create=False` (processes other than the first of a
-    distributed sweep) wait for the store to appear instead of creating it."""
+def open_store(path, config: SweepConfig, program, layout, *, create: bool = True) -> zarr.Group:
+    """Create the store for `config`, or reopen it if it holds the same sweep. `layout` gives
+    the number of units and step chunks, the seeds per unit and the records per step chunk.
+    With `create=False` (processes other than the first of a distributed sweep) wait for the
+    store to appear instead of creating it."""
     path = pathlib.Path(path)
     if not create:
         _wait_for(path / "zarr.json")
@@ -71,32 +74,40 @@ def open_store(
             name, shape=values.shape, dtype=values.dtype, dimension_names=[name]
         )
         array[:] = values
-    time = root.create_array(
-        "time", shape=program.time.shape, dtype="float64", dimension_names=["time"]
+    times = root.create_array(
+        "time", shape=program.time.shape, dtype=program.time.dtype, dimension_names=["time"]
     )
-    time[:] = program.time
+    times[:] = program.time
+    times.attrs["units"] = program.time_units
     shape = tuple(len(coords[d]) for d in dims)
-    for name, (trailing, dtype) in program.records.items():
-        full_shape = shape + tuple(len(program.time) for _ in trailing)
-        chunks = (1,) * (len(dims) - 1) + (seed_block,) + full_shape[len(dims) :]
-        fill = False if dtype == "bool" else np.nan
+    # a unit spans every member point and `seed_block` seeds of one group
+    n_shape = len(config.spec.shape_axes)
+    unit_chunks = (1,) * n_shape + shape[n_shape:-1] + (layout.seed_block,)
+    arrays = [(name, dtype, True) for name, dtype in program.series.items()]
+    arrays += [(name, dtype, False) for name, dtype in program.summaries.items()]
+    for name, dtype, over_time in arrays:
+        extra = (len(program.time),) if over_time else ()
         root.create_array(
             name,
-            shape=full_shape,
-            chunks=chunks,
+            shape=shape + extra,
+            chunks=unit_chunks + ((layout.chunk_records,) if over_time else ()),
             dtype=dtype,
-            fill_value=fill,
-            dimension_names=[*dims, *trailing],
+            fill_value=False if dtype == "bool" else np.nan,
+            dimension_names=[*dims, *(("time",) if over_time else ())],
         )
     root.create_array(
         "chunk_done",
-        shape=(n_units,),
-        chunks=(1,),
+        shape=(layout.n_units, layout.n_step_chunks),
+        chunks=(1, 1),
         dtype="bool",
         fill_value=False,
-        dimension_names=["unit"],
+        dimension_names=["unit", "step_chunk"],
     )
+    # a group of its own, so Zarr readers take the checkpoints in it for foreign files of a
+    # subgroup and leave them alone
+    root.create_group(RESUME_DIR)
     root.attrs["sweep"] = _describe(config)
+    root.attrs["workload"] = config.workload
     path.parent.mkdir(parents=True, exist_ok=True)
     os.replace(building, path)
     return zarr.open_group(str(path), mode="a")
@@ -110,16 +121,45 @@ def _wait_for(marker: pathlib.Path, timeout: float = 600.0) -> None:
         time.sleep(0.1)
 
 
-def done_units(root: zarr.Group) -> np.ndarray:
+def done_chunks(root: zarr.Group) -> np.ndarray:
+    """(units, step chunks) flags."""
     return np.asarray(root["chunk_done"][:])
 
 
-def write_unit(root: zarr.Group, unit: int, index: tuple, records: dict) -> None:
-    """Write one unit's records at `index` (a tuple of ints and one seed slice), then its flag."""
-    for name, values in records.items():
+def write_chunk(root: zarr.Group, unit: int, step_chunk: int, writes: list) -> None:
+    """Write `(name, index, values)` records of one unit's step chunk, then its flag."""
+    for name, index, values in writes:
         root[name][index] = values
-    flags = root["chunk_done"]
-    flags[unit] = True
+    root["chunk_done"][unit, step_chunk] = True
+
+
+def read_series(root: zarr.Group, names, index: tuple) -> dict:
+    return {name: np.asarray(root[name][index]) for name in names}
+
+
+def _checkpoint_path(store, unit: int) -> pathlib.Path:
+    return pathlib.Path(store) / RESUME_DIR / f"unit-{unit:06d}"
+
+
+def save_unit_state(store, unit: int, states, step_chunks_done: int, series: dict) -> None:
+    """The unit's states after `step_chunks_done` chunks, with the last chunk's series."""
+    records = {f"series/{k}": v for k, v in series.items()}
+    records["step_chunks_done"] = np.asarray(step_chunks_done)
+    save_checkpoint(_checkpoint_path(store, unit), states, records)
+
+
+def load_unit_state(store, unit: int, like):
+    """`(states, step_chunks_done, last chunk's series)`, or None without a checkpoint."""
+    loaded = load_checkpoint(_checkpoint_path(store, unit), like)
+    if loaded is None:
+        return None
+    states, records = loaded
+    series = {k.removeprefix("series/"): v for k, v in records.items() if k.startswith("series/")}
+    return states, int(records["step_chunks_done"]), series
+
+
+def drop_unit_state(store, unit: int) -> None:
+    _checkpoint_path(store, unit).with_suffix(".npz").unlink(missing_ok=True)
 
 
 def describe_store(path) -> str:
@@ -127,10 +167,11 @@ def describe_store(path) -> str:
     dataset = open_sweep(path)
     root = zarr.open_group(str(path), mode="r")
     config = json.loads(root.attrs["sweep"])
-    done = done_units(root)
+    done = done_chunks(root)
     lines = [
         f"sweep: workload {config['workload']}, {config['seeds']} seeds, grid {config['grid']}",
-        f"complete: {int(done.sum())} of {done.size} units ({done.mean():.0%})",
+        f"complete: {int(done.all(axis=1).sum())} of {done.shape[0]} units, "
+        f"{int(done.sum())} of {done.size} step chunks ({done.mean():.0%})",
         str(dataset),
     ]
     return "\n".join(lines)

@@ -1,6 +1,7 @@
 """Sweeps: validation before compiling, the labelled store, equality with direct training,
 chunking, resume after SIGKILL, refusal of another sweep's store."""
 
+import dataclasses
 import os
 import signal
 import subprocess
@@ -18,6 +19,7 @@ from jaxicl._experiments._task_allocation import initial_state
 from jaxicl._reduced import ReducedLoss
 from jaxicl._sweep_config import SweepConfig, load_sweep
 from jaxicl._sweep_runner import run_sweep
+from jaxicl._sweep_workloads import WORKLOADS
 from jaxicl._trainer import sgd, train
 
 
@@ -94,19 +96,80 @@ def test_store_is_labelled_and_equals_direct_training(tmp_path):
     np.testing.assert_allclose(stored, np.asarray(traj.loss, np.float32), rtol=1e-6)
 
 
-def test_results_do_not_depend_on_the_member_chunk(tmp_path):
-    run_sweep(_config(member_chunk=2), tmp_path / "a", progress=False)
-    run_sweep(_config(member_chunk=5), tmp_path / "b", progress=False)
+def test_results_do_not_depend_on_member_or_step_chunks(tmp_path):
+    run_sweep(_config(member_chunk=2, chunk_records=1), tmp_path / "a", progress=False)
+    run_sweep(_config(member_chunk=10, chunk_records=3), tmp_path / "b", progress=False)
     a, b = _arrays(tmp_path / "a"), _arrays(tmp_path / "b")
-    for name in a:
-        np.testing.assert_array_equal(a[name], b[name])
+    np.testing.assert_allclose(a["loss"], b["loss"], rtol=1e-6)
+    np.testing.assert_array_equal(a["success"], b["success"])
+    layout = zarr.open_group(str(tmp_path / "a"), mode="r")["chunk_done"].shape
+    assert layout == (2 * 5, 4)  # groups × blocks of one seed (2 points each), 4 step chunks
+
+
+def _interrupt_at(unit, step_chunk):
+    def on_chunk(u, c):
+        if (u, c) == (unit, step_chunk):
+            raise KeyboardInterrupt
+
+    return on_chunk
+
+
+def test_interrupted_mid_unit_resumes_from_its_checkpoint(tmp_path):
+    config = _config(chunk_records=1)
+    with pytest.raises(KeyboardInterrupt):
+        run_sweep(config, tmp_path / "store", progress=False, on_chunk=_interrupt_at(3, 1))
+    flags = np.asarray(zarr.open_group(str(tmp_path / "store"), mode="r")["chunk_done"][:])
+    assert flags[:3].all() and flags[3, :2].all() and not flags[3, 2:].any()
+    assert (tmp_path / "store" / "resume" / "unit-000003.npz").exists()
+    run_sweep(config, tmp_path / "store", progress=False)
+    run_sweep(config, tmp_path / "whole", progress=False)
+    resumed, whole = _arrays(tmp_path / "store"), _arrays(tmp_path / "whole")
+    for name in whole:
+        np.testing.assert_array_equal(resumed[name], whole[name])
+    assert list((tmp_path / "store" / "resume").glob("*.npz")) == []
+
+
+def test_killed_between_checkpoint_and_records_stores_them_from_the_checkpoint(
+    tmp_path, monkeypatch
+):
+    from jaxicl import _sweep_runner as runner
+
+    config = _config(chunk_records=1)
+    real_write = runner.write_chunk
+
+    def dies_at_unit_1_chunk_2(root, unit, step_chunk, writes):
+        if (unit, step_chunk) == (1, 2):
+            raise KeyboardInterrupt  # the checkpoint after chunk 2 is already saved
+        real_write(root, unit, step_chunk, writes)
+
+    monkeypatch.setattr(runner, "write_chunk", dies_at_unit_1_chunk_2)
+    with pytest.raises(KeyboardInterrupt):
+        run_sweep(config, tmp_path / "store", progress=False)
+    monkeypatch.setattr(runner, "write_chunk", real_write)
+    advances = []
+    build = config.spec.build
+
+    def counting_build(settings):
+        program = build(settings)
+        advance = lambda s, n: advances.append(n) or program.advance(s, n)  # noqa: E731
+        return dataclasses.replace(program, advance=advance)
+
+    spec = dataclasses.replace(config.spec, build=counting_build)
+    monkeypatch.setitem(WORKLOADS, "reduced-allocation", spec)
+    run_sweep(config, tmp_path / "store", progress=False)
+    # unit 1's chunk 2 came from the checkpoint: one step chunk left there, 4 in units 2…9
+    assert len(advances) == 1 + 8 * 4
+    run_sweep(_config(chunk_records=1), tmp_path / "whole", progress=False)
+    resumed, whole = _arrays(tmp_path / "store"), _arrays(tmp_path / "whole")
+    for name in whole:
+        np.testing.assert_array_equal(resumed[name], whole[name])
 
 
 def test_another_sweep_is_refused_never_overwritten(tmp_path, monkeypatch):
     run_sweep(_config(), tmp_path / "store", progress=False)
     with pytest.raises(ValueError, match="different sweep"):
         run_sweep(_config(seeds=6), tmp_path / "store", progress=False)
-    monkeypatch.setattr(sweep_store, "_float64", lambda: False)  # as if x64 were off
+    monkeypatch.setattr(sweep_store, "float64", lambda: False)  # as if x64 were off
     with pytest.raises(ValueError, match="different sweep"):
         run_sweep(_config(), tmp_path / "store", progress=False)
     assert xr.open_zarr(str(tmp_path / "store"), consolidated=False).sizes["seed"] == 5
@@ -149,7 +212,8 @@ def test_inspect_reports_completeness(tmp_path, capsys):
     run_sweep(_config(), tmp_path / "store", progress=False)
     assert _cli.main(["inspect", str(tmp_path / "store")]) == 0
     out = capsys.readouterr().out
-    assert "complete: 12 of 12 units (100%)" in out and "init_scale" in out
+    assert "complete: 10 of 10 units, 40 of 40 step chunks (100%)" in out
+    assert "init_scale" in out
     assert _cli.main(["plot", str(tmp_path / "store"), "--out", str(tmp_path / "f.png")]) == 0
     assert (tmp_path / "f.png").stat().st_size > 10_000
     assert _cli.main(["inspect", str(tmp_path / "missing")]) == 2
@@ -170,12 +234,12 @@ def test_auto_member_chunk_follows_the_memory_analysis(tmp_path, monkeypatch):
 
     config = _config(member_chunk="auto", seeds=40)
     program = config.spec.build({**config.settings(), **config.groups()[0]})
-    small, large = program.memory(64), program.memory(256)
+    small, large = program.memory(64, 1), program.memory(256, 1)
     assert 3.0 < large / small < 5.0  # the compiled call's bytes grow with the members
-    per_member = program.memory(runner.PROBE_MEMBERS) // runner.PROBE_MEMBERS
-    assert runner.auto_member_chunk(program, 10 * per_member) == 10
-    # a device with room for ~16 members per unit gets units of 16 seeds
+    per_member = program.memory(runner.PROBE_MEMBERS, 1) // runner.PROBE_MEMBERS
+    assert runner.auto_member_chunk(program, 10 * per_member, 1) == 10
+    # room for ~16 members per call: 2 member points × 8 seeds
     monkeypatch.setattr(runner, "device_memory_bytes", lambda: 4 * 16 * per_member)
     run_sweep(config, tmp_path / "store", progress=False)
     flags = zarr.open_group(str(tmp_path / "store"), mode="r")["chunk_done"]
-    assert flags.shape == (2 * 2 * 3,)  # groups × points × ceil(40 / 16)
+    assert flags.shape == (2 * 5, 4)  # groups × ceil(40 / 8), step chunks

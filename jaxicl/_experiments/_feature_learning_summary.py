@@ -3,16 +3,14 @@ saddle plateau and escape, the mean-field rate; and the printed table."""
 
 import math
 
-import jax.numpy as jnp
 import numpy as np
 
+from .._meanfield_loss import constant_feature_loss
 from ._feature_learning import SADDLE_VARIANTS
 
 
 def _constant_feature_loss(setting) -> float:
-    """L_c = ½ E‖f° − E f°‖²: the loss when the features only carry constants."""
-    f = setting.task.target_features(setting.eval_inputs)
-    return float(0.5 * jnp.mean(jnp.sum((f - f.mean(axis=0, keepdims=True)) ** 2, axis=1)))
+    return float(constant_feature_loss(setting.task.target_features(setting.eval_inputs)))
 
 
 def _escape_time(time, loss, level):
