@@ -7,6 +7,10 @@ import numpy as np
 from ._plots import _pyplot
 
 
+def _label(value) -> str:
+    return f"{value:g}" if isinstance(value, (int, float, np.number)) else str(value)
+
+
 def _phase_axes(success) -> tuple[str, str]:
     """The two grid axes with the most values (seeds excluded), for the phase diagram."""
     sizes = {d: n for d, n in success.sizes.items() if d != "seed"}
@@ -22,8 +26,8 @@ def plot_figures(dataset, path) -> None:
     table = rate.isel({d: 0 for d in others}).transpose(y_axis, x_axis)
     fig, (ax_phase, ax_loss) = plt.subplots(1, 2, figsize=(12, 4.5))
     image = ax_phase.imshow(table.values, origin="lower", aspect="auto", vmin=0, vmax=1)
-    ax_phase.set_xticks(range(table.sizes[x_axis]), [f"{v:g}" for v in table[x_axis].values])
-    ax_phase.set_yticks(range(table.sizes[y_axis]), [f"{v:g}" for v in table[y_axis].values])
+    ax_phase.set_xticks(range(table.sizes[x_axis]), [_label(v) for v in table[x_axis].values])
+    ax_phase.set_yticks(range(table.sizes[y_axis]), [_label(v) for v in table[y_axis].values])
     ax_phase.set(xlabel=x_axis, ylabel=y_axis)
     ax_phase.set_title(
         f"{dataset.attrs.get('workload', 'sweep')}: success rate over {dataset.sizes['seed']} seeds"
@@ -35,7 +39,8 @@ def plot_figures(dataset, path) -> None:
     points = median.stack(point=[d for d in median.dims if d != "time"])
     for k in range(points.sizes["point"]):
         label = ", ".join(
-            f"{n}={v:g}" for n, v in zip(points.indexes["point"].names, points["point"].values[k])
+            f"{n}={_label(v)}"
+            for n, v in zip(points.indexes["point"].names, points["point"].values[k])
         )
         ax_loss.plot(dataset["time"], points.isel(point=k), label=label)
     units = dataset["time"].attrs.get("units", "time")

@@ -54,13 +54,14 @@ class SweepConfig:
             check.one_of("fixed", name, spec.defaults)
             spec.check(f"fixed.{name}", name, value)
         for name, values in self.grid.items():
-            check.one_of("grid", name, spec.shape_axes + spec.member_axes)
+            check.one_of("grid", name, spec.group_axes + spec.member_axes)
             if not isinstance(values, list) or not values:
                 raise ValueError(f"`grid.{name}` must be a non-empty list, got {values!r}.")
             if name in self.fixed:
                 raise ValueError(f"`{name}` is both in [fixed] and in [grid]; keep one.")
             for value in values:
                 spec.check(f"grid.{name}", name, value)
+        spec.check_sweep(self.settings(), self.grid)
 
     @property
     def spec(self):
@@ -77,7 +78,7 @@ class SweepConfig:
 
     def groups(self) -> list[dict]:
         """One dict of shape-axis values per compiled group."""
-        names = self.spec.shape_axes
+        names = self.spec.group_axes
         return [dict(zip(names, values)) for values in itertools.product(*map(self.axis, names))]
 
     def member_points(self) -> list[dict]:

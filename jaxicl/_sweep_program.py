@@ -1,6 +1,6 @@
 """What a sweep runs: workloads and their compiled programs.
 
-A `Workload` names its settings and splits its axes: `shape_axes` change shapes or the
+A `Workload` names its settings and splits its axes: `group_axes` change shapes or the
 objective (one compiled `Program` per combination of values); `member_axes` are per-member
 inputs of one program (with the seed, they are vmapped together in one call).
 
@@ -28,16 +28,17 @@ from ._trainer import compile_ensemble_steps, train_ensemble_steps
 @dataclasses.dataclass(frozen=True)
 class Workload:
     """`defaults` of every setting; `checks[name](field, value)` validates one value (naming
-    `field`); `build(settings)` makes the `Program` of one group; `float64` workloads refuse to
-    run in float32."""
+    `field`); `check_sweep(settings, grid)` validates combinations; `build(settings)` makes
+    the `Program` of one group; `float64` workloads refuse to run in float32."""
 
     description: str
     defaults: dict
-    shape_axes: tuple[str, ...]
+    group_axes: tuple[str, ...]
     member_axes: tuple[str, ...]
     checks: dict
     build: Callable
     float64: bool = False
+    check_sweep: Callable = lambda settings, grid: None
 
     def check(self, field: str, name: str, value) -> None:
         self.checks[name](field, value)

@@ -97,7 +97,7 @@ def _members(config: SweepConfig, start: int, stop: int) -> tuple[dict, np.ndarr
 
 def _unit_index(config: SweepConfig, group: dict, start: int, stop: int) -> tuple:
     """Store index of a unit: its group's position, every member point, its seeds."""
-    shape = [config.axis(name).index(group[name]) for name in config.spec.shape_axes]
+    shape = [config.axis(name).index(group[name]) for name in config.spec.group_axes]
     return (*shape, *(slice(None) for _ in config.spec.member_axes), slice(start, stop))
 
 

@@ -28,7 +28,7 @@ RESUME_DIR = "resume"
 
 
 def _dimensions(config: SweepConfig) -> tuple[str, ...]:
-    return (*config.spec.shape_axes, *config.spec.member_axes, "seed")
+    return (*config.spec.group_axes, *config.spec.member_axes, "seed")
 
 
 def _coordinates(config: SweepConfig) -> dict:
@@ -70,10 +70,10 @@ def open_store(path, config: SweepConfig, program, layout, *, create: bool = Tru
     dims = _dimensions(config)
     coords = _coordinates(config)
     for name, values in coords.items():
-        array = root.create_array(
-            name, shape=values.shape, dtype=values.dtype, dimension_names=[name]
-        )
-        array[:] = values
+        # text labels (e.g. init schemes) as Zarr's variable-length strings
+        dtype = str if values.dtype.kind == "U" else values.dtype
+        array = root.create_array(name, shape=values.shape, dtype=dtype, dimension_names=[name])
+        array[:] = values.astype(object) if dtype is str else values
     times = root.create_array(
         "time", shape=program.time.shape, dtype=program.time.dtype, dimension_names=["time"]
     )
@@ -81,7 +81,7 @@ def open_store(path, config: SweepConfig, program, layout, *, create: bool = Tru
     times.attrs["units"] = program.time_units
     shape = tuple(len(coords[d]) for d in dims)
     # a unit spans every member point and `seed_block` seeds of one group
-    n_shape = len(config.spec.shape_axes)
+    n_shape = len(config.spec.group_axes)
     unit_chunks = (1,) * n_shape + shape[n_shape:-1] + (layout.seed_block,)
     arrays = [(name, dtype, True) for name, dtype in program.series.items()]
     arrays += [(name, dtype, False) for name, dtype in program.summaries.items()]

@@ -1,7 +1,8 @@
 """The workloads a sweep can run, with their settings, defaults and checks.
 
-Shape axes (one compiled group per value) are those that change array shapes or the objective;
-member axes are per-member inputs of one program. Every other setting is fixed for the sweep.
+Group axes (one compiled group per value) are those that change array shapes, the objective or
+the program (e.g. the init scheme); member axes are per-member inputs of one program, vmapped
+with the seeds. Every other setting is fixed for the sweep.
 """
 
 from . import _validation as check
@@ -41,10 +42,31 @@ def _scheme(field, value):
     check.one_of(field, value, SCHEMES)
 
 
+def _attention(field, value):
+    check.one_of(field, value, ("static", "attention"))
+
+
+def _perturbation(field, value):
+    from ._meanfield_solver import PERTURBATIONS
+
+    check.one_of(field, value, PERTURBATIONS)
+
+
 def _activation(field, value):
     from ._neurons import ACTIVATIONS
 
     check.one_of(field, value, ACTIVATIONS)
+
+
+def _one_rate_for_joint_attention(settings, grid):
+    # W's exact flow integrates over ratio × η with one η per program
+    joint = "attention" in grid.get("attention", [settings["attention"]])
+    if joint and len(grid.get("learning_rate", [])) > 1:
+        raise ValueError(
+            f'`grid.learning_rate` ({grid["learning_rate"]}) needs attention = "static": '
+            'with attention = "attention", W\'s flow is tied to one learning rate; '
+            "sweep the learning rate in separate sweeps."
+        )
 
 
 WORKLOADS = {
@@ -62,7 +84,7 @@ WORKLOADS = {
             n_records=40,
             seed=0,
         ),
-        shape_axes=("heads", "context_len"),
+        group_axes=("heads", "context_len", "scheme"),
         member_axes=REDUCED_MEMBER_AXES,
         checks=dict(
             d=_positive_int,
@@ -93,7 +115,7 @@ WORKLOADS = {
             n_records=30,
             seed=0,
         ),
-        shape_axes=("heads", "d", "n_tasks", "context_len", "context_noise", "batch_size"),
+        group_axes=("heads", "d", "n_tasks", "context_len", "context_noise", "batch_size"),
         member_axes=FULL_MEMBER_AXES,
         checks=dict(
             d=_positive_int,
@@ -126,9 +148,24 @@ WORKLOADS = {
             steps=1000,
             n_records=20,
             success_threshold=0.05,
+            attention="static",
+            attention_ratio=10.0,
+            perturbation="none",
+            perturbation_size=0.01,
+            perturb_every=10,
             seed=0,
         ),
-        shape_axes=("particles", "d", "k", "n_inputs", "teacher_neurons"),
+        group_axes=(
+            "particles",
+            "d",
+            "k",
+            "n_inputs",
+            "teacher_neurons",
+            "attention",
+            "attention_ratio",
+            "perturbation",
+            "perturbation_size",
+        ),
         member_axes=MEANFIELD_MEMBER_AXES,
         checks=dict(
             d=_positive_int,
@@ -144,9 +181,15 @@ WORKLOADS = {
             steps=_positive_int,
             n_records=_positive_int,
             success_threshold=_fraction,
+            attention=_attention,
+            attention_ratio=_positive_float,
+            perturbation=_perturbation,
+            perturbation_size=_nonnegative_float,
+            perturb_every=_positive_int,
             seed=_nonnegative_int,
         ),
         build=feature_learning,
         float64=True,
+        check_sweep=_one_rate_for_joint_attention,
     ),
 }

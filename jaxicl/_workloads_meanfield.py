@@ -1,5 +1,7 @@
-"""Sweep workload `feature-learning`: the mean-field particle solver in the two-timescale limit
-(W = W_µ after every step) on the feature-regression task, from the coupled initial law.
+"""Sweep workload `feature-learning`: the mean-field particle solver on the feature-regression
+task from the coupled initial law, with W = W_µ after every step (`attention = "static"`, the
+two-timescale limit) or trained `attention_ratio` times faster (`"attention"`), and optional
+isotropic or Hessian-guided perturbations. W starts at W_µ0 either way.
 
 Every member of a group shares the teacher, the training sample and the held-out sample (drawn
 from the group's `seed`); seeds differ by their initial particles. Per member it records L(µ)
@@ -38,7 +40,15 @@ def feature_learning(settings: dict):
     targets = task.target_features(inputs)
     scale = float(constant_feature_loss(task.target_features(eval_inputs)))
     solver = particle_solver(
-        task, learning_rate=settings["learning_rate"], inputs=inputs, eval_inputs=eval_inputs
+        task,
+        learning_rate=settings["learning_rate"],
+        inputs=inputs,
+        eval_inputs=eval_inputs,
+        attention=settings["attention"],
+        attention_ratio=settings["attention_ratio"],
+        perturbation=settings["perturbation"],
+        perturbation_size=settings["perturbation_size"],
+        perturb_every=settings["perturb_every"],
     )
     record_every = max(1, settings["steps"] // settings["n_records"])
     steps = record_every * np.arange(settings["n_records"])
