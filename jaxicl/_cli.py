@@ -53,6 +53,20 @@ def _parse_field(field_type, text: str):
     return field_type(text)
 
 
+def _workloads_help() -> str:
+    from ._sweep_workloads import WORKLOADS
+
+    lines = ["workloads (settings and their defaults):"]
+    for name, spec in WORKLOADS.items():
+        lines += [
+            f"  {name}: {spec.description}",
+            f"    group axes: {', '.join(spec.group_axes)}",
+            f"    member axes: {', '.join(spec.member_axes)}",
+            "    defaults: " + ", ".join(f"{k}={v!r}" for k, v in spec.defaults.items()),
+        ]
+    return "\n".join(lines)
+
+
 def _build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="jaxicl", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -67,7 +81,12 @@ def _build_parser() -> argparse.ArgumentParser:
             sub.add_argument(
                 flag, dest=field.name, type=str, default=None, help=f"default: {field.default!r}"
             )
-    sweep = commands.add_parser("sweep", help="run (or resume) a sweep described in a TOML file")
+    sweep = commands.add_parser(
+        "sweep",
+        help="run (or resume) a sweep described in a TOML file",
+        epilog=_workloads_help(),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     sweep.add_argument("file", help="sweep description (TOML)")
     sweep.add_argument("--out", required=True, help="Zarr store to stream results into")
     sweep.add_argument("--quiet", action="store_true", help="no progress bar")

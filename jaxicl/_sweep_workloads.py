@@ -133,7 +133,7 @@ WORKLOADS = {
         build=full_allocation,
     ),
     "feature-learning": Workload(
-        description="mean-field particle solver, two-timescale (W = W_µ), feature regression",
+        description="mean-field particle solver (W = W_µ, or trained jointly) on feature regression",
         defaults=dict(
             d=10,
             k=3,
@@ -145,7 +145,7 @@ WORKLOADS = {
             n_eval_inputs=1000,
             learning_rate=0.02,
             a_scale=1.0,
-            steps=1000,
+            steps=2000,
             n_records=20,
             success_threshold=0.05,
             attention="static",
