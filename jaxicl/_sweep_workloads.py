@@ -133,7 +133,7 @@ WORKLOADS = {
         build=full_allocation,
     ),
     "feature-learning": Workload(
-        description="mean-field particle solver (W = W_µ, or trained jointly) on feature regression",
+        description="mean-field particle solver (W = W_µ or trained) on feature regression",
         defaults=dict(
             d=10,
             k=3,
