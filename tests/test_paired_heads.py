@@ -103,6 +103,8 @@ def test_cli_runs_and_reports(tmp_path, capsys):
         "32",
         "--context-len",
         "6",
+        "--eval-lengths",
+        "4,8",
     ]
     assert cli.main(args) == 0
     printed = capsys.readouterr().out
