@@ -58,16 +58,18 @@ def device_memory_bytes() -> int:
     return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
 
 
-def auto_member_chunk(program, budget: int, chunk_records: int) -> int:
-    """Members per call from XLA's memory analysis of the compiled call: the bytes of a
-    `PROBE_MEMBERS`-member call of one step chunk (arguments, outputs, temporaries), scaled to
-    `budget`."""
-    per_member = max(1, program.memory(PROBE_MEMBERS, chunk_records) // PROBE_MEMBERS)
+def auto_member_chunk(programs: list, budget: int, chunk_records: int) -> int:
+    """Members per call from XLA's memory analysis of the compiled calls: the bytes of a
+    `PROBE_MEMBERS`-member call of one step chunk (arguments, outputs, temporaries) of the
+    hungriest group, scaled to `budget` (one size for every group: the store's chunks are
+    uniform)."""
+    used = max(p.memory(PROBE_MEMBERS, chunk_records) for p in programs)
+    per_member = max(1, used // PROBE_MEMBERS)
     return int(min(MAX_MEMBER_CHUNK, max(1, budget // per_member)))
 
 
-def sweep_layout(config: SweepConfig, program) -> Layout:
-    n_records = len(program.time)
+def sweep_layout(config: SweepConfig, programs: list) -> Layout:
+    n_records = len(programs[0].time)
     if config.chunk_records == "auto":
         chunk_records = math.ceil(n_records / AUTO_STEP_CHUNKS)
     else:
@@ -75,7 +77,7 @@ def sweep_layout(config: SweepConfig, program) -> Layout:
     n_points = len(config.member_points())
     if config.member_chunk == "auto":
         budget = int(MEMORY_FRACTION * device_memory_bytes())
-        largest = max(1, auto_member_chunk(program, budget, chunk_records) // n_points)
+        largest = max(1, auto_member_chunk(programs, budget, chunk_records) // n_points)
         # equal units (the last one no smaller), so one compiled call serves them all
         seed_block = math.ceil(config.seeds / math.ceil(config.seeds / largest))
     else:
@@ -124,8 +126,8 @@ def run_sweep(config: SweepConfig, out, *, progress=None, on_chunk=None) -> path
             programs[g] = config.spec.build({**settings, **groups[g]})
         return programs[g]
 
-    # the same layout in every process: same program, same kind of device
-    layout = sweep_layout(config, program(0))
+    # the same layout in every process: same programs, same kind of device
+    layout = sweep_layout(config, [program(g) for g in range(len(groups))])
     process, n_processes = jax.process_index(), jax.process_count()
     root = open_store(out, config, program(0), layout, create=process == 0)
     done = done_chunks(root)

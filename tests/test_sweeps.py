@@ -74,6 +74,7 @@ def test_store_is_labelled_and_equals_direct_training(tmp_path):
     assert dict(data["loss"].sizes) == {
         "heads": 2,
         "context_len": 1,
+        "scheme": 1,
         "init_scale": 2,
         "seed": 5,
         "time": 4,
@@ -92,7 +93,7 @@ def test_store_is_labelled_and_equals_direct_training(tmp_path):
         record_every=steps // 4,
         key=jr.key(0),
     )
-    stored = data["loss"].sel(heads=3, init_scale=3e-3, seed=4).values[0]
+    stored = data["loss"].sel(heads=3, init_scale=3e-3, seed=4).values[0, 0]
     np.testing.assert_allclose(stored, np.asarray(traj.loss, np.float32), rtol=1e-6)
 
 
@@ -233,11 +234,13 @@ def test_auto_member_chunk_follows_the_memory_analysis(tmp_path, monkeypatch):
     from jaxicl import _sweep_runner as runner
 
     config = _config(member_chunk="auto", seeds=40)
-    program = config.spec.build({**config.settings(), **config.groups()[0]})
-    small, large = program.memory(64, 1), program.memory(256, 1)
+    programs = [config.spec.build({**config.settings(), **g}) for g in config.groups()]
+    small, large = programs[0].memory(64, 1), programs[0].memory(256, 1)
     assert 3.0 < large / small < 5.0  # the compiled call's bytes grow with the members
-    per_member = program.memory(runner.PROBE_MEMBERS, 1) // runner.PROBE_MEMBERS
-    assert runner.auto_member_chunk(program, 10 * per_member, 1) == 10
+    # every group fits: the members per call follow the hungriest group (here H = 3)
+    per_member = max(p.memory(runner.PROBE_MEMBERS, 1) for p in programs) // runner.PROBE_MEMBERS
+    assert per_member > programs[0].memory(runner.PROBE_MEMBERS, 1) // runner.PROBE_MEMBERS
+    assert runner.auto_member_chunk(programs, 10 * per_member, 1) == 10
     # room for ~16 members per call: 2 member points × 8 seeds
     monkeypatch.setattr(runner, "device_memory_bytes", lambda: 4 * 16 * per_member)
     run_sweep(config, tmp_path / "store", progress=False)
