@@ -52,6 +52,12 @@ def _perturbation(field, value):
     check.one_of(field, value, PERTURBATIONS)
 
 
+def _full_init(field, value):
+    from ._experiments._task_allocation import SCHEMES
+
+    check.one_of(field, value, ("normal", *SCHEMES))
+
+
 def _activation(field, value):
     from ._neurons import ACTIVATIONS
 
@@ -109,13 +115,14 @@ WORKLOADS = {
             context_len=20,
             context_noise=0.0,
             batch_size=64,
+            init="normal",
             init_scale=0.1,
             learning_rate=0.01,
             steps=1500,
             n_records=30,
             seed=0,
         ),
-        group_axes=("heads", "d", "n_tasks", "context_len", "context_noise", "batch_size"),
+        group_axes=("heads", "d", "n_tasks", "context_len", "context_noise", "batch_size", "init"),
         member_axes=FULL_MEMBER_AXES,
         checks=dict(
             d=_positive_int,
@@ -124,6 +131,7 @@ WORKLOADS = {
             context_len=_positive_int,
             context_noise=_nonnegative_float,
             batch_size=_positive_int,
+            init=_full_init,
             init_scale=_positive_float,
             learning_rate=_positive_float,
             steps=_positive_int,

@@ -2,9 +2,11 @@
 
 - `reduced-allocation`: the reduced (Ω, M) flow (the `task-allocation` experiment's dynamics)
   from one init scheme; SGD steps of `dt` on the flow's clock.
-- `full-allocation`: full factorized softmax attention (all weights, i.i.d. N(0, init_scale²)
-  init) trained with Adam on the sampled in-context loss, `batch_size` prompts a step shared by
-  the members; noise std `context_noise` on the context labels.
+- `full-allocation`: full factorized softmax attention (all weights) trained with Adam on the
+  sampled in-context loss, `batch_size` prompts a step shared by the members; noise std
+  `context_noise` on the context labels. `init = "normal"`: every weight i.i.d.
+  N(0, init_scale²) (random signs); or one of `task-allocation`'s schemes, whose (Ω, M) is put
+  into the weights through the decomposable ansatz (zero off the ansatz).
 
 Both record the loss at every record and, per member, whether the heads allocate the tasks at
 the end (`task_allocation`), the warm-up end and the divergence flag.
@@ -17,6 +19,7 @@ import numpy as np
 import optax
 
 from ._analysis import detect_phases, task_allocation
+from ._decomposable import decomposable_attention
 from ._init import init_normal
 from ._objectives import ICLLoss
 from ._observables import semi_singular_values
@@ -79,6 +82,8 @@ def reduced_allocation(settings: dict):
 
 
 def full_allocation(settings: dict):
+    from ._experiments._task_allocation import initial_state
+
     d, n_tasks, heads = settings["d"], settings["n_tasks"], settings["heads"]
     blocks = disjoint_blocks(d, n_tasks)
     task = MultiTaskRegression(
@@ -87,8 +92,11 @@ def full_allocation(settings: dict):
     record_every, steps = _schedule(settings, settings["steps"])
 
     def make(values, key):
-        unit = init_normal(d=d, n_out=n_tasks, n_heads=heads, scale=1.0, key=key)
-        return jax.tree.map(lambda w: values["init_scale"] * w, unit)
+        if settings["init"] == "normal":
+            unit = init_normal(d=d, n_out=n_tasks, n_heads=heads, scale=1.0, key=key)
+            return jax.tree.map(lambda w: values["init_scale"] * w, unit)
+        state = initial_state(settings["init"], heads, n_tasks, values["init_scale"], key=key)
+        return decomposable_attention(*state.spectral(), blocks, d, factorized=True)
 
     def summarize(states, series):
         omega, mu = jax.vmap(lambda m: semi_singular_values(m, blocks))(states.model)
