@@ -12,6 +12,7 @@ features (e.g. all particles at one point) then have a well-defined L; `jitter =
 loss. The default is 1e-6 in float32 and 1e-12 in float64.
 """
 
+import equinox as eqx
 import jax
 import jax.numpy as jnp
 from jaxtyping import Array, Float
@@ -60,6 +61,13 @@ def optimal_attention(
     _, sigma, _ = moments(particles, x, f)
     sigma = regularized(sigma, _jitter(jitter, x.dtype))
     return jnp.linalg.solve(sigma, jnp.eye(sigma.shape[0], dtype=sigma.dtype))
+
+
+def with_optimal_attention(
+    model: FeatureAttention, x: Inputs, f: TargetFeatures, jitter: float | None = None
+) -> FeatureAttention:
+    """`model` with W = W_µ of its particles on (x, f)."""
+    return eqx.tree_at(lambda m: m.W, model, optimal_attention(model.particles, x, f, jitter))
 
 
 def _half_mean_square(residual: Float[Array, "n k"]) -> Float[Array, ""]:

@@ -16,7 +16,7 @@ from jaxtyping import Array, Float, PRNGKeyArray
 
 from . import _validation as check
 from ._feature_attention import FeatureAttention
-from ._meanfield_loss import moments, optimal_attention
+from ._meanfield_loss import moments, with_optimal_attention
 from ._trainer import sgd
 
 
@@ -55,9 +55,7 @@ class StaticAttention(eqx.Module):
     def __call__(self, model: FeatureAttention, data, step, key: PRNGKeyArray) -> FeatureAttention:
         del step, key
         x, f = data
-        return eqx.tree_at(
-            lambda m: m.W, model, optimal_attention(model.particles, x, f, self.jitter)
-        )
+        return with_optimal_attention(model, x, f, self.jitter)
 
 
 class AttentionFlow(eqx.Module):

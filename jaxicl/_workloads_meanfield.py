@@ -16,7 +16,7 @@ import numpy as np
 
 from ._feature_attention import init_feature_attention
 from ._feature_regression import feature_regression
-from ._meanfield_loss import constant_feature_loss, optimal_attention
+from ._meanfield_loss import constant_feature_loss, with_optimal_attention
 from ._meanfield_solver import particle_solver
 from ._sweep_program import ensemble_program
 
@@ -59,9 +59,7 @@ def feature_learning(settings: dict):
             n_particles=m, k=k, d=d, activation=settings["activation"], key=member_key
         )
         model = eqx.tree_at(lambda mo: mo.particles.a, model, values["a_scale"] * model.particles.a)
-        return eqx.tree_at(
-            lambda mo: mo.W, model, optimal_attention(model.particles, inputs, targets)
-        )
+        return with_optimal_attention(model, inputs, targets)
 
     def summarize(states, series):
         final = jax.vmap(solver.observe)(states.model)["loss"] / scale

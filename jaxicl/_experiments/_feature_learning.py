@@ -29,7 +29,7 @@ from .. import _validation as check
 from .._checkpoint import cached_arrays, claim_run_directory, save_json
 from .._feature_attention import FeatureAttention, init_feature_attention
 from .._feature_regression import INPUT_LAWS, feature_regression
-from .._meanfield_loss import optimal_attention
+from .._meanfield_loss import with_optimal_attention
 from .._meanfield_solver import particle_solver
 from .._neurons import ACTIVATIONS, symmetric_measure
 from .._progress import progress_bar
@@ -157,7 +157,7 @@ def _generic_models(config, setting, n_members, n_particles, key):
             activation=config.activation,
             key=k,
         )
-        return eqx.tree_at(lambda m: m.W, model, optimal_attention(model.particles, x, f))
+        return with_optimal_attention(model, x, f)
 
     return eqx.filter_vmap(make)(jr.split(key, n_members))
 
