@@ -11,6 +11,10 @@ from ._analysis import (
     detect_phases as detect_phases,
     task_allocation as task_allocation,
 )
+from ._ansatz_monte_carlo import (
+    AnsatzEstimate as AnsatzEstimate,
+    ansatz_monte_carlo_loss as ansatz_monte_carlo_loss,
+)
 from ._attention import (
     AbstractAttention as AbstractAttention,
     FactorizedAttention as FactorizedAttention,
@@ -89,6 +93,7 @@ from ._predictors import (
 from ._prompt import Prompt as Prompt, context_tokens as context_tokens, query_token as query_token
 from ._reduced import (
     AbstractSpectral as AbstractSpectral,
+    AllocationOptimum as AllocationOptimum,
     FactorizedSpectral as FactorizedSpectral,
     MergedSpectral as MergedSpectral,
     ReducedLoss as ReducedLoss,

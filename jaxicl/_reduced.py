@@ -1,14 +1,46 @@
 """Reduced population dynamics of multi-head softmax attention on the H×n matrices (Ω, M).
 
 Under the decomposable ansatz W_h = Σ_i ω_{h,i} diag(1_{S_i}) ⊕ 0 and
-U_h = Σ_i μ_{h,i} e_i e_{d+i}ᵀ, Gaussian symmetry keeps gradient flow on the ansatz, and for
-large L the population loss (summed over tasks) is
+U_h = Σ_i μ_{h,i} e_i e_{d+i}ᵀ, Gaussian symmetry keeps gradient flow on the ansatz, and the
+population loss (summed over tasks) is, to first order in 1/L,
 
-    ℓ(Ω, M) = Σ_i [ σ_q² + r_i (1 − Σ_h μ_{h,i} ω_{h,i})²
-                      + ((r_i + σ²)/L) Σ_{h,h'} μ_{h,i} μ_{h',i} K_{hh'} ]
+    ℓ(Ω, M) = Σ_i [ σ_q² + r_i (1 − Σ_h μ_{h,i} ω_{h,i} / (1 + κ_{h,i}))²
+                    + (1/L) Σ_{h,h'} μ_{h,i} μ_{h',i} K_{hh'} V_{hh',i} ],
 
-with K_{hh'} = Π_j (1 − 2 ω_{h,j} ω_{h',j})^{−r_j/2} (Gaussian-moment form) or
-exp(Σ_j r_j ω_{h,j} ω_{h',j}) (exponential form). Block sizes r_i = |S_i|, β_i ~ N(0, I).
+    K_{hh'} = Π_j (1 − 2 ω_{h,j} ω_{h',j})^{−r_j/2},   κ_{h,i} = K_{hh} / (L (1 − 2 ω_{h,i}²)),
+    V_{hh',i} = r_i + σ² + r_i ω_{h,i} ω_{h',i} / (1 − 2 ω_{h,i} ω_{h',i}).
+
+Derivation (block sizes r_i = |S_i|, β_i ~ N(0, I), c_i = β_iᵀx_{q,S_i} the query target).
+Head h's logits are s_{h,l} = Σ_j ω_{h,j} x_{l,S_j}ᵀx_{q,S_j}; its output for task i is the
+ratio estimator A_h/B_h, A_h = (1/L)Σ_l e^{s_{h,l}} y_{l,i}, B_h = (1/L)Σ_l e^{s_{h,l}}. Given
+(x_q, β), the tilt e^{s_h} shifts x_{l,S_j} to N(ω_{h,j} x_{q,S_j}, I), so E A_h / E B_h =
+ω_{h,i} c_i exactly, and E[e^{s_h + s_h'}] / (E e^{s_h} E e^{s_h'}) = exp(Σ_j ω_{h,j} ω_{h',j}
+‖x_{q,S_j}‖²). Write A_h/B_h = ω_{h,i} c_i + δ_h + b_h with
+- δ_h = (A_h − ω_{h,i} c_i B_h)/E B_h, conditionally mean-zero, covariance (1/L) E[e^{s_h+s_h'}
+  (y − ω_h c)(y − ω_h' c)]/(E e^{s_h} E e^{s_h'}). Under the joint tilt y_{l,i} has mean
+  (ω_{h,i} + ω_{h',i}) c_i and variance ‖β_i‖² + σ², so the product has mean ‖β_i‖² + σ² +
+  ω_{h,i} ω_{h',i} c_i² (the *tilt variance*). Averaging over x_q and β with
+  E‖x‖² e^{a‖x‖²} = r (1 − 2a)^{−r/2−1} gives the K V term.
+- b_h = E[A_h/B_h] − E A_h/E B_h = (m Var B − Cov(A, B))/(E B)² + O(L^{-2})
+  = −(1/L) ω_{h,i} c_i exp(Σ_j ω_{h,j}² ‖x_{q,S_j}‖²) (the *ratio bias*: the doubly tilted
+  mean of y is 2 ω c). It enters the loss through the cross term −2 c_i (1 − p_i) Σ_h μ_{h,i} b_h
+  (p_i = Σ_h μ_{h,i} ω_{h,i}), which averages to (2/L)(1 − p_i) Σ_h μ_{h,i} ω_{h,i} r_i K_{hh}
+  / (1 − 2 ω_{h,i}²) = 2 r_i (1 − p_i) Σ_h μ_{h,i} ω_{h,i} κ_{h,i}, using E[c² e^{a‖x‖²}] =
+  r K/(1 − 2a) on the own block.
+The shrunken slope ω/(1 + κ) in the square is that cross term resummed: expanded, the square is
+r_i (1 − p_i)² + 2 r_i (1 − p_i) Σ_h μ_{h,i} ω_{h,i} κ_{h,i} + O(L^{-2}), the same to first
+order. Written as a square, ℓ ≥ σ_q² everywhere (the fluctuation term is the average of a
+covariance, so it is ≥ 0 too); the bare first-order sum is not bounded below in μ where
+K_{hh}/L is not small (ω_{h,i}² > 1/3 at small L), and a flow can run off to −∞ there.
+Both corrections are first order in 1/L, and Monte Carlo of the full model shows both matter
+(`ansatz_monte_carlo_loss`; tests/test_reduced_convergence.py): without the tilt variance the
+error of ℓ grows with L at the strict-allocation optimum (−9% at L = 100 to −16% at 6400 at
+r = 5); without the ratio bias about 25–30% of the O(1/L) part is missing wherever
+1 − p_i = O(1) (warm-up, random and mixed-sign points). With both, the error of the O(1/L) part
+shrinks as L grows. The ratio bias is O(1/L²) at an optimum (1 − p_i = O(1/L) there).
+The expansion needs 2 ω_{h,j} ω_{h',j} < 1; the loss is NaN beyond (the trainer then freezes and
+flags the member). Only the Gaussian-moment kernel K is kept: its small-ω form
+exp(Σ_j r_j ω_{h,j} ω_{h',j}) is not the O(1/L) coefficient at finite ω.
 
 Two states drive two flows with the same loss: `MergedSpectral` (gradient flow on Ω, M) and
 `FactorizedSpectral` (ω = q k, μ = o v; gradient flow on q, k, o, v from a balanced start keeps
@@ -17,6 +49,7 @@ explicit Euler scheme of either flow.
 """
 
 import abc
+from typing import NamedTuple
 
 import equinox as eqx
 import jax.numpy as jnp
@@ -25,9 +58,6 @@ from jaxtyping import Array, Float, PRNGKeyArray
 from . import _validation as check
 from ._custom_types import default_float_dtype
 from ._objectives import AbstractObjective
-
-
-KERNELS = ("moment", "exp")
 
 
 class AbstractSpectral(eqx.Module):
@@ -76,23 +106,18 @@ def reduced_loss(
     context_len: int,
     context_noise: float = 0.0,
     query_noise: float = 0.0,
-    kernel: str = "moment",
 ) -> Float[Array, ""]:
-    """ℓ(Ω, M), summed over tasks (see the module docstring). NaN where the moment form is
-    undefined (2 ω_{h,j} ω_{h',j} ≥ 1); the trainer then freezes and flags the member."""
+    """ℓ(Ω, M), summed over tasks, to first order in 1/L (see the module docstring). NaN where
+    2 ω_{h,j} ω_{h',j} ≥ 1."""
     sizes = jnp.asarray(block_sizes, omega.dtype)
-    cross = omega[:, None, :] * omega[None, :, :]
-    if kernel == "moment":
-        kernel_matrix = jnp.prod((1 - 2 * cross) ** (-sizes[None, None, :] / 2), axis=-1)
-    else:
-        kernel_matrix = jnp.exp(jnp.sum(cross * sizes[None, None, :], axis=-1))
-    aligned = jnp.sum(mu * omega, axis=0)
-    fluctuation = jnp.einsum("hi,gi,hg->i", mu, mu, kernel_matrix)
-    per_task = (
-        query_noise**2
-        + sizes * (1 - aligned) ** 2
-        + (sizes + context_noise**2) / context_len * fluctuation
-    )
+    cross = omega[:, None, :] * omega[None, :, :]  # (H, H, n)
+    blockwise = sizes[None, None, :]
+    kernel = jnp.exp(-0.5 * jnp.sum(blockwise * jnp.log1p(-2 * cross), axis=-1))
+    variance = blockwise + context_noise**2 + blockwise * cross / (1 - 2 * cross)
+    fluctuation = jnp.einsum("hi,gi,hg,hgi->i", mu, mu, kernel, variance)
+    shrink = jnp.diagonal(kernel)[:, None] / (context_len * (1 - 2 * omega**2))  # κ_{h,i}
+    slope = jnp.sum(mu * omega / (1 + shrink), axis=0)
+    per_task = query_noise**2 + sizes * (1 - slope) ** 2 + fluctuation / context_len
     return jnp.sum(per_task)
 
 
@@ -104,25 +129,20 @@ class ReducedLoss(AbstractObjective):
     - `block_sizes`: r_i = |S_i| for each task, e.g. `(16, 17, 17)`.
     - `context_len`: L.
     - `context_noise`, `query_noise`: label noise standard deviations σ, σ_q.
-    - `kernel`: `"moment"` (Gaussian-moment product; use for quantitative work) or `"exp"`.
     """
 
     block_sizes: tuple[int, ...] = eqx.field(static=True)
     context_len: int = eqx.field(static=True)
     context_noise: float
     query_noise: float
-    kernel: str = eqx.field(static=True)
 
-    def __init__(
-        self, block_sizes, context_len, *, context_noise=0.0, query_noise=0.0, kernel="moment"
-    ):
+    def __init__(self, block_sizes, context_len, *, context_noise=0.0, query_noise=0.0):
         if not block_sizes:
             raise ValueError("`block_sizes` must list at least one block size, got ().")
         self.block_sizes = tuple(check.positive_int("block_sizes", r) for r in block_sizes)
         self.context_len = check.positive_int("context_len", context_len)
         self.context_noise = check.finite_nonnegative("context_noise", context_noise)
         self.query_noise = check.finite_nonnegative("query_noise", query_noise)
-        self.kernel = check.one_of("kernel", kernel, KERNELS)
 
     def draw(self, key: PRNGKeyArray) -> None:
         return None
@@ -141,8 +161,40 @@ class ReducedLoss(AbstractObjective):
             context_len=self.context_len,
             context_noise=self.context_noise,
             query_noise=self.query_noise,
-            kernel=self.kernel,
         )
+
+
+class AllocationOptimum(NamedTuple):
+    """Optimal reduced losses (summed over tasks) of two head layouts, with fixed signs.
+
+    - `single_head`, `single_head_omega`, `single_head_mu`: one head serves every task, with
+      one ω shared by all blocks (the optimum by symmetry for equal blocks) and μ_i per task.
+    - `one_head_per_task`, `one_head_per_task_omega`, `one_head_per_task_mu`: strict
+      allocation, head i has ω_i, μ_i on task i only (n decoupled one-task problems).
+    ω, μ > 0. Mixed-sign heads can go lower (the ± pairs of He et al.); these are the optima
+    within the two layouts.
+    """
+
+    single_head: float
+    single_head_omega: float
+    single_head_mu: tuple[float, ...]
+    one_head_per_task: float
+    one_head_per_task_omega: tuple[float, ...]
+    one_head_per_task_mu: tuple[float, ...]
+
+
+def one_head_task_loss(omega, log_kernel, *, size, context_len, context_noise, query_noise):
+    """Task loss of one head with ω on this task and log K_hh = `log_kernel`, at its optimal μ.
+
+    ℓ is quadratic in μ for fixed ω: ℓ = σ_q² + r(1 − μ s)² + μ² K V / L with the shrunken slope
+    s = ω/(1 + κ); so ℓ* = σ_q² + r (K V/L) / (r s² + K V/L) at μ* = r s / (r s² + K V/L).
+    """
+    tilt = 1 / (1 - 2 * omega**2)
+    kernel = jnp.exp(log_kernel)
+    slope = omega / (1 + kernel * tilt / context_len)
+    noise = kernel * (size + context_noise**2 + size * omega**2 * tilt) / context_len
+    denominator = size * slope**2 + noise
+    return query_noise**2 + size * noise / denominator, size * slope / denominator
 
 
 def optimal_allocation_losses(
@@ -152,26 +204,32 @@ def optimal_allocation_losses(
     context_noise: float = 0.0,
     query_noise: float = 0.0,
     grid: int = 200_001,
-) -> tuple[float, float]:
-    """Optimal reduced loss (moment form) of one head serving all tasks, and of strict
-    allocation (one head per task). Returns `(single_head, one_head_per_task)`.
+) -> AllocationOptimum:
+    """Optimal reduced loss of one head serving all tasks and of strict allocation (one head per
+    task); see `AllocationOptimum`. μ is in closed form (`one_head_task_loss`); ω is minimized
+    on a grid of `grid` points in (0, 1/√2).
 
-    For fixed ω the loss is quadratic in μ, with minimizer μ_i = r_i ω_i / (r_i ω_i² + c_i K),
-    c_i = (r_i + σ²)/L, K = Π_j (1 − 2ω_j²)^{−r_j/2}, leaving ℓ_i = r_i c_i K / (r_i ω_i² + c_i K)
-    + σ_q². Strict allocation decouples into one-task problems; the single head is taken with
-    one ω shared by all tasks (exact for equal blocks, by symmetry). Each is then a 1-D
-    minimization over ω ∈ (0, 1/√2), solved on a grid of `grid` points.
+    As L → ∞ the strict optimum has ω_i*² → the smaller root of (r_i + 2)u² − (r_i + 4)u + 1
+    = 0 (σ = 0), and the single head's shared ω*² → that of (d + 2)u² − (d + 4)u + 1 = 0: the
+    minimizers of K V / ω², the O(1/L) loss left at μ = 1/ω.
     """
     sizes = jnp.asarray(block_sizes, default_float_dtype())
     omega = jnp.linspace(0.0, 1 / jnp.sqrt(2.0), grid + 1)[1:-1]
-    c = (sizes + context_noise**2) / context_len
-
-    def per_task_loss(omega_sq, r, c_task, log_kernel):
-        kernel = jnp.exp(log_kernel)
-        return r * c_task * kernel / (r * omega_sq + c_task * kernel) + query_noise**2
-
-    log_one = -(sizes[:, None] / 2) * jnp.log1p(-2 * omega[None, :] ** 2)
-    strict = per_task_loss(omega[None, :] ** 2, sizes[:, None], c[:, None], log_one).min(axis=1)
-    log_all = log_one.sum(axis=0)
-    single = per_task_loss(omega[None, :] ** 2, sizes[:, None], c[:, None], log_all[None, :])
-    return float(single.sum(axis=0).min()), float(strict.sum())
+    log_one = -(sizes[:, None] / 2) * jnp.log1p(-2 * omega[None, :] ** 2)  # (n, grid)
+    kwargs = dict(context_len=context_len, context_noise=context_noise, query_noise=query_noise)
+    strict, strict_mu = one_head_task_loss(omega[None, :], log_one, size=sizes[:, None], **kwargs)
+    single, single_mu = one_head_task_loss(
+        omega[None, :], log_one.sum(axis=0)[None, :], size=sizes[:, None], **kwargs
+    )
+    single_total = single.sum(axis=0)
+    best = jnp.argmin(single_total)
+    best_strict = jnp.argmin(strict, axis=1)
+    tasks = jnp.arange(len(block_sizes))
+    return AllocationOptimum(
+        single_head=float(single_total[best]),
+        single_head_omega=float(omega[best]),
+        single_head_mu=tuple(float(m) for m in single_mu[:, best]),
+        one_head_per_task=float(strict[tasks, best_strict].sum()),
+        one_head_per_task_omega=tuple(float(w) for w in omega[best_strict]),
+        one_head_per_task_mu=tuple(float(m) for m in strict_mu[tasks, best_strict]),
+    )

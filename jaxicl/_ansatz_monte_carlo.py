@@ -1,0 +1,142 @@
+"""Monte Carlo of the full softmax model on the decomposable ansatz: the check of ℓ(Ω, M).
+
+The model is the full `MergedAttention` of (Ω, M) (`decomposable_attention`), evaluated by its
+own forward pass, so nothing here uses the reduced formula. Two devices make the estimate cheap
+enough to run at L = 6400:
+
+- **A rotated frame.** On the ansatz every W_h is a multiple of the identity on each block S_j,
+  so the prediction is unchanged by a rotation of each block. Rotate block j so that x_{q,S_j}
+  lies on its first axis and β_j in its first two: a context input then enters the model only
+  through its first two coordinates per block, and the others can be dropped. The model of the
+  same (Ω, M) on inputs in R^{2n} (blocks of two) sees prompts equal in law to those of
+  `MultiTaskRegression` in R^d, at 2n coordinates per token instead of d; the block sizes r_j
+  enter only through the laws of ‖x_{q,S_j}‖ and β_j (`frame="direct"` samples the task itself
+  in R^d; a test checks that the two agree).
+- **Control variates for the finite-L part.** At L = ∞ head h's softmax average of y_i is
+  ω_{h,i} c_i (c_i = β_iᵀx_{q,S_i} = y_{q,i}, labels noiseless), so ℓ_∞ = Σ_i r_i (1 − p_i)²,
+  p_i = Σ_h μ_{h,i} ω_{h,i}, is exact, and on every prompt the difference
+  (y_q − ŷ)² − (1 − p)² y_q² has mean ℓ − ℓ_∞. Its largest fluctuation is the cross term
+  −2 (1 − p_i) c_i Σ_h μ_{h,i} δ_{h,i}, whose linear part δ_{h,i} = mean_l e^{s_{h,l}} (y_{l,i} −
+  ω_{h,i} c_i) / E[e^{s_h} | x_q] has conditional mean exactly 0 (the tilt of §4); it is
+  subtracted too. What is left has mean ℓ − ℓ_∞ and a standard error O(1/L), like its mean.
+"""
+
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import jax.random as jr
+from jaxtyping import Array, Float, PRNGKeyArray
+
+from . import _validation as check
+from ._decomposable import decomposable_attention
+from ._prompt import Prompt
+from ._tasks import MultiTaskRegression, disjoint_blocks, sample_prompts
+
+
+FRAMES = ("rotated", "direct")
+
+
+class AnsatzEstimate(NamedTuple):
+    """Monte Carlo estimates (summed over tasks, like ℓ) with their standard errors."""
+
+    loss: Float[Array, ""]
+    loss_stderr: Float[Array, ""]
+    finite_part: Float[Array, ""]  # ℓ − ℓ_∞
+    finite_part_stderr: Float[Array, ""]
+    limit: Float[Array, ""]  # ℓ_∞ = Σ_i r_i (1 − p_i)², exact
+
+
+def _rotated_prompt(sizes, context_len, dtype, key) -> Prompt:
+    """One noiseless prompt in the rotated frame (module docstring): block j of the query is
+    (‖x_{q,S_j}‖, 0), of β_j its components along x_{q,S_j} and across it, for x_{q,S_j}, β_j ~
+    N(0, I_{r_j}); context inputs are N(0, I_2) per block. Inputs live in R^{2n}."""
+    q_key, beta_key, context_key = jr.split(key, 3)
+    query, beta = [], []
+    for i, size in enumerate(sizes):
+        xq = jr.normal(jr.fold_in(q_key, i), (size,), dtype)
+        b = jr.normal(jr.fold_in(beta_key, i), (size,), dtype)
+        norm = jnp.linalg.norm(xq)
+        along = b @ xq / norm
+        query.append(jnp.stack([norm, jnp.zeros((), dtype)]))
+        beta.append(jnp.stack([along, jnp.sqrt(jnp.maximum(b @ b - along**2, 0.0))]))
+    n_tasks = len(sizes)
+    beta = jax.scipy.linalg.block_diag(*[row[None, :] for row in beta])  # (n, 2n)
+    query_x = jnp.concatenate(query)
+    x = jr.normal(context_key, (context_len, 2 * n_tasks), dtype)
+    return Prompt(x=x, y=x @ beta.T, query_x=query_x, query_y=beta @ query_x)
+
+
+def ansatz_monte_carlo_loss(
+    omega: Float[Array, "*points H n"],
+    mu: Float[Array, "*points H n"],
+    *,
+    d: int,
+    context_len: int,
+    n_prompts: int,
+    key: PRNGKeyArray,
+    batch: int = 64,
+    frame: str = "rotated",
+) -> AnsatzEstimate:
+    """ℓ(Ω, M) and ℓ − ℓ_∞ of the full model on n = Ω.shape[-1] disjoint blocks of x ∈ R^d with
+    noiseless labels, by Monte Carlo over `n_prompts` prompts (rounded up to whole batches).
+
+    Leading axes of `omega` and `mu` are points, all evaluated on the same prompts (one pass of
+    sampling; differences between points then have common random numbers)."""
+    check.positive_int("context_len", context_len)
+    check.positive_int("n_prompts", n_prompts)
+    check.positive_int("batch", batch)
+    check.one_of("frame", frame, FRAMES)
+    if omega.shape != mu.shape or omega.ndim < 2:
+        raise ValueError(
+            f"`omega` and `mu` must share a shape (..., H, n), got {omega.shape}, {mu.shape}."
+        )
+    points = omega.shape[:-2]
+    omega = omega.reshape(-1, *omega.shape[-2:])
+    mu = mu.reshape(omega.shape)
+    n_tasks, dtype = omega.shape[-1], omega.dtype
+    blocks = disjoint_blocks(d, n_tasks)
+    sizes = tuple(stop - start for start, stop in blocks)
+    if frame == "direct":
+        task = MultiTaskRegression(d, context_len, blocks, dtype=dtype)
+        draw = lambda k: sample_prompts(task, batch, key=k)  # noqa: E731
+    else:
+        blocks, d = tuple((2 * i, 2 * i + 2) for i in range(n_tasks)), 2 * n_tasks
+        draw = lambda k: jax.vmap(  # noqa: E731
+            lambda kk: _rotated_prompt(sizes, context_len, dtype, kk)
+        )(jr.split(k, batch))
+    mask = jnp.asarray([[start <= c < stop for c in range(d)] for start, stop in blocks], dtype)
+
+    def per_prompt(om, m, prompt):
+        """The loss and the control-variate-corrected finite part on one prompt, one point."""
+        model = decomposable_attention(om, m, blocks, d)
+        slope = jnp.sum(m * om, axis=0)
+        target = prompt.query_y
+        loss = jnp.sum((target - model(prompt)) ** 2)
+        # Σ_h μ_{h,i} δ_{h,i} of the module docstring: mean zero given x_q and β.
+        logits = jnp.einsum("lc,hc,c->hl", prompt.x, om @ mask, prompt.query_x)
+        log_mean = 0.5 * jnp.einsum("hj,j->h", om**2, mask @ prompt.query_x**2)
+        weights = jnp.exp(logits - log_mean[:, None])  # (H, L)
+        residual = prompt.y[None, :, :] - om[:, None, :] * target[None, None, :]
+        control = jnp.sum(m * jnp.mean(weights[:, :, None] * residual, axis=1), axis=0)
+        cross = -2 * (1 - slope) * target * control
+        return loss, loss - jnp.sum((1 - slope) ** 2 * target**2 + cross)
+
+    def one_batch(batch_key):
+        prompts = draw(batch_key)
+        over_prompts = jax.vmap(per_prompt, in_axes=(None, None, 0))
+        return jax.vmap(over_prompts, in_axes=(0, 0, None))(omega, mu, prompts)
+
+    loss, finite = jax.lax.map(one_batch, jr.split(key, -(-n_prompts // batch)))
+    loss = jnp.moveaxis(loss, 1, 0).reshape(omega.shape[0], -1)  # (points, prompts)
+    finite = jnp.moveaxis(finite, 1, 0).reshape(loss.shape)
+    stderr = lambda values: values.std(axis=1, ddof=1) / jnp.sqrt(values.shape[1])  # noqa: E731
+    limit = jnp.sum(jnp.asarray(sizes, dtype)[None, :] * (1 - jnp.sum(mu * omega, axis=1)) ** 2, axis=-1)
+    shaped = lambda values: values.reshape(points)  # noqa: E731
+    return AnsatzEstimate(
+        loss=shaped(loss.mean(axis=1)),
+        loss_stderr=shaped(stderr(loss)),
+        finite_part=shaped(finite.mean(axis=1)),
+        finite_part_stderr=shaped(stderr(finite)),
+        limit=shaped(limit),
+    )
