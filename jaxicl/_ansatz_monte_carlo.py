@@ -131,7 +131,9 @@ def ansatz_monte_carlo_loss(
     loss = jnp.moveaxis(loss, 1, 0).reshape(omega.shape[0], -1)  # (points, prompts)
     finite = jnp.moveaxis(finite, 1, 0).reshape(loss.shape)
     stderr = lambda values: values.std(axis=1, ddof=1) / jnp.sqrt(values.shape[1])  # noqa: E731
-    limit = jnp.sum(jnp.asarray(sizes, dtype)[None, :] * (1 - jnp.sum(mu * omega, axis=1)) ** 2, axis=-1)
+    limit = jnp.sum(
+        jnp.asarray(sizes, dtype)[None, :] * (1 - jnp.sum(mu * omega, axis=1)) ** 2, axis=-1
+    )
     shaped = lambda values: values.reshape(points)  # noqa: E731
     return AnsatzEstimate(
         loss=shaped(loss.mean(axis=1)),
@@ -140,3 +142,96 @@ def ansatz_monte_carlo_loss(
         finite_part_stderr=shaped(stderr(finite)),
         limit=shaped(limit),
     )
+
+
+LAYOUTS = ("one-head-per-task", "single-head")
+
+
+class LayoutOptimum(NamedTuple):
+    """The full model's best loss in one head layout, over a grid of ω with μ by least squares.
+
+    - `loss`, `loss_stderr`: Σ_i min_μ E(y_{q,i} − μ_i a_i)² at the best grid ω (summed over
+      tasks), a_i the layout's softmax average of y_i.
+    - `omega`, `mu`: the best grid ω (one per task for one head per task) and μ.
+    - `at_edge`: the best ω is an end of the grid (the optimum may lie outside it).
+    - `per_prompt`: Σ_i (y_{q,i} − μ_i a_i)² on each prompt at the optimum (for ratios'
+      standard errors on common prompts).
+    """
+
+    loss: float
+    loss_stderr: float
+    omega: tuple[float, ...]
+    mu: tuple[float, ...]
+    at_edge: bool
+    per_prompt: Array
+
+
+def layout_optimum_monte_carlo(
+    layout: str,
+    omegas: Float[Array, " grid"],
+    *,
+    d: int,
+    n_tasks: int,
+    context_len: int,
+    n_prompts: int,
+    key: PRNGKeyArray,
+    batch: int = 64,
+) -> LayoutOptimum:
+    """Best full-model loss of a fixed-sign head layout on the ansatz (noiseless labels).
+
+    `one-head-per-task`: head i has ω_i on block S_i and μ_i on task i only (tasks decouple,
+    so each ω_i is chosen on the grid separately); `single-head`: one head with one ω on every
+    block and μ_i per task. For each grid ω the model of the layout with μ = 1 is run on the
+    prompts (rotated frame); then μ_i = E[y_{q,i} a_i] / E[a_i²]. The same key gives the same
+    prompts for both layouts."""
+    check.one_of("layout", layout, LAYOUTS)
+    blocks = disjoint_blocks(d, n_tasks)
+    sizes = tuple(stop - start for start, stop in blocks)
+    frame_blocks = tuple((2 * i, 2 * i + 2) for i in range(n_tasks))
+    dtype = omegas.dtype
+    ones = jnp.ones((1, n_tasks), dtype)
+
+    def model_for(w):
+        if layout == "single-head":
+            return decomposable_attention(w * ones, ones, frame_blocks, 2 * n_tasks)
+        eye = jnp.eye(n_tasks, dtype=dtype)
+        return decomposable_attention(w * eye, eye, frame_blocks, 2 * n_tasks)
+
+    def one_batch(batch_key):
+        prompts = jax.vmap(lambda k: _rotated_prompt(sizes, context_len, dtype, k))(
+            jr.split(batch_key, batch)
+        )
+        averages = jax.vmap(lambda w: jax.vmap(model_for(w))(prompts))(omegas)  # (G, B, n)
+        return averages, prompts.query_y
+
+    averages, targets = jax.lax.map(one_batch, jr.split(key, -(-n_prompts // batch)))
+    a = jnp.moveaxis(averages, 1, 0).reshape(omegas.shape[0], -1, n_tasks)  # (G, N, n)
+    c = targets.reshape(-1, n_tasks)  # (N, n)
+    mu = jnp.mean(c[None] * a, axis=1) / jnp.mean(a**2, axis=1)  # (G, n)
+    errors = (c[None] - mu[:, None, :] * a) ** 2  # (G, N, n)
+    per_task = errors.mean(axis=1)  # (G, n)
+    if layout == "single-head":
+        best = jnp.full((n_tasks,), jnp.argmin(per_task.sum(axis=1)))
+    else:
+        best = jnp.argmin(per_task, axis=0)
+    tasks = jnp.arange(n_tasks)
+    per_prompt = errors[best, :, tasks].sum(axis=0)  # (N,)
+    edge = bool(jnp.any((best == 0) | (best == omegas.shape[0] - 1)))
+    chosen = best[:1] if layout == "single-head" else best
+    return LayoutOptimum(
+        loss=float(per_prompt.mean()),
+        loss_stderr=float(per_prompt.std(ddof=1) / jnp.sqrt(per_prompt.shape[0])),
+        omega=tuple(float(omegas[i]) for i in chosen),
+        mu=tuple(float(m) for m in mu[best, tasks]),
+        at_edge=edge,
+        per_prompt=per_prompt,
+    )
+
+
+def ratio_with_stderr(numerator: Array, denominator: Array) -> tuple[float, float]:
+    """mean(numerator) / mean(denominator) over common prompts, with its delta-method standard
+    error."""
+    top, bottom = numerator.mean(), denominator.mean()
+    ratio = top / bottom
+    influence = (numerator - ratio * denominator) / bottom
+    return float(ratio), float(influence.std(ddof=1) / jnp.sqrt(numerator.shape[0]))

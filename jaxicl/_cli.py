@@ -21,6 +21,7 @@ from ._experiments._paired_heads import (
     run_paired_heads,
 )
 from ._experiments._task_allocation import (
+    PRESETS as TASK_ALLOCATION_PRESETS,
     TaskAllocationConfig,
     format_allocation_summary,
     run_task_allocation,
@@ -41,6 +42,7 @@ EXPERIMENTS = {
         format_feature_learning_summary,
     ),
 }
+PRESETS = {"task-allocation": TASK_ALLOCATION_PRESETS}
 # The mean-field solver meets ill-conditioned k×k systems; it runs in float64.
 FLOAT64_EXPERIMENTS = ("feature-learning",)
 
@@ -76,6 +78,16 @@ def _build_parser() -> argparse.ArgumentParser:
         sub = experiments.add_parser(name, help=(config_cls.__doc__ or "").splitlines()[0])
         sub.add_argument("--out", default=f"results/{name}", help="results directory")
         sub.add_argument("--quiet", action="store_true", help="no progress bar")
+        if name in PRESETS:
+            sub.add_argument(
+                "--preset",
+                choices=sorted(PRESETS[name]),
+                help="named settings; other flags apply on top: "
+                + "; ".join(
+                    f"{k}: " + ", ".join(f"{f}={v}" for f, v in p.items())
+                    for k, p in PRESETS[name].items()
+                ),
+            )
         for field in dataclasses.fields(config_cls):
             flag = "--" + field.name.replace("_", "-")
             sub.add_argument(
@@ -156,7 +168,7 @@ def main(argv=None) -> int:
     if args.experiment in FLOAT64_EXPERIMENTS:
         jax.config.update("jax_enable_x64", True)
     config_cls, run, describe = EXPERIMENTS[args.experiment]
-    overrides = {}
+    overrides = dict(PRESETS.get(args.experiment, {}).get(getattr(args, "preset", None), {}))
     try:
         for field in dataclasses.fields(config_cls):
             text = getattr(args, field.name)

@@ -26,15 +26,7 @@ def plot_task_allocation(groups, summary, config, path) -> None:
     _heatmap(axes[1, 0], fig, example["time"], example["omega_t"][0], "Ω(t), example seed", n)
     _heatmap(axes[1, 1], fig, example["time"], example["mu_t"][0], "M(t), same seed", n)
     _warmup_scaling(axes[1, 2], summary["warmup_scaling"])
-    rows = summary["separation"]["rows"]
-    axes[1, 3].plot([r["context_len"] for r in rows], [r["ratio"] for r in rows], "o-")
-    axes[1, 3].axhline(n, color="grey", linestyle=":", label=f"large-L limit d/r = {n}")
-    axes[1, 3].set(
-        xscale="log",
-        xlabel="context length L",
-        ylabel="ℓ(single head) / ℓ(one head per task)",
-        title="Single- vs multi-head separation (optima)",
-    )
+    _separation(axes[1, 3], summary["separation"])
     axes[1, 3].legend(fontsize=8)
     fig.suptitle(
         f"Task allocation, reduced dynamics: d = {config.d} in {n} blocks, L = "
@@ -46,13 +38,44 @@ def plot_task_allocation(groups, summary, config, path) -> None:
     plt.close(fig)
 
 
+def _separation(ax, separation):
+    rows = separation["rows"]
+    lengths = [r["context_len"] for r in rows]
+    ax.errorbar(
+        lengths,
+        [r["full_ratio"] for r in rows],
+        yerr=[r["full_ratio_stderr"] for r in rows],
+        fmt="o-",
+        capsize=3,
+        label=f"full model (Monte Carlo, {separation['prompts']} prompts)",
+    )
+    ax.plot(lengths, [r["reduced_ratio"] for r in rows], "s--", label="reduced ℓ")
+    ax.axhline(
+        separation["reduced_limit"],
+        color="grey",
+        linestyle=":",
+        label=f"reduced, L → ∞: {separation['reduced_limit']:.2f}",
+    )
+    ax.set(
+        xscale="log",
+        xlabel="context length L",
+        ylabel="ℓ*(single head) / ℓ*(one head per task)",
+        title="Single- vs multi-head separation (optima, fixed signs)",
+    )
+
+
 def _success_bars(ax, summary, schemes, heads, colors):
     width = 0.8 / len(schemes)
     for k, scheme in enumerate(schemes):
-        rates = [summary["groups"][f"{scheme}/H{h}"]["success_rate"] for h in heads]
-        errors = [summary["groups"][f"{scheme}/H{h}"]["success_stderr"] for h in heads]
+        stats = [summary["groups"][f"{scheme}/H{h}"] for h in heads]
+        # No rate while seeds are still in warm-up: such bars are left out, not drawn as 0.
+        rates = [np.nan if g["success_rate"] is None else g["success_rate"] for g in stats]
+        errors = [0.0 if g["success_stderr"] is None else g["success_stderr"] for g in stats]
         x = np.arange(len(heads)) + (k - (len(schemes) - 1) / 2) * width
         ax.bar(x, rates, width, yerr=errors, capsize=3, color=colors[scheme], label=scheme)
+        for xi, rate in zip(x, rates):
+            if np.isnan(rate):
+                ax.text(xi, 0.02, "still in\nwarm-up", ha="center", fontsize=6, rotation=90)
     ax.set_xticks(np.arange(len(heads)), [f"H = {h}" for h in heads])
     ax.set(ylim=(0, 1.05), ylabel="fraction of seeds", title="Every task served by a pure head")
     ax.legend(fontsize=8)

@@ -221,7 +221,10 @@ def optimal_allocation_losses(
     single, single_mu = one_head_task_loss(
         omega[None, :], log_one.sum(axis=0)[None, :], size=sizes[:, None], **kwargs
     )
+    # Near ω = 1/√2 the kernel overflows (inf/inf): such grid points are simply not optima.
+    strict = jnp.where(jnp.isfinite(strict), strict, jnp.inf)
     single_total = single.sum(axis=0)
+    single_total = jnp.where(jnp.isfinite(single_total), single_total, jnp.inf)
     best = jnp.argmin(single_total)
     best_strict = jnp.argmin(strict, axis=1)
     tasks = jnp.arange(len(block_sizes))

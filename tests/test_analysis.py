@@ -15,7 +15,9 @@ def test_phases_of_a_known_sigmoid():
     10/90/99% times are t₀ + w·logit(f) up to the grid spacing and the p(0), p(end) offsets."""
     time = jnp.linspace(0.0, 100.0, 10_001)
     onset, width = 50.0, 2.0
-    phases = ji.detect_phases(time, sigmoid_curve(time, onset=onset, width=width))
+    # floor = the curve's low end, so 10% of ℓ(0) − floor is 10% of the drop.
+    phases = ji.detect_phases(time, sigmoid_curve(time, onset=onset, width=width), floor=2.0)
+    assert bool(phases.left_warmup) and bool(phases.settled)
     logit = lambda f: jnp.log(f / (1 - f))  # noqa: E731
     for got, fraction in [
         (phases.warmup_end, 0.1),
@@ -28,11 +30,12 @@ def test_phases_of_a_known_sigmoid():
 
 def test_phases_are_robust_to_sampling_noise(getkey):
     time = jnp.linspace(0.0, 100.0, 401)
-    clean = ji.detect_phases(time, sigmoid_curve(time, onset=50.0, width=2.0))
+    clean = ji.detect_phases(time, sigmoid_curve(time, onset=50.0, width=2.0), floor=2.0)
     noisy_loss = sigmoid_curve(time, onset=50.0, width=2.0) * (
         1 + 0.05 * jr.normal(getkey(), time.shape)
     )
-    noisy = ji.detect_phases(time, noisy_loss, window=9)
+    noisy = ji.detect_phases(time, noisy_loss, window=9, floor=2.0)
+    assert bool(noisy.settled) and bool(noisy.left_warmup)
     # Without smoothing one lucky low sample early on would pass for progress; with it the
     # detected times stay within 2 time units (8 records) of the noise-free ones.
     for a, b in [(noisy.warmup_end, clean.warmup_end), (noisy.emergence_end, clean.emergence_end)]:
@@ -43,6 +46,35 @@ def test_flat_curve_has_no_phases():
     time = jnp.linspace(0.0, 10.0, 11)
     phases = ji.detect_phases(time, jnp.full_like(time, 3.0))
     assert jnp.isnan(phases.warmup_end) and jnp.isnan(phases.convergence)
+
+
+def test_a_curve_still_on_its_plateau_has_no_phases():
+    """Cut off before the drop, a curve that has crept down slowly (0.5% of ℓ(0)) has left
+    nothing: no warm-up end (the old definition, 10% of the drop seen, gave one near the start),
+    and it is flagged."""
+    time = jnp.linspace(0.0, 40.0, 401)
+    loss = sigmoid_curve(time, onset=50.0, width=2.0) - 0.002 * time
+    phases = ji.detect_phases(time, loss)
+    assert not bool(phases.left_warmup)
+    assert all(
+        bool(jnp.isnan(t)) for t in (phases.warmup_end, phases.emergence_end, phases.convergence)
+    )
+
+
+def test_a_curve_still_dropping_has_a_warmup_end_but_no_emergence_end():
+    """Cut off halfway through the drop: warm-up is over (a true time), but the total drop is not
+    known, so emergence and convergence are NaN and the curve is flagged as not settled."""
+    time = jnp.linspace(0.0, 51.0, 511)
+    curve = sigmoid_curve(time, onset=50.0, width=2.0)
+    phases = ji.detect_phases(time, curve)
+    whole = ji.detect_phases(
+        jnp.linspace(0.0, 100.0, 1001),
+        sigmoid_curve(jnp.linspace(0.0, 100.0, 1001), onset=50.0, width=2.0),
+    )
+    assert bool(phases.left_warmup) and not bool(phases.settled)
+    assert abs(float(phases.warmup_end - whole.warmup_end)) < 0.15
+    assert bool(jnp.isnan(phases.emergence_end)) and bool(jnp.isnan(phases.convergence))
+    assert bool(whole.settled) and not bool(jnp.isnan(whole.emergence_end))
 
 
 def test_bad_window():

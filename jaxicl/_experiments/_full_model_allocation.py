@@ -98,6 +98,8 @@ def full_model_group(
         ),
         "final_loss": np.asarray(full_loss[:, -10:].mean(axis=1)),
         "reduced_final_loss": np.asarray(reduced_traj.loss[:, -1]),
+        "left_warmup": np.asarray(full_phases.left_warmup),
+        "reduced_left_warmup": np.asarray(reduced_phases.left_warmup),
         "warmup_end": np.asarray(full_phases.warmup_end),
         "reduced_warmup_end": np.asarray(reduced_phases.warmup_end),
         "emergence_end": np.asarray(full_phases.emergence_end),

@@ -6,7 +6,8 @@ semi-singular values (Ω, M) of the decomposable ansatz for thousands of seeds p
 - `balanced`: ω = s, μ = s (4s on head h's favoured task h mod n); balanced factorized flow.
   This init has no randomness, so the reduced flow integrates it once (one seed is its whole
   distribution); only the full model, with its sampled prompts, runs several seeds.
-- `random-positive`: ω, μ = s(1 + 0.1 U(0, 1)) entrywise; balanced factorized flow.
+- `random-positive`: ω, μ = s(1 + c U(0, 1)) entrywise (c = `init_spread`, 0.1 by default);
+  balanced factorized flow.
 - `random-sign`: ω, μ = s N(0, 1) entrywise; merged flow (signs free to change).
 
 A few seeds of each scheme are also trained as the full softmax model (sampled prompts, all
@@ -36,15 +37,23 @@ from .._reduced import (
     MergedSpectral,
     ReducedLoss,
     balanced_factorization,
-    optimal_allocation_losses,
 )
 from .._tasks import disjoint_blocks
 from .._trainer import sgd, train, train_ensemble
 from ._full_model_allocation import full_model_group
+from ._separation import separation
 
 
 SCHEMES = ("balanced", "random-positive", "random-sign")
 DETERMINISTIC_SCHEMES = ("balanced",)  # the same init for every seed
+
+
+# Named settings (`jaxicl run task-allocation --preset NAME`); other flags apply on top.
+PRESETS = {
+    # The reference's own setting (Chen et al.): r = 5, H = n = 3, L = 100, noiseless labels,
+    # random-positive spread 1 + 0.1·U(0, 1). The horizon follows the warm-up (about 50 at r = 5).
+    "chen-r5": dict(d=15, n_tasks=3, context_len=100, heads=(3,), init_spread=0.1, full_seeds=0),
+}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -57,7 +66,9 @@ class TaskAllocationConfig:
     heads: tuple[int, ...] = (2, 3, 4)
     n_seeds: int = 4096
     init_scale: float = 1e-3
+    init_spread: float = 0.1
     horizon: float = 30.0
+    horizon_cap: float = 400.0
     horizon_merged: float = 10.0
     dt_factorized: float = 0.005
     dt_merged: float = 0.0005
@@ -68,11 +79,20 @@ class TaskAllocationConfig:
     full_horizon: float = 18.0
     full_horizon_merged: float = 1.0
     warmup_scales: tuple[float, ...] = (3e-4, 1e-3, 3e-3, 1e-2)
-    separation_lengths: tuple[int, ...] = (100, 400, 1600, 6400)
+    separation_lengths: tuple[int, ...] = (100, 400, 1600)
+    separation_prompts: int = 8192
     seed: int = 0
 
     def __post_init__(self):
-        for name in ("d", "n_tasks", "context_len", "n_seeds", "n_records", "full_batch"):
+        for name in (
+            "d",
+            "n_tasks",
+            "context_len",
+            "n_seeds",
+            "n_records",
+            "full_batch",
+            "separation_prompts",
+        ):
             check.positive_int(name, getattr(self, name))
         check.nonnegative_int("full_seeds", self.full_seeds)
         if self.full_seeds > self.n_seeds:
@@ -83,6 +103,7 @@ class TaskAllocationConfig:
         for name in (
             "init_scale",
             "horizon",
+            "horizon_cap",
             "horizon_merged",
             "dt_factorized",
             "dt_merged",
@@ -95,6 +116,12 @@ class TaskAllocationConfig:
         for name in ("heads", "full_heads"):
             for h in getattr(self, name):
                 check.positive_int(name, h)
+        check.finite_nonnegative("init_spread", self.init_spread)
+        if self.horizon_cap < self.horizon:
+            raise ValueError(
+                f"`horizon_cap` must be at least `horizon` ({self.horizon}), got "
+                f"{self.horizon_cap}."
+            )
         for s in self.warmup_scales:
             check.finite_positive("warmup_scales", s)
         for length in self.separation_lengths:
@@ -121,16 +148,19 @@ class TaskAllocationConfig:
         return {k: list(v) if isinstance(v, tuple) else v for k, v in out.items()}
 
 
-def initial_state(scheme: str, n_heads: int, n_tasks: int, scale: float | Array, *, key):
-    """One seed's initial (Ω, M) state for a scheme (see the module docstring)."""
+def initial_state(
+    scheme: str, n_heads: int, n_tasks: int, scale: float | Array, *, key, spread: float = 0.1
+):
+    """One seed's initial (Ω, M) state for a scheme (see the module docstring); `spread` is
+    the width of random-positive's 1 + spread·U(0, 1)."""
     omega_key, mu_key = jr.split(key)
     shape = (n_heads, n_tasks)
     if scheme == "balanced":
         favoured = (jnp.arange(n_heads)[:, None] % n_tasks) == jnp.arange(n_tasks)[None, :]
         return balanced_factorization(jnp.full(shape, scale), jnp.where(favoured, 4 * scale, scale))
     if scheme == "random-positive":
-        omega = scale * (1 + 0.1 * jr.uniform(omega_key, shape))
-        return balanced_factorization(omega, scale * (1 + 0.1 * jr.uniform(mu_key, shape)))
+        omega = scale * (1 + spread * jr.uniform(omega_key, shape))
+        return balanced_factorization(omega, scale * (1 + spread * jr.uniform(mu_key, shape)))
     return MergedSpectral(scale * jr.normal(omega_key, shape), scale * jr.normal(mu_key, shape))
 
 
@@ -154,20 +184,56 @@ def _initial_states(config, scheme, n_heads, n_seeds):
     """Seeds 0..n_seeds−1 of a scheme (the same seeds for the reduced and the full model)."""
     root = jr.fold_in(jr.fold_in(jr.key(config.seed), SCHEMES.index(scheme)), n_heads)
     keys = jr.split(root, config.n_seeds)[:n_seeds]
-    make = lambda k: initial_state(scheme, n_heads, config.n_tasks, config.init_scale, key=k)  # noqa: E731
+    make = lambda k: initial_state(  # noqa: E731
+        scheme, n_heads, config.n_tasks, config.init_scale, key=k, spread=config.init_spread
+    )
     return eqx.filter_vmap(make)(keys)
 
 
-def _scheme_group(config, scheme, n_heads):
+def _on_grid(config, horizon: float, dt: float) -> float:
+    """`horizon` rounded up to a whole number of record blocks of step `dt`."""
+    block = dt * config.n_records
+    return math.ceil(horizon / block - 1e-9) * block
+
+
+def factorized_horizon(config) -> float:
+    """Horizon of the balanced factorized flow's groups: at least `horizon`, and 2.5 times the
+    warm-up end of the slower of two deterministic probes (the balanced init, and the symmetric
+    start ω = μ = s(1 + c/2) at the centre of random-positive's law), so that seeds leave
+    their plateau and settle; at most `horizon_cap`. Warm-up ∝ 1/s and grows as r shrinks, so
+    no fixed horizon fits every d (at d = 15 it ends near t ≈ 50 from s = 1e-3)."""
+    n = config.n_tasks
+    centre = config.init_scale * (1 + config.init_spread / 2)
+    probes = [
+        initial_state("balanced", n, n, config.init_scale, key=jr.key(0)),
+        balanced_factorization(jnp.full((n, n), centre), jnp.full((n, n), centre)),
+    ]
+    cap = _on_grid(config, config.horizon_cap, config.dt_factorized)
+    ends = []
+    for probe in probes:
+        _, traj = _integrate(config, probe, config.dt_factorized, ensemble=False, horizon=cap)
+        ends.append(float(detect_phases(traj.time, traj.loss).warmup_end))
+    wanted = 2.5 * max(ends) if all(np.isfinite(ends)) else cap
+    return min(cap, _on_grid(config, max(config.horizon, wanted), config.dt_factorized))
+
+
+def _scheme_group(config, scheme, n_heads, horizon):
     merged = scheme == "random-sign"
     dt = config.dt_merged if merged else config.dt_factorized
-    horizon = config.horizon_merged if merged else config.horizon
+    horizon = config.horizon_merged if merged else horizon
     n_seeds = 1 if scheme in DETERMINISTIC_SCHEMES else config.n_seeds
     states = _initial_states(config, scheme, n_heads, n_seeds)
     final, traj = _integrate(config, states, dt, ensemble=True, horizon=horizon)
     omega, mu = final.spectral()
     allocation = jax.vmap(task_allocation)(omega, mu)
     phases = jax.vmap(detect_phases)(traj.time, traj.loss)
+    live = ~allocation.dead
+    # The stall of the reference: a live head split between tasks and a dead head.
+    stalled = (
+        ~allocation.success
+        & allocation.dead.any(axis=1)
+        & (live & (allocation.purity < 0.9)).any(axis=1)
+    )
     return {
         "time": np.asarray(traj.time[0]),
         "loss": np.asarray(traj.loss),
@@ -175,7 +241,10 @@ def _scheme_group(config, scheme, n_heads):
         "omega_t": np.asarray(traj.observables[0][:8]),
         "mu_t": np.asarray(traj.observables[1][:8]),
         "success": np.asarray(allocation.success),
+        "stalled": np.asarray(stalled),
         "diverged": np.asarray(traj.diverged[:, -1]),
+        "left_warmup": np.asarray(phases.left_warmup),
+        "settled": np.asarray(phases.settled),
         "warmup_end": np.asarray(phases.warmup_end),
         "emergence_end": np.asarray(phases.emergence_end),
         "convergence": np.asarray(phases.convergence),
@@ -193,23 +262,28 @@ def _full_group(config, scheme, n_heads):
     return full_model_group(config, states, reduced_run, merged=merged, dt=dt, horizon=horizon)
 
 
-def warmup_scaling(config) -> dict:
+def warmup_scaling(config, horizon) -> dict:
     """Warm-up end against init scale for the balanced init (H = n), both flows, with the
-    least-squares slope of log(warm-up) on log(scale)."""
+    least-squares slope of log(warm-up) on log(scale) over the scales whose run left warm-up.
+    The factorized flow's horizon grows ∝ 1/scale below `init_scale` (up to the cap)."""
     out = {}
     # The merged flow leaves the plateau at rate ~2r (warm-up ~ log(1/s) / 2r, a fraction of a
     # time unit), so it is integrated over a short horizon with a 20× smaller step.
-    flows = (
-        ("factorized", config.dt_factorized, config.horizon),
-        ("merged", config.dt_merged / 20, config.horizon_merged / 5),
-    )
-    for flow, dt, horizon in flows:
+    for flow in ("factorized", "merged"):
         times = []
         for scale in config.warmup_scales:
+            if flow == "merged":
+                dt, length = config.dt_merged / 20, config.horizon_merged / 5
+            else:
+                dt = config.dt_factorized
+                stretched = horizon * max(1.0, config.init_scale / scale)
+                length = min(
+                    _on_grid(config, stretched, dt), _on_grid(config, config.horizon_cap, dt)
+                )
             state = initial_state("balanced", config.n_tasks, config.n_tasks, scale, key=jr.key(0))
             if flow == "merged":
                 state = MergedSpectral(*state.spectral())
-            _, traj = _integrate(config, state, dt, ensemble=False, horizon=horizon)
+            _, traj = _integrate(config, state, dt, ensemble=False, horizon=length)
             times.append(float(detect_phases(traj.time, traj.loss).warmup_end))
         times = np.asarray(times)
         finite = np.isfinite(times)
@@ -223,25 +297,10 @@ def warmup_scaling(config) -> dict:
         out[flow] = {
             "scales": list(config.warmup_scales),
             "warmup_end": times.tolist(),
+            "still_in_warmup": int((~finite).sum()),
             "loglog_slope": float(slope),
         }
     return out
-
-
-def separation(config) -> dict:
-    """Optimal loss of one head for all tasks over that of one head per task, against L."""
-    rows = []
-    for length in config.separation_lengths:
-        single, strict = optimal_allocation_losses(config.block_sizes, length)
-        rows.append(
-            {
-                "context_len": length,
-                "single_head": single,
-                "one_head_per_task": strict,
-                "ratio": single / strict,
-            }
-        )
-    return {"rows": rows}
 
 
 def run_task_allocation(config: TaskAllocationConfig, out_dir, *, progress=None, on_chunk=None):
@@ -253,6 +312,7 @@ def run_task_allocation(config: TaskAllocationConfig, out_dir, *, progress=None,
 
     out_dir = pathlib.Path(out_dir)
     claim_run_directory(out_dir, config.as_dict())
+    horizon = factorized_horizon(config)
     groups, full = {}, {}
     full_configs = [(s, h) for s in SCHEMES for h in config.full_heads] if config.full_seeds else []
     bar = progress_bar(
@@ -265,7 +325,7 @@ def run_task_allocation(config: TaskAllocationConfig, out_dir, *, progress=None,
         for n_heads in config.heads:
             groups[(scheme, n_heads)] = cached_arrays(
                 out_dir / "groups" / f"{scheme}_H{n_heads}.npz",
-                lambda: _scheme_group(config, scheme, n_heads),  # noqa: B023
+                lambda: _scheme_group(config, scheme, n_heads, horizon),  # noqa: B023
             )
             bar.update(1)
     for scheme, n_heads in full_configs:
@@ -277,9 +337,10 @@ def run_task_allocation(config: TaskAllocationConfig, out_dir, *, progress=None,
     bar.close()
     summary = {
         "config": config.as_dict(),
+        "horizon_used": horizon,
         "groups": {},
         "full_model": {},
-        "warmup_scaling": warmup_scaling(config),
+        "warmup_scaling": warmup_scaling(config, horizon),
         "separation": separation(config),
     }
     arrays = {}
@@ -303,12 +364,20 @@ def _nanmedian(values) -> float:
 
 
 def _group_summary(g) -> dict:
+    """Counts first: a seed still in warm-up has no phase times and no allocation outcome, so
+    while any is, the group has no success rate (None) and the table says why."""
     n = g["success"].size
-    rate = float(g["success"].mean())
+    waiting = int((~g["left_warmup"]).sum())
+    rate = float(g["success"].mean()) if waiting == 0 else None
+    failures = int((~g["success"]).sum())
     return {
         "seeds": n,
+        "still_in_warmup": waiting,
+        "not_settled": int((g["left_warmup"] & ~g["settled"]).sum()),
         "success_rate": rate,
-        "success_stderr": math.sqrt(rate * (1 - rate) / n),
+        "success_stderr": None if rate is None else math.sqrt(rate * (1 - rate) / n),
+        "stalled": int(g["stalled"].sum()) if waiting == 0 else None,
+        "other_failures": failures - int(g["stalled"].sum()) if waiting == 0 else None,
         "diverged": int(g["diverged"].sum()),
         "final_loss_median": float(np.median(g["loss"][:, -1])),
         "warmup_end_median": _nanmedian(g["warmup_end"]),
@@ -321,6 +390,8 @@ def _full_summary(g) -> dict:
     """Full model against the reduced flow, same seeds and time axis."""
     return {
         "seeds": int(g["success"].size),
+        "still_in_warmup": int((~g["left_warmup"]).sum()),
+        "reduced_still_in_warmup": int((~g["reduced_left_warmup"]).sum()),
         "success_rate": float(g["success"].mean()),
         "ever_success_rate": float(g["ever_success"].mean()),
         "reduced_success_rate": float(g["reduced_success"].mean()),
@@ -337,17 +408,42 @@ def _full_summary(g) -> dict:
     }
 
 
+def _time(value: float) -> str:
+    return "     —" if not np.isfinite(value) else f"{value:6.2f}"
+
+
 def format_allocation_summary(summary: dict) -> str:
+    config = summary["config"]
     lines = [
-        "scheme/H              seeds  allocated (±1 s.e.)  final loss  warm-up  emergence"
-        "  converged"
+        f"d = {config['d']} in {config['n_tasks']} blocks, L = {config['context_len']}, init scale "
+        f"{config['init_scale']:g}, random-positive spread 1 + {config['init_spread']:g}·U(0, 1); "
+        f"factorized flow integrated to t = {summary['horizon_used']:g}",
+        "scheme/H              seeds  allocated (±1 s.e.)  stalled  in warm-up  moving  "
+        "final loss  warm-up  emergence  converged (medians over seeds that got there)",
     ]
+    waiting = []
     for name, g in summary["groups"].items():
+        if g["success_rate"] is None:
+            allocated, stalled = "        n/a         ", "    n/a"
+            waiting.append(name)
+        else:
+            allocated = f"{g['success_rate']:7.1%} ± {g['success_stderr']:.1%}    "
+            stalled = f"{g['stalled']:7d}"
         lines.append(
-            f"{name:<20} {g['seeds']:>6}  {g['success_rate']:7.1%} ± {g['success_stderr']:.1%}   "
-            f"{g['final_loss_median']:9.3f}  {g['warmup_end_median']:7.2f}  "
-            f"{g['emergence_end_median']:9.2f}  {g['convergence_median']:9.2f}"
+            f"{name:<20} {g['seeds']:>6}  {allocated} {stalled}  {g['still_in_warmup']:>10}  "
+            f"{g['not_settled']:>6}  {g['final_loss_median']:10.3f}  "
+            f"{_time(g['warmup_end_median'])}  {_time(g['emergence_end_median']):>9}  "
+            f"{_time(g['convergence_median']):>9}"
         )
+    if waiting:
+        lines.append(
+            f"no allocation rate for {', '.join(waiting)}: seeds still in warm-up at the horizon "
+            f"(t = {summary['horizon_used']:g}); raise `--horizon` (and `--horizon-cap`)."
+        )
+    lines.append(
+        "stalled: not allocated, with a dead head and a live head split between tasks; moving: "
+        "left warm-up but not settled at the horizon"
+    )
     if summary["full_model"]:
         lines.append(
             "full model vs reduced (same seeds): allocated at the end (at any time), final loss, "
@@ -358,14 +454,31 @@ def format_allocation_summary(summary: dict) -> str:
             f"  {name:<18} {g['success_rate']:4.0%} ({g['ever_success_rate']:4.0%}) vs "
             f"{g['reduced_success_rate']:4.0%}  "
             f"{g['final_loss_median']:7.2f} vs {g['reduced_final_loss_median']:6.2f}  "
-            f"{g['warmup_end_median']:5.2f} vs {g['reduced_warmup_end_median']:5.2f}  "
-            f"{g['emergence_end_median']:5.2f} vs {g['reduced_emergence_end_median']:5.2f}  "
+            f"{_time(g['warmup_end_median'])} vs {_time(g['reduced_warmup_end_median'])}  "
+            f"{_time(g['emergence_end_median'])} vs {_time(g['reduced_emergence_end_median'])}  "
             f"{g['spectral_gap_final_median']:5.1%}  {g['off_ansatz_W_median']:5.1%}"
+            + (
+                f"  (still in warm-up: {g['still_in_warmup']} full, "
+                f"{g['reduced_still_in_warmup']} reduced of {g['seeds']})"
+                if g["still_in_warmup"] or g["reduced_still_in_warmup"]
+                else ""
+            )
         )
     for flow, w in summary["warmup_scaling"].items():
-        lines.append(f"warm-up vs init scale ({flow} flow): log-log slope {w['loglog_slope']:.2f}")
-    ratios = ", ".join(
-        f"L={r['context_len']}: {r['ratio']:.2f}" for r in summary["separation"]["rows"]
+        note = f" ({w['still_in_warmup']} scales still in warm-up)" if w["still_in_warmup"] else ""
+        lines.append(
+            f"warm-up vs init scale ({flow} flow): log-log slope {w['loglog_slope']:.2f}{note}"
+        )
+    sep = summary["separation"]
+    lines.append(
+        "single- vs multi-head loss ratio at the optimum (fixed signs), full model by Monte Carlo "
+        f"({sep['prompts']} prompts) vs reduced ℓ:"
     )
-    lines.append(f"single- vs multi-head loss ratio at the optimum: {ratios}")
+    for r in sep["rows"]:
+        edge = "  (optimum at the ω grid's edge)" if r["optimum_at_grid_edge"] else ""
+        lines.append(
+            f"  L = {r['context_len']:>5}: full model {r['full_ratio']:.2f} ± "
+            f"{r['full_ratio_stderr']:.2f}, reduced {r['reduced_ratio']:.2f}{edge}"
+        )
+    lines.append(f"  reduced, L → ∞: {sep['reduced_limit']:.2f}")
     return "\n".join(lines)

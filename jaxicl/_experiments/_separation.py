@@ -1,0 +1,86 @@
+"""Single- vs multi-head separation for `task-allocation`: the full model's ratio, with the
+reduced model's value and its large-L limit beside it.
+
+For each L the full softmax model on the ansatz is run at its optimum in two fixed-sign
+layouts (one head for every task, one head per task): ω on a grid around the reduced optimum,
+μ by least squares, by Monte Carlo on common prompts (`layout_optimum_monte_carlo`), so the
+ratio has a standard error. The reduced optimum (`optimal_allocation_losses`) and its limit
+L → ∞ (closed form below) show how far the large-L theory is from the model at each L.
+"""
+
+import math
+
+import jax.numpy as jnp
+import jax.random as jr
+
+from .._ansatz_monte_carlo import layout_optimum_monte_carlo, ratio_with_stderr
+from .._reduced import optimal_allocation_losses
+
+
+GRID = (0.6, 1.5, 13)  # ω from 0.6× to 1.5× the reduced optimum: the full model's is larger
+
+
+def _limit_coefficient(total: int) -> float:
+    """min over u = ω² of (1 − 2u)^(−total/2 − 1) (1 − u)/u: L ℓ*/r_i per task at L → ∞, for a
+    head whose kernel spans `total` coordinates; the minimizer is the smaller root of
+    (total + 2)u² − (total + 4)u + 1 = 0."""
+    u = ((total + 4) - math.sqrt((total + 4) ** 2 - 4 * (total + 2))) / (2 * (total + 2))
+    return (1 - 2 * u) ** (-total / 2 - 1) * (1 - u) / u
+
+
+def separation_limit(block_sizes: tuple[int, ...]) -> float:
+    """lim_{L→∞} of the reduced ratio ℓ*(one head) / ℓ*(one head per task)."""
+    d = sum(block_sizes)
+    single = d * _limit_coefficient(d)
+    return single / sum(r * _limit_coefficient(r) for r in block_sizes)
+
+
+def separation(config, *, progress=None) -> dict:
+    """Rows per L: the full model's optimal losses and ratio (± s.e.), the reduced ones."""
+    rows = []
+    for length in config.separation_lengths:
+        reduced = optimal_allocation_losses(config.block_sizes, length)
+        key = jr.fold_in(jr.key(config.seed), length)  # the same prompts for both layouts
+        full = {}
+        for layout, centre in (
+            ("one-head-per-task", max(reduced.one_head_per_task_omega)),
+            ("single-head", reduced.single_head_omega),
+        ):
+            grid = centre * jnp.linspace(*GRID[:2], GRID[2])
+            full[layout] = layout_optimum_monte_carlo(
+                layout,
+                grid,
+                d=config.d,
+                n_tasks=config.n_tasks,
+                context_len=length,
+                n_prompts=config.separation_prompts,
+                key=key,
+            )
+            if progress is not None:
+                progress(1)
+        ratio, stderr = ratio_with_stderr(
+            full["single-head"].per_prompt, full["one-head-per-task"].per_prompt
+        )
+        rows.append(
+            {
+                "context_len": length,
+                "full_single_head": full["single-head"].loss,
+                "full_one_head_per_task": full["one-head-per-task"].loss,
+                "full_ratio": ratio,
+                "full_ratio_stderr": stderr,
+                "full_single_head_omega": full["single-head"].omega[0],
+                "full_one_head_per_task_omega": list(full["one-head-per-task"].omega),
+                "optimum_at_grid_edge": full["single-head"].at_edge
+                or full["one-head-per-task"].at_edge,
+                "reduced_single_head": reduced.single_head,
+                "reduced_one_head_per_task": reduced.one_head_per_task,
+                "reduced_ratio": reduced.single_head / reduced.one_head_per_task,
+                "reduced_single_head_omega": reduced.single_head_omega,
+                "reduced_one_head_per_task_omega": list(reduced.one_head_per_task_omega),
+            }
+        )
+    return {
+        "rows": rows,
+        "reduced_limit": separation_limit(config.block_sizes),
+        "prompts": config.separation_prompts,
+    }
