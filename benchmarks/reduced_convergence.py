@@ -3,7 +3,8 @@
 At d = 15 and d = 50 (3 tasks), for L = 100, 400, 1600, 6400 and three points (the optimum of
 one head per task, a random positive point, a mixed-sign point), prints the relative error of
 ℓ's finite-L part ℓ − ℓ_∞ (the O(1/L) term the theory is about; ℓ_∞ is exact) and of ℓ itself,
-for the formula jaxicl uses and for the same formula with a term removed:
+for the formula jaxicl uses and for the same formula with a term removed (`reduced_loss`'s
+ablation switches):
 
 - `no tilt`: the fluctuation variance r + σ² without r ω ω' / (1 − 2 ω ω');
 - `no ratio bias`: the slope Σ μ ω without the shrink 1/(1 + κ) (E[A/B] taken as E A / E B);
@@ -30,20 +31,6 @@ import jax.numpy as jnp  # noqa: E402
 import jax.random as jr  # noqa: E402
 
 import jaxicl as ji  # noqa: E402
-
-
-def variant_loss(omega, mu, sizes, context_len, *, tilt=True, ratio_bias=True):
-    """ℓ of jaxicl's reduced loss with the tilt variance and/or the ratio bias switched off
-    (written out here so the ablations are independent of the library's code)."""
-    sizes = jnp.asarray(sizes, omega.dtype)
-    cross = omega[:, None, :] * omega[None, :, :]
-    blockwise = sizes[None, None, :]
-    kernel = jnp.prod((1 - 2 * cross) ** (-blockwise / 2), axis=-1)
-    variance = blockwise + (blockwise * cross / (1 - 2 * cross) if tilt else 0.0)
-    fluctuation = jnp.einsum("hi,gi,hg,hgi->i", mu, mu, kernel, variance * jnp.ones_like(cross))
-    shrink = jnp.diagonal(kernel)[:, None] / (context_len * (1 - 2 * omega**2))
-    slope = jnp.sum(mu * omega / (1 + (shrink if ratio_bias else 0.0)), axis=0)
-    return jnp.sum(sizes * (1 - slope) ** 2 + fluctuation / context_len)
 
 
 VARIANTS = {
@@ -117,7 +104,11 @@ def main():
                     "seconds": seconds,
                 }
                 for variant, switches in VARIANTS.items():
-                    value = float(variant_loss(omega[p], mu[p], sizes, length, **switches))
+                    value = float(
+                        ji.reduced_loss(
+                            omega[p], mu[p], block_sizes=sizes, context_len=length, **switches
+                        )
+                    )
                     row[variant] = value
                     row[f"{variant} finite error"] = (value - float(estimate.limit[p])) / finite - 1
                 rows.append(row)

@@ -73,8 +73,7 @@ def detect_phases(
     drop = start - envelope[-1]
     learnable = start - floor
     fallen = start - envelope
-    left = (drop > min_drop * jnp.abs(start)) & (learnable > 0)
-    left = left & (fallen[-1] >= fractions[0] * learnable)
+    left = (drop > min_drop * jnp.abs(start)) & (learnable > 0) & (drop >= fractions[0] * learnable)
     late = max(2, math.ceil(tail * n))
     settled = envelope[max(n - late, 0)] - envelope[-1] <= settle * drop
     progress = fallen / jnp.where(drop > 0, drop, 1.0)
@@ -101,6 +100,8 @@ class Allocation(eqx.Module):
     - `dead`: heads whose total strength is below `dead_fraction` of the strongest head's.
     - `covered`: tasks served by at least one live head of purity ≥ `purity_threshold`.
     - `success`: every task is covered.
+    - `stalled`: the stall of Chen et al.'s random inits: not a success, with a dead head and a
+      live head split between tasks (purity below the threshold).
     """
 
     strength: Float[Array, "H n"]
@@ -109,6 +110,7 @@ class Allocation(eqx.Module):
     dead: Bool[Array, " H"]
     covered: Bool[Array, " n"]
     success: Bool[Array, ""]
+    stalled: Bool[Array, ""]
 
 
 def task_allocation(
@@ -128,6 +130,7 @@ def task_allocation(
         task[:, None] == jnp.arange(omega.shape[1])[None, :]
     )
     covered = serving.any(axis=0)
+    split = ~dead & (purity < purity_threshold)
     return Allocation(
         strength=strength,
         purity=purity,
@@ -135,4 +138,5 @@ def task_allocation(
         dead=dead,
         covered=covered,
         success=covered.all(),
+        stalled=~covered.all() & dead.any() & split.any(),
     )

@@ -31,7 +31,7 @@ from jaxtyping import Array, Float, PRNGKeyArray
 from . import _validation as check
 from ._decomposable import decomposable_attention
 from ._prompt import Prompt
-from ._tasks import MultiTaskRegression, disjoint_blocks, sample_prompts
+from ._tasks import MultiTaskRegression, block_mask, disjoint_blocks, sample_prompts
 
 
 FRAMES = ("rotated", "direct")
@@ -45,6 +45,16 @@ class AnsatzEstimate(NamedTuple):
     finite_part: Float[Array, ""]  # ℓ − ℓ_∞
     finite_part_stderr: Float[Array, ""]
     limit: Float[Array, ""]  # ℓ_∞ = Σ_i r_i (1 − p_i)², exact
+
+
+def _frame_blocks(n_tasks: int):
+    """The blocks of the rotated frame: two coordinates per task."""
+    return tuple((2 * i, 2 * i + 2) for i in range(n_tasks))
+
+
+def _rotated_prompts(sizes, context_len, batch, dtype, key) -> Prompt:
+    """`batch` prompts in the rotated frame (a batched `Prompt`)."""
+    return jax.vmap(lambda k: _rotated_prompt(sizes, context_len, dtype, k))(jr.split(key, batch))
 
 
 def _rotated_prompt(sizes, context_len, dtype, key) -> Prompt:
@@ -101,11 +111,9 @@ def ansatz_monte_carlo_loss(
         task = MultiTaskRegression(d, context_len, blocks, dtype=dtype)
         draw = lambda k: sample_prompts(task, batch, key=k)  # noqa: E731
     else:
-        blocks, d = tuple((2 * i, 2 * i + 2) for i in range(n_tasks)), 2 * n_tasks
-        draw = lambda k: jax.vmap(  # noqa: E731
-            lambda kk: _rotated_prompt(sizes, context_len, dtype, kk)
-        )(jr.split(k, batch))
-    mask = jnp.asarray([[start <= c < stop for c in range(d)] for start, stop in blocks], dtype)
+        blocks, d = _frame_blocks(n_tasks), 2 * n_tasks
+        draw = lambda k: _rotated_prompts(sizes, context_len, batch, dtype, k)  # noqa: E731
+    mask = block_mask(blocks, d, dtype)
 
     def per_prompt(om, m, prompt):
         """The loss and the control-variate-corrected finite part on one prompt, one point."""
@@ -187,7 +195,7 @@ def layout_optimum_monte_carlo(
     check.one_of("layout", layout, LAYOUTS)
     blocks = disjoint_blocks(d, n_tasks)
     sizes = tuple(stop - start for start, stop in blocks)
-    frame_blocks = tuple((2 * i, 2 * i + 2) for i in range(n_tasks))
+    frame_blocks = _frame_blocks(n_tasks)
     dtype = omegas.dtype
     ones = jnp.ones((1, n_tasks), dtype)
 
@@ -198,9 +206,7 @@ def layout_optimum_monte_carlo(
         return decomposable_attention(w * eye, eye, frame_blocks, 2 * n_tasks)
 
     def one_batch(batch_key):
-        prompts = jax.vmap(lambda k: _rotated_prompt(sizes, context_len, dtype, k))(
-            jr.split(batch_key, batch)
-        )
+        prompts = _rotated_prompts(sizes, context_len, batch, dtype, batch_key)
         averages = jax.vmap(lambda w: jax.vmap(model_for(w))(prompts))(omegas)  # (G, B, n)
         return averages, prompts.query_y
 

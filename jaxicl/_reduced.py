@@ -106,17 +106,24 @@ def reduced_loss(
     context_len: int,
     context_noise: float = 0.0,
     query_noise: float = 0.0,
+    tilt: bool = True,
+    ratio_bias: bool = True,
 ) -> Float[Array, ""]:
     """ℓ(Ω, M), summed over tasks, to first order in 1/L (see the module docstring). NaN where
-    2 ω_{h,j} ω_{h',j} ≥ 1."""
+    2 ω_{h,j} ω_{h',j} ≥ 1.
+
+    `tilt=False` drops the tilt variance, `ratio_bias=False` the ratio bias (the slope is then
+    Σ μ ω): ablations, to show against Monte Carlo that each term is needed (without either the
+    error does not vanish as L grows). `ReducedLoss` always keeps both."""
     sizes = jnp.asarray(block_sizes, omega.dtype)
     cross = omega[:, None, :] * omega[None, :, :]  # (H, H, n)
     blockwise = sizes[None, None, :]
     kernel = jnp.exp(-0.5 * jnp.sum(blockwise * jnp.log1p(-2 * cross), axis=-1))
-    variance = blockwise + context_noise**2 + blockwise * cross / (1 - 2 * cross)
+    tilted = blockwise * cross / (1 - 2 * cross) if tilt else jnp.zeros_like(cross)
+    variance = blockwise + context_noise**2 + tilted
     fluctuation = jnp.einsum("hi,gi,hg,hgi->i", mu, mu, kernel, variance)
     shrink = jnp.diagonal(kernel)[:, None] / (context_len * (1 - 2 * omega**2))  # κ_{h,i}
-    slope = jnp.sum(mu * omega / (1 + shrink), axis=0)
+    slope = jnp.sum(mu * omega / (1 + shrink) if ratio_bias else mu * omega, axis=0)
     per_task = query_noise**2 + sizes * (1 - slope) ** 2 + fluctuation / context_len
     return jnp.sum(per_task)
 

@@ -105,3 +105,17 @@ def test_analysis_vmaps_over_an_ensemble(getkey):
     batched = jax.vmap(ji.task_allocation)(omega, mu)
     single = ji.task_allocation(omega[5], mu[5])
     assert jnp.allclose(batched.purity[5], single.purity) and batched.success.shape == (16,)
+
+
+def test_stall_is_a_split_head_beside_a_dead_one():
+    """The stall of random positive inits: head 0 on task 0, head 1 split between tasks 1 and 2,
+    head 2 dead. Not a stall: a clean allocation, or a failure with no dead head."""
+    stalled = ji.task_allocation(
+        jnp.array([[0.4, 0.0, 0.0], [0.0, 0.3, 0.3], [1e-4, 1e-4, 1e-4]]),
+        jnp.array([[0.8, 0.0, 0.0], [0.0, 0.7, 0.7], [1e-4, 1e-4, 1e-4]]),
+    )
+    assert bool(stalled.stalled) and not bool(stalled.success)
+    clean = ji.task_allocation(0.4 * jnp.eye(3), 0.8 * jnp.eye(3))
+    assert not bool(clean.stalled)
+    all_split = ji.task_allocation(jnp.full((3, 3), 0.3), jnp.full((3, 3), 0.7))
+    assert not bool(all_split.success) and not bool(all_split.stalled)

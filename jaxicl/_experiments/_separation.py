@@ -35,7 +35,7 @@ def separation_limit(block_sizes: tuple[int, ...]) -> float:
     return single / sum(r * _limit_coefficient(r) for r in block_sizes)
 
 
-def separation(config, *, progress=None) -> dict:
+def separation(config) -> dict:
     """Rows per L: the full model's optimal losses and ratio (± s.e.), the reduced ones."""
     rows = []
     for length in config.separation_lengths:
@@ -56,8 +56,6 @@ def separation(config, *, progress=None) -> dict:
                 n_prompts=config.separation_prompts,
                 key=key,
             )
-            if progress is not None:
-                progress(1)
         ratio, stderr = ratio_with_stderr(
             full["single-head"].per_prompt, full["one-head-per-task"].per_prompt
         )

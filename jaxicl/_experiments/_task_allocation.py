@@ -227,13 +227,6 @@ def _scheme_group(config, scheme, n_heads, horizon):
     omega, mu = final.spectral()
     allocation = jax.vmap(task_allocation)(omega, mu)
     phases = jax.vmap(detect_phases)(traj.time, traj.loss)
-    live = ~allocation.dead
-    # The stall of the reference: a live head split between tasks and a dead head.
-    stalled = (
-        ~allocation.success
-        & allocation.dead.any(axis=1)
-        & (live & (allocation.purity < 0.9)).any(axis=1)
-    )
     return {
         "time": np.asarray(traj.time[0]),
         "loss": np.asarray(traj.loss),
@@ -241,7 +234,7 @@ def _scheme_group(config, scheme, n_heads, horizon):
         "omega_t": np.asarray(traj.observables[0][:8]),
         "mu_t": np.asarray(traj.observables[1][:8]),
         "success": np.asarray(allocation.success),
-        "stalled": np.asarray(stalled),
+        "stalled": np.asarray(allocation.stalled),
         "diverged": np.asarray(traj.diverged[:, -1]),
         "left_warmup": np.asarray(phases.left_warmup),
         "settled": np.asarray(phases.settled),
@@ -363,12 +356,20 @@ def _nanmedian(values) -> float:
     return float(np.median(finite)) if finite.size else float("nan")
 
 
+def _rate(outcome, left_warmup) -> float | None:
+    return float(outcome.mean()) if left_warmup.all() else None
+
+
+def _percent(rate) -> str:
+    return " n/a" if rate is None else f"{rate:4.0%}"
+
+
 def _group_summary(g) -> dict:
     """Counts first: a seed still in warm-up has no phase times and no allocation outcome, so
     while any is, the group has no success rate (None) and the table says why."""
     n = g["success"].size
     waiting = int((~g["left_warmup"]).sum())
-    rate = float(g["success"].mean()) if waiting == 0 else None
+    rate = _rate(g["success"], g["left_warmup"])
     failures = int((~g["success"]).sum())
     return {
         "seeds": n,
@@ -392,9 +393,10 @@ def _full_summary(g) -> dict:
         "seeds": int(g["success"].size),
         "still_in_warmup": int((~g["left_warmup"]).sum()),
         "reduced_still_in_warmup": int((~g["reduced_left_warmup"]).sum()),
-        "success_rate": float(g["success"].mean()),
-        "ever_success_rate": float(g["ever_success"].mean()),
-        "reduced_success_rate": float(g["reduced_success"].mean()),
+        # No allocation outcome while a seed is still on its plateau (see `_group_summary`).
+        "success_rate": _rate(g["success"], g["left_warmup"]),
+        "ever_success_rate": _rate(g["ever_success"], g["left_warmup"]),
+        "reduced_success_rate": _rate(g["reduced_success"], g["reduced_left_warmup"]),
         "final_loss_median": float(np.median(g["final_loss"])),
         "reduced_final_loss_median": float(np.median(g["reduced_final_loss"])),
         "warmup_end_median": _nanmedian(g["warmup_end"]),
@@ -451,8 +453,8 @@ def format_allocation_summary(summary: dict) -> str:
         )
     for name, g in summary["full_model"].items():
         lines.append(
-            f"  {name:<18} {g['success_rate']:4.0%} ({g['ever_success_rate']:4.0%}) vs "
-            f"{g['reduced_success_rate']:4.0%}  "
+            f"  {name:<18} {_percent(g['success_rate'])} ({_percent(g['ever_success_rate'])}) vs "
+            f"{_percent(g['reduced_success_rate'])}  "
             f"{g['final_loss_median']:7.2f} vs {g['reduced_final_loss_median']:6.2f}  "
             f"{_time(g['warmup_end_median'])} vs {_time(g['reduced_warmup_end_median'])}  "
             f"{_time(g['emergence_end_median'])} vs {_time(g['reduced_emergence_end_median'])}  "
