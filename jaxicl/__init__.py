@@ -13,6 +13,7 @@ from ._analysis import (
 )
 from ._ansatz_monte_carlo import (
     AnsatzEstimate as AnsatzEstimate,
+    AnsatzICLLoss as AnsatzICLLoss,
     ansatz_monte_carlo_loss as ansatz_monte_carlo_loss,
 )
 from ._attention import (

@@ -23,6 +23,7 @@ enough to run at L = 6400:
 
 from typing import NamedTuple
 
+import equinox as eqx
 import jax
 import jax.numpy as jnp
 import jax.random as jr
@@ -30,7 +31,9 @@ from jaxtyping import Array, Float, PRNGKeyArray
 
 from . import _validation as check
 from ._decomposable import decomposable_attention
+from ._objectives import AbstractObjective
 from ._prompt import Prompt
+from ._reduced import AbstractSpectral
 from ._tasks import MultiTaskRegression, block_mask, disjoint_blocks, sample_prompts
 
 
@@ -77,6 +80,88 @@ def _rotated_prompt(sizes, context_len, dtype, key) -> Prompt:
     return Prompt(x=x, y=x @ beta.T, query_x=query_x, query_y=beta @ query_x)
 
 
+def _loss_and_finite_part(om, m, prompt, blocks, d, mask):
+    """The loss of the model of (Ω, M) on one noiseless prompt, and its control-variate-corrected
+    finite part (module docstring): mean ℓ − ℓ_∞, fluctuations O(1/L)."""
+    model = decomposable_attention(om, m, blocks, d)
+    slope = jnp.sum(m * om, axis=0)
+    target = prompt.query_y
+    loss = jnp.sum((target - model(prompt)) ** 2)
+    # Σ_h μ_{h,i} δ_{h,i} of the module docstring: mean zero given x_q and β.
+    logits = jnp.einsum("lc,hc,c->hl", prompt.x, om @ mask, prompt.query_x)
+    log_mean = 0.5 * jnp.einsum("hj,j->h", om**2, mask @ prompt.query_x**2)
+    weights = jnp.exp(logits - log_mean[:, None])  # (H, L)
+    residual = prompt.y[None, :, :] - om[:, None, :] * target[None, None, :]
+    control = jnp.sum(m * jnp.mean(weights[:, :, None] * residual, axis=1), axis=0)
+    cross = -2 * (1 - slope) * target * control
+    return loss, loss - jnp.sum((1 - slope) ** 2 * target**2 + cross)
+
+
+def _limit_loss(omega, mu, sizes):
+    """ℓ_∞ = Σ_i r_i (1 − p_i)², p_i = Σ_h μ_{h,i} ω_{h,i} (noiseless labels)."""
+    return (1 - jnp.sum(mu * omega, axis=-2)) ** 2 @ jnp.asarray(sizes, omega.dtype)
+
+
+class AnsatzICLLoss(AbstractObjective):
+    """The full model's sampled loss restricted to the ansatz, as an objective on a reduced state.
+
+    Each draw is `batch_size` fresh prompts in the rotated frame; the loss is the full
+    `MergedAttention` of the state's (Ω, M) on them, summed over tasks like ℓ. On every prompt
+    the loss as a function of (Ω, M) is the one the prompt in R^d gives (the rotation is exact),
+    so SGD on this objective is SGD on the full model confined to the ansatz: with a large batch
+    it is the exact finite-L flow of (Ω, M), with no large-L expansion and no weight off the
+    ansatz; with the full model's batch it has the full model's sampling noise along the ansatz.
+
+    With `control_variates=True` the loss is ℓ_∞(Ω, M) (exact) plus the mean finite part with
+    the control variates of `ansatz_monte_carlo_loss`: the same expectation and gradient, with
+    fluctuations O(1/L) instead of O(1), so a modest batch gives the exact finite-L flow.
+
+    **Arguments:**
+
+    - `block_sizes`: r_i = |S_i| for each task.
+    - `context_len`: L.
+    - `batch_size`: prompts per draw.
+    - `dtype`: of the prompts (the state's dtype should match); default JAX's float.
+    - `control_variates`: subtract the mean-zero control variates (see above).
+    """
+
+    block_sizes: tuple[int, ...] = eqx.field(static=True)
+    context_len: int = eqx.field(static=True)
+    batch_size: int = eqx.field(static=True)
+    dtype: jnp.dtype = eqx.field(static=True)
+    control_variates: bool = eqx.field(static=True)
+
+    def __init__(self, block_sizes, context_len, batch_size, *, dtype=None, control_variates=False):
+        if not block_sizes:
+            raise ValueError("`block_sizes` must list at least one block size, got ().")
+        self.block_sizes = tuple(check.positive_int("block_sizes", r) for r in block_sizes)
+        self.context_len = check.positive_int("context_len", context_len)
+        self.batch_size = check.positive_int("batch_size", batch_size)
+        self.dtype = jnp.dtype(jnp.result_type(float) if dtype is None else dtype)
+        self.control_variates = bool(control_variates)
+
+    def draw(self, key: PRNGKeyArray) -> Prompt:
+        return _rotated_prompts(
+            self.block_sizes, self.context_len, self.batch_size, self.dtype, key
+        )
+
+    def evaluate(self, model: AbstractSpectral, data: Prompt) -> Float[Array, ""]:
+        omega, mu = model.spectral()
+        n_tasks = len(self.block_sizes)
+        if omega.shape[1] != n_tasks:
+            raise ValueError(
+                f"the state has {omega.shape[1]} tasks but `block_sizes` has {n_tasks}."
+            )
+        blocks, d = _frame_blocks(n_tasks), 2 * n_tasks
+        mask = block_mask(blocks, d, omega.dtype)
+        loss, finite = jax.vmap(lambda p: _loss_and_finite_part(omega, mu, p, blocks, d, mask))(
+            data
+        )
+        if self.control_variates:
+            return _limit_loss(omega, mu, self.block_sizes) + jnp.mean(finite)
+        return jnp.mean(loss)
+
+
 def ansatz_monte_carlo_loss(
     omega: Float[Array, "*points H n"],
     mu: Float[Array, "*points H n"],
@@ -116,19 +201,7 @@ def ansatz_monte_carlo_loss(
     mask = block_mask(blocks, d, dtype)
 
     def per_prompt(om, m, prompt):
-        """The loss and the control-variate-corrected finite part on one prompt, one point."""
-        model = decomposable_attention(om, m, blocks, d)
-        slope = jnp.sum(m * om, axis=0)
-        target = prompt.query_y
-        loss = jnp.sum((target - model(prompt)) ** 2)
-        # Σ_h μ_{h,i} δ_{h,i} of the module docstring: mean zero given x_q and β.
-        logits = jnp.einsum("lc,hc,c->hl", prompt.x, om @ mask, prompt.query_x)
-        log_mean = 0.5 * jnp.einsum("hj,j->h", om**2, mask @ prompt.query_x**2)
-        weights = jnp.exp(logits - log_mean[:, None])  # (H, L)
-        residual = prompt.y[None, :, :] - om[:, None, :] * target[None, None, :]
-        control = jnp.sum(m * jnp.mean(weights[:, :, None] * residual, axis=1), axis=0)
-        cross = -2 * (1 - slope) * target * control
-        return loss, loss - jnp.sum((1 - slope) ** 2 * target**2 + cross)
+        return _loss_and_finite_part(om, m, prompt, blocks, d, mask)
 
     def one_batch(batch_key):
         prompts = draw(batch_key)
@@ -139,9 +212,7 @@ def ansatz_monte_carlo_loss(
     loss = jnp.moveaxis(loss, 1, 0).reshape(omega.shape[0], -1)  # (points, prompts)
     finite = jnp.moveaxis(finite, 1, 0).reshape(loss.shape)
     stderr = lambda values: values.std(axis=1, ddof=1) / jnp.sqrt(values.shape[1])  # noqa: E731
-    limit = jnp.sum(
-        jnp.asarray(sizes, dtype)[None, :] * (1 - jnp.sum(mu * omega, axis=1)) ** 2, axis=-1
-    )
+    limit = _limit_loss(omega, mu, sizes)
     shaped = lambda values: values.reshape(points)  # noqa: E731
     return AnsatzEstimate(
         loss=shaped(loss.mean(axis=1)),

@@ -10,6 +10,11 @@ import jax
 from ._devices import use_all_cpu_cores
 from ._experiments._feature_learning import FeatureLearningConfig, run_feature_learning
 from ._experiments._feature_learning_summary import format_feature_learning_summary
+from ._experiments._full_vs_reduced import (
+    FullVsReducedConfig,
+    format_full_vs_reduced_summary,
+    run_full_vs_reduced,
+)
 from ._experiments._overlapping_tasks import (
     OverlappingTasksConfig,
     format_overlapping_summary,
@@ -30,6 +35,11 @@ from ._experiments._task_allocation import (
 
 EXPERIMENTS = {
     "task-allocation": (TaskAllocationConfig, run_task_allocation, format_allocation_summary),
+    "full-vs-reduced": (
+        FullVsReducedConfig,
+        run_full_vs_reduced,
+        format_full_vs_reduced_summary,
+    ),
     "paired-heads": (PairedHeadsConfig, run_paired_heads, format_paired_heads_summary),
     "overlapping-tasks": (
         OverlappingTasksConfig,

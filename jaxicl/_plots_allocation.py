@@ -139,32 +139,3 @@ def _warmup_scaling(ax, scaling):
         title="Warm-up against init scale (balanced init)",
     )
     ax.legend(fontsize=8)
-
-
-def plot_full_model_comparison(full, config, path) -> None:
-    """One panel per (scheme, H): full-model loss (sampled) against the reduced flow, per seed."""
-    plt = _pyplot()
-    fig, axes = plt.subplots(1, len(full), figsize=(6 * len(full), 4.5), squeeze=False)
-    for ax, ((scheme, n_heads), g) in zip(axes[0], full.items()):
-        for seed in range(g["loss"].shape[0]):
-            color = f"C{seed % 10}"
-            ax.plot(g["time"], g["loss"][seed], color=color, alpha=0.5, lw=0.8)
-            ax.plot(g["time"], g["reduced_loss"][seed], color=color, ls="--", lw=1.5)
-        ax.plot([], [], color="grey", alpha=0.5, label="full model (sampled loss × n)")
-        ax.plot([], [], color="grey", ls="--", label="reduced flow, same seed")
-        ax.set(
-            xlabel="gradient-flow time (reduced clock)",
-            ylabel="loss summed over tasks",
-            title=f"{scheme}, H = {n_heads}: allocated {g['success'].mean():.0%} "
-            f"(reduced {g['reduced_success'].mean():.0%}); off-ansatz W "
-            f"{np.median(g['off_ansatz_W']):.0%}",
-        )
-        ax.title.set_fontsize(9)
-        ax.legend(fontsize=8)
-    fig.suptitle(
-        f"Full softmax model ({config.full_batch} prompts a step) against the reduced dynamics, "
-        f"d = {config.d}, L = {config.context_len}"
-    )
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)

@@ -12,7 +12,7 @@ TINY = dict(
     context_len=50,
     heads=(3,),
     n_seeds=8,
-    init_scale=4e-3,  # a short warm-up (∝ 1/scale) keeps the full-model runs short
+    init_scale=4e-3,  # a short warm-up (∝ 1/scale)
     horizon=25.0,
     n_records=50,
     warmup_scales=(4e-3, 1.2e-2),
@@ -20,10 +20,6 @@ TINY = dict(
     separation_prompts=1024,
     horizon_cap=60.0,
     horizon_merged=2.0,
-    full_seeds=2,
-    full_batch=64,
-    full_horizon=14.0,
-    full_horizon_merged=0.5,
 )
 
 
@@ -46,24 +42,6 @@ def test_outputs_have_the_promised_fields(tiny_run):
     assert set(summary["warmup_scaling"]) == {"factorized", "merged"}
     assert json.loads((out / "summary.json").read_text())["config"]["n_seeds"] == 8
     assert (out / "task_allocation.png").stat().st_size > 50_000
-    assert set(summary["full_model"]) == {
-        "balanced/H3",
-        "random-positive/H3",
-        "random-sign/H3",
-    }
-    for g in summary["full_model"].values():
-        assert g["seeds"] == 2
-        assert 0 <= g["off_ansatz_W_median"] < 1 and 0 <= g["off_ansatz_U_median"] < 1
-        assert np.isfinite(g["final_loss_median"]) and g["diverged"] == 0
-    assert (out / "full_model.png").stat().st_size > 30_000
-
-
-def test_full_model_allocates_like_the_reduced_flow(tiny_run):
-    """Balanced init, H = n: the full model (64 sampled prompts a step) allocates head h to
-    task h at some time, as the reduced flow does."""
-    out, summary = tiny_run
-    g = summary["full_model"]["balanced/H3"]
-    assert g["ever_success_rate"] == 1.0 and g["reduced_success_rate"] == 1.0
 
 
 def test_rerun_resumes_from_stored_groups(tiny_run, monkeypatch):
@@ -76,11 +54,9 @@ def test_rerun_resumes_from_stored_groups(tiny_run, monkeypatch):
         raise AssertionError("a stored group was recomputed")
 
     monkeypatch.setattr(experiment, "_scheme_group", must_not_run)
-    monkeypatch.setattr(experiment, "full_model_group", must_not_run)
     again = run_task_allocation(TaskAllocationConfig(**TINY), out, progress=False)
     # JSON text: NaN (a phase not reached) compares equal to itself there.
     assert json.dumps(again["groups"]) == json.dumps(summary["groups"])
-    assert json.dumps(again["full_model"]) == json.dumps(summary["full_model"])
 
 
 def test_balanced_init_allocates_head_h_to_task_h(tiny_run):
@@ -111,7 +87,7 @@ def test_no_rate_while_seeds_are_still_in_warmup(tmp_path):
     from jaxicl._experiments._task_allocation import format_allocation_summary
 
     short_horizon = dict(d=15, context_len=100, n_seeds=16, init_scale=1e-3, horizon=10.0)
-    short_horizon.update(horizon_cap=10.0, n_records=20, warmup_scales=(1e-3, 2e-3), full_seeds=0)
+    short_horizon.update(horizon_cap=10.0, n_records=20, warmup_scales=(1e-3, 2e-3))
     config = TaskAllocationConfig(**dict(TINY, **short_horizon))
     summary = run_task_allocation(config, tmp_path / "run", progress=False)
     g = summary["groups"]["random-positive/H3"]
@@ -136,10 +112,8 @@ def test_bad_config_names_the_field():
         TaskAllocationConfig(**dict(TINY, n_seeds=0))
     with pytest.raises(ValueError, match="`dt_merged`"):
         TaskAllocationConfig(**dict(TINY, dt_merged=0.0003))
-    with pytest.raises(ValueError, match="`full_seeds`"):
-        TaskAllocationConfig(**dict(TINY, full_seeds=9))
-    with pytest.raises(ValueError, match="`full_heads`"):
-        TaskAllocationConfig(**dict(TINY, full_heads=(0,)))
+    with pytest.raises(ValueError, match="`heads`"):
+        TaskAllocationConfig(**dict(TINY, heads=(0,)))
 
 
 @pytest.mark.slow

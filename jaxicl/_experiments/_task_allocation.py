@@ -5,13 +5,13 @@ semi-singular values (Ω, M) of the decomposable ansatz for thousands of seeds p
 
 - `balanced`: ω = s, μ = s (4s on head h's favoured task h mod n); balanced factorized flow.
   This init has no randomness, so the reduced flow integrates it once (one seed is its whole
-  distribution); only the full model, with its sampled prompts, runs several seeds.
+  distribution).
 - `random-positive`: ω, μ = s(1 + c U(0, 1)) entrywise (c = `init_spread`, 0.1 by default);
   balanced factorized flow.
 - `random-sign`: ω, μ = s N(0, 1) entrywise; merged flow (signs free to change).
 
-A few seeds of each scheme are also trained as the full softmax model (sampled prompts, all
-weights) on the reduced flow's clock and compared seed by seed (`_full_model_allocation`).
+The full softmax model against this reduced flow (and what separates them) is the experiment
+`full-vs-reduced`.
 
 Also: warm-up time against init scale (balanced init, both flows) with the fitted log-log slope,
 and the single- vs multi-head loss ratio against L at the optimum of strict allocation.
@@ -40,7 +40,6 @@ from .._reduced import (
 )
 from .._tasks import disjoint_blocks
 from .._trainer import sgd, train, train_ensemble
-from ._full_model_allocation import full_model_group
 from ._separation import separation
 
 
@@ -52,7 +51,7 @@ DETERMINISTIC_SCHEMES = ("balanced",)  # the same init for every seed
 PRESETS = {
     # The reference's own setting (Chen et al.): r = 5, H = n = 3, L = 100, noiseless labels,
     # random-positive spread 1 + 0.1·U(0, 1). The horizon follows the warm-up (about 50 at r = 5).
-    "chen-r5": dict(d=15, n_tasks=3, context_len=100, heads=(3,), init_spread=0.1, full_seeds=0),
+    "chen-r5": dict(d=15, n_tasks=3, context_len=100, heads=(3,), init_spread=0.1),
 }
 
 
@@ -73,11 +72,6 @@ class TaskAllocationConfig:
     dt_factorized: float = 0.005
     dt_merged: float = 0.0005
     n_records: int = 200
-    full_seeds: int = 2
-    full_heads: tuple[int, ...] = (3,)
-    full_batch: int = 256
-    full_horizon: float = 18.0
-    full_horizon_merged: float = 1.0
     warmup_scales: tuple[float, ...] = (3e-4, 1e-3, 3e-3, 1e-2)
     separation_lengths: tuple[int, ...] = (100, 400, 1600)
     separation_prompts: int = 8192
@@ -90,15 +84,9 @@ class TaskAllocationConfig:
             "context_len",
             "n_seeds",
             "n_records",
-            "full_batch",
             "separation_prompts",
         ):
             check.positive_int(name, getattr(self, name))
-        check.nonnegative_int("full_seeds", self.full_seeds)
-        if self.full_seeds > self.n_seeds:
-            raise ValueError(
-                f"`full_seeds` must be at most `n_seeds` ({self.n_seeds}), got {self.full_seeds}."
-            )
         disjoint_blocks(self.d, self.n_tasks)
         for name in (
             "init_scale",
@@ -107,15 +95,12 @@ class TaskAllocationConfig:
             "horizon_merged",
             "dt_factorized",
             "dt_merged",
-            "full_horizon",
-            "full_horizon_merged",
         ):
             check.finite_positive(name, getattr(self, name))
         if not self.heads or not self.warmup_scales or not self.separation_lengths:
             raise ValueError("`heads`, `warmup_scales` and `separation_lengths` must be non-empty.")
-        for name in ("heads", "full_heads"):
-            for h in getattr(self, name):
-                check.positive_int(name, h)
+        for h in self.heads:
+            check.positive_int("heads", h)
         check.finite_nonnegative("init_spread", self.init_spread)
         if self.horizon_cap < self.horizon:
             raise ValueError(
@@ -129,8 +114,6 @@ class TaskAllocationConfig:
         for horizon, dt in (
             ("horizon", "dt_factorized"),
             ("horizon_merged", "dt_merged"),
-            ("full_horizon", "dt_factorized"),
-            ("full_horizon_merged", "dt_merged"),
         ):
             steps = getattr(self, horizon) / getattr(self, dt)
             if abs(steps - round(steps)) > 1e-6 or round(steps) % self.n_records:
@@ -181,7 +164,7 @@ def _integrate(config, states, dt, *, ensemble, horizon):
 
 
 def _initial_states(config, scheme, n_heads, n_seeds):
-    """Seeds 0..n_seeds−1 of a scheme (the same seeds for the reduced and the full model)."""
+    """Seeds 0..n_seeds−1 of a scheme."""
     root = jr.fold_in(jr.fold_in(jr.key(config.seed), SCHEMES.index(scheme)), n_heads)
     keys = jr.split(root, config.n_seeds)[:n_seeds]
     make = lambda k: initial_state(  # noqa: E731
@@ -244,17 +227,6 @@ def _scheme_group(config, scheme, n_heads, horizon):
     }
 
 
-def _full_group(config, scheme, n_heads):
-    """The full model for the first `full_seeds` seeds, beside the reduced flow of the same
-    seeds on the same schedule."""
-    merged = scheme == "random-sign"
-    dt = config.dt_merged if merged else config.dt_factorized
-    horizon = config.full_horizon_merged if merged else config.full_horizon
-    states = _initial_states(config, scheme, n_heads, config.full_seeds)
-    reduced_run = _integrate(config, states, dt, ensemble=True, horizon=horizon)
-    return full_model_group(config, states, reduced_run, merged=merged, dt=dt, horizon=horizon)
-
-
 def warmup_scaling(config, horizon) -> dict:
     """Warm-up end against init scale for the balanced init (H = n), both flows, with the
     least-squares slope of log(warm-up) on log(scale) over the scales whose run left warm-up.
@@ -298,19 +270,18 @@ def warmup_scaling(config, horizon) -> dict:
 
 def run_task_allocation(config: TaskAllocationConfig, out_dir, *, progress=None, on_chunk=None):
     """Run (or resume) the experiment into `out_dir`: `groups.npz`, `summary.json`,
-    `task_allocation.png`, `full_model.png`. Each finished group is stored under `groups/`,
+    `task_allocation.png`. Each finished group is stored under `groups/`,
     so an interrupted run resumes at the first unfinished group."""
-    from .._plots_allocation import plot_full_model_comparison, plot_task_allocation
+    from .._plots_allocation import plot_task_allocation
     from .._progress import progress_bar
 
     out_dir = pathlib.Path(out_dir)
     claim_run_directory(out_dir, config.as_dict())
     horizon = factorized_horizon(config)
-    groups, full = {}, {}
-    full_configs = [(s, h) for s in SCHEMES for h in config.full_heads] if config.full_seeds else []
+    groups = {}
     bar = progress_bar(
-        len(SCHEMES) * len(config.heads) + len(full_configs),
-        description="reduced, then full-model groups",
+        len(SCHEMES) * len(config.heads),
+        description="reduced-flow groups",
         unit="group",
         enabled=progress,
     )
@@ -321,18 +292,11 @@ def run_task_allocation(config: TaskAllocationConfig, out_dir, *, progress=None,
                 lambda: _scheme_group(config, scheme, n_heads, horizon),  # noqa: B023
             )
             bar.update(1)
-    for scheme, n_heads in full_configs:
-        full[(scheme, n_heads)] = cached_arrays(
-            out_dir / "groups" / f"full_{scheme}_H{n_heads}.npz",
-            lambda: _full_group(config, scheme, n_heads),  # noqa: B023
-        )
-        bar.update(1)
     bar.close()
     summary = {
         "config": config.as_dict(),
         "horizon_used": horizon,
         "groups": {},
-        "full_model": {},
         "warmup_scaling": warmup_scaling(config, horizon),
         "separation": separation(config),
     }
@@ -340,14 +304,9 @@ def run_task_allocation(config: TaskAllocationConfig, out_dir, *, progress=None,
     for (scheme, n_heads), g in groups.items():
         summary["groups"][f"{scheme}/H{n_heads}"] = _group_summary(g)
         arrays.update({f"{scheme}/H{n_heads}/{k}": v for k, v in g.items()})
-    for (scheme, n_heads), g in full.items():
-        summary["full_model"][f"{scheme}/H{n_heads}"] = _full_summary(g)
-        arrays.update({f"full/{scheme}/H{n_heads}/{k}": v for k, v in g.items()})
     np.savez(out_dir / "groups.npz", **arrays)
     save_json(out_dir / "summary.json", summary)
     plot_task_allocation(groups, summary, config, out_dir / "task_allocation.png")
-    if full:
-        plot_full_model_comparison(full, config, out_dir / "full_model.png")
     return summary
 
 
@@ -358,10 +317,6 @@ def _nanmedian(values) -> float:
 
 def _rate(outcome, left_warmup) -> float | None:
     return float(outcome.mean()) if left_warmup.all() else None
-
-
-def _percent(rate) -> str:
-    return " n/a" if rate is None else f"{rate:4.0%}"
 
 
 def _group_summary(g) -> dict:
@@ -384,29 +339,6 @@ def _group_summary(g) -> dict:
         "warmup_end_median": _nanmedian(g["warmup_end"]),
         "emergence_end_median": _nanmedian(g["emergence_end"]),
         "convergence_median": _nanmedian(g["convergence"]),
-    }
-
-
-def _full_summary(g) -> dict:
-    """Full model against the reduced flow, same seeds and time axis."""
-    return {
-        "seeds": int(g["success"].size),
-        "still_in_warmup": int((~g["left_warmup"]).sum()),
-        "reduced_still_in_warmup": int((~g["reduced_left_warmup"]).sum()),
-        # No allocation outcome while a seed is still on its plateau (see `_group_summary`).
-        "success_rate": _rate(g["success"], g["left_warmup"]),
-        "ever_success_rate": _rate(g["ever_success"], g["left_warmup"]),
-        "reduced_success_rate": _rate(g["reduced_success"], g["reduced_left_warmup"]),
-        "final_loss_median": float(np.median(g["final_loss"])),
-        "reduced_final_loss_median": float(np.median(g["reduced_final_loss"])),
-        "warmup_end_median": _nanmedian(g["warmup_end"]),
-        "reduced_warmup_end_median": _nanmedian(g["reduced_warmup_end"]),
-        "emergence_end_median": _nanmedian(g["emergence_end"]),
-        "reduced_emergence_end_median": _nanmedian(g["reduced_emergence_end"]),
-        "spectral_gap_final_median": float(np.median(g["spectral_gap"][:, -1])),
-        "off_ansatz_W_median": float(np.median(g["off_ansatz_W"])),
-        "off_ansatz_U_median": float(np.median(g["off_ansatz_U"])),
-        "diverged": int(g["diverged"].sum()),
     }
 
 
@@ -446,26 +378,6 @@ def format_allocation_summary(summary: dict) -> str:
         "stalled: not allocated, with a dead head and a live head split between tasks; moving: "
         "left warm-up but not settled at the horizon"
     )
-    if summary["full_model"]:
-        lines.append(
-            "full model vs reduced (same seeds): allocated at the end (at any time), final loss, "
-            "warm-up end, emergence end, final (Ω, M) gap, off-ansatz W"
-        )
-    for name, g in summary["full_model"].items():
-        lines.append(
-            f"  {name:<18} {_percent(g['success_rate'])} ({_percent(g['ever_success_rate'])}) vs "
-            f"{_percent(g['reduced_success_rate'])}  "
-            f"{g['final_loss_median']:7.2f} vs {g['reduced_final_loss_median']:6.2f}  "
-            f"{_time(g['warmup_end_median'])} vs {_time(g['reduced_warmup_end_median'])}  "
-            f"{_time(g['emergence_end_median'])} vs {_time(g['reduced_emergence_end_median'])}  "
-            f"{g['spectral_gap_final_median']:5.1%}  {g['off_ansatz_W_median']:5.1%}"
-            + (
-                f"  (still in warm-up: {g['still_in_warmup']} full, "
-                f"{g['reduced_still_in_warmup']} reduced of {g['seeds']})"
-                if g["still_in_warmup"] or g["reduced_still_in_warmup"]
-                else ""
-            )
-        )
     for flow, w in summary["warmup_scaling"].items():
         note = f" ({w['still_in_warmup']} scales still in warm-up)" if w["still_in_warmup"] else ""
         lines.append(
