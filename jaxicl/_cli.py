@@ -3,6 +3,7 @@
 
 import argparse
 import dataclasses
+import math
 import sys
 
 import jax
@@ -169,8 +170,11 @@ def main(argv=None) -> int:
     if args.command == "bench":
         from ._bench import format_bench, run_bench
 
-        if not args.scale > 0:
-            print(f"jaxicl: error: `--scale` must be > 0, got {args.scale}.", file=sys.stderr)
+        if not (math.isfinite(args.scale) and args.scale > 0):
+            print(
+                f"jaxicl: error: `--scale` must be a finite number > 0, got {args.scale}.",
+                file=sys.stderr,
+            )
             return 2
         print(format_bench(run_bench(scale=args.scale, out=args.out)))
         print(f"report written to {args.out}")

@@ -14,6 +14,40 @@ def _pyplot():
     return plt
 
 
+def histogram(ax, values, *, bins: int, **style) -> None:
+    """`ax.hist` of the finite values only (a diverged member is counted in the tables, not
+    drawn), with fewer bins where the values barely differ (one bin when they are equal)."""
+    values = np.asarray(values, dtype=float).ravel()
+    values = values[np.isfinite(values)]
+    if values.size == 0:
+        return
+    low, high = values.min(), values.max()
+    if high - low <= 1e-9 * max(1.0, abs(high)):
+        ax.hist(values, bins=1, range=(low - 0.5, high + 0.5), **style)
+        return
+    ax.hist(values, bins=bins, **style)
+
+
+def save_figure(fig, path, *, dpi: int = 110) -> None:
+    """Lay out, write and close a figure. Degenerate data (one record, nothing finite in a
+    panel) can leave tight_layout no room; the figure is then written with the layout as is."""
+    import warnings
+
+    import matplotlib.pyplot as plt
+
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Tight layout not applied")
+        fig.tight_layout()
+    fig.savefig(path, dpi=dpi)
+    plt.close(fig)
+
+
+def legend(ax, **style) -> None:
+    """A legend when something drawn has a label (a panel can be empty: nothing finite)."""
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(**style)
+
+
 def plot_paired_heads(results: dict, summary: dict, path: pathlib.Path) -> None:
     """Six panels: loss curves per H, final losses, learned (ω_h, μ_h), loss against context
     length with the reference predictors, structure statistics per H, and the zero-sum Σμ."""
@@ -28,14 +62,16 @@ def plot_paired_heads(results: dict, summary: dict, path: pathlib.Path) -> None:
         ax_curve.plot(steps, np.median(loss, axis=0), color=color, label=f"H = {n_heads} (median)")
         low, high = np.quantile(loss, [0.1, 0.9], axis=0)
         ax_curve.fill_between(steps, low, high, color=color, alpha=0.25, linewidth=0)
-        ax_hist.hist(rec["final_loss"], bins=30, color=color, alpha=0.6, label=f"H = {n_heads}")
+        histogram(
+            ax_hist, rec["final_loss"], bins=30, color=color, alpha=0.6, label=f"H = {n_heads}"
+        )
         ax_heads.scatter(
             rec["omega"][:, -1].ravel(), rec["mu"][:, -1].ravel(), s=6, color=color, alpha=0.6
         )
         ax_heads.scatter([], [], color=color, label=f"H = {n_heads}")
         median = np.median(rec["loss_by_length"], axis=0)
         ax_length.plot(by_length["lengths"], median, "o-", color=color, label=f"H = {n_heads}")
-        ax_sum.hist(rec["mu"][:, -1].sum(axis=1), bins=30, color=color, alpha=0.6)
+        histogram(ax_sum, rec["mu"][:, -1].sum(axis=1), bins=30, color=color, alpha=0.6)
     styles = {
         "bayes_ridge": ":",
         "best_gd": "--",

@@ -2,7 +2,7 @@
 
 import numpy as np
 
-from ._plots import _pyplot
+from ._plots import _pyplot, histogram, legend, save_figure
 
 
 def plot_task_allocation(groups, summary, config, path) -> None:
@@ -17,9 +17,11 @@ def plot_task_allocation(groups, summary, config, path) -> None:
     _success_bars(axes[0, 0], summary, schemes, config.heads, colors)
     for scheme in schemes:
         g = groups[(scheme, focus)]
-        axes[0, 1].hist(g["loss"][:, -1], bins=40, alpha=0.6, color=colors[scheme], label=scheme)
+        histogram(
+            axes[0, 1], g["loss"][:, -1], bins=40, alpha=0.6, color=colors[scheme], label=scheme
+        )
     axes[0, 1].set(xlabel="final loss ℓ(Ω, M)", ylabel="seeds", title=f"Final loss, H = {focus}")
-    axes[0, 1].legend(fontsize=8)
+    legend(axes[0, 1], fontsize=8)
     _phase_boxes(axes[0, 2], groups, schemes, focus)
     _example_curves(axes[0, 3], groups, schemes, focus, colors)
     example = groups[("random-positive" if "random-positive" in schemes else schemes[0], focus)]
@@ -27,15 +29,13 @@ def plot_task_allocation(groups, summary, config, path) -> None:
     _heatmap(axes[1, 1], fig, example["time"], example["mu_t"][0], "M(t), same seed", n)
     _warmup_scaling(axes[1, 2], summary["warmup_scaling"])
     _separation(axes[1, 3], summary["separation"])
-    axes[1, 3].legend(fontsize=8)
+    legend(axes[1, 3], fontsize=8)
     fig.suptitle(
         f"Task allocation, reduced dynamics: d = {config.d} in {n} blocks, L = "
         f"{config.context_len}, {config.n_seeds} seeds per random scheme and H "
         "(the balanced init is deterministic: one run)"
     )
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 def _separation(ax, separation):
@@ -78,7 +78,7 @@ def _success_bars(ax, summary, schemes, heads, colors):
                 ax.text(xi, 0.02, "still in\nwarm-up", ha="center", fontsize=6, rotation=90)
     ax.set_xticks(np.arange(len(heads)), [f"H = {h}" for h in heads])
     ax.set(ylim=(0, 1.05), ylabel="fraction of seeds", title="Every task served by a pure head")
-    ax.legend(fontsize=8)
+    legend(ax, fontsize=8)
 
 
 def _phase_boxes(ax, groups, schemes, focus):
@@ -106,18 +106,22 @@ def _example_curves(ax, groups, schemes, focus, colors):
         ylabel="ℓ(Ω, M)",
         title="Loss, phases shaded (light: warm-up, dark: emergence)",
     )
-    ax.legend(fontsize=8)
+    legend(ax, fontsize=8)
 
 
 def _heatmap(ax, fig, time, values, title, n_tasks):
     rows = values.reshape(values.shape[0], -1).T  # (H·n, records)
+    finite = np.abs(rows[np.isfinite(rows)])
+    limit = finite.max() if finite.size and finite.max() > 0 else 1.0
+    # One record has no time span: give it a unit-wide column.
+    end = time[-1] if time[-1] > time[0] else time[0] + 1.0
     image = ax.imshow(
         rows,
         aspect="auto",
         cmap="RdBu_r",
-        extent=(time[0], time[-1], rows.shape[0], 0),
-        vmin=-np.abs(rows).max(),
-        vmax=np.abs(rows).max(),
+        extent=(time[0], end, rows.shape[0], 0),
+        vmin=-limit,
+        vmax=limit,
     )
     ax.set_yticks(
         np.arange(rows.shape[0]) + 0.5,
@@ -138,4 +142,4 @@ def _warmup_scaling(ax, scaling):
         ylabel="warm-up end (gradient-flow time)",
         title="Warm-up against init scale (balanced init)",
     )
-    ax.legend(fontsize=8)
+    legend(ax, fontsize=8)

@@ -2,7 +2,7 @@
 
 import numpy as np
 
-from ._plots import _pyplot
+from ._plots import _pyplot, save_figure
 
 
 def _rows(summary, dynamics, length):
@@ -91,6 +91,4 @@ def plot_full_vs_reduced(runs, summary, config, path) -> None:
         f"Full softmax model against the reduced dynamics: d = {config.d} in {config.n_tasks} "
         f"blocks, H = {config.heads}, {config.flow} flow, {config.n_seeds} seeds"
     )
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save_figure(fig, path)

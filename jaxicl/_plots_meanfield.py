@@ -2,7 +2,7 @@
 
 import numpy as np
 
-from ._plots import _pyplot
+from ._plots import _pyplot, histogram
 
 
 def _band(ax, time, curves, label, color=None):
@@ -65,7 +65,7 @@ def plot_feature_learning(results, summary, path) -> None:
 
     final = static["loss"][:, -1] / scale
     threshold = summary["config"]["success_threshold"]
-    ax_final.hist(np.log10(final), bins=20)
+    histogram(ax_final, np.log10(final), bins=20)
     ax_final.axvline(
         np.log10(threshold), color="red", ls="--", label=f"success: L/L_c < {threshold:g}"
     )

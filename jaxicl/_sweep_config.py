@@ -21,6 +21,7 @@ the bad value and what is allowed.
 import dataclasses
 import itertools
 import math
+import pathlib
 import tomllib
 
 from . import _validation as check
@@ -61,6 +62,9 @@ class SweepConfig:
                 raise ValueError(f"`{name}` is both in [fixed] and in [grid]; keep one.")
             for value in values:
                 spec.check(f"grid.{name}", name, value)
+            # Two equal points would share one slot of the store (the second overwrites or
+            # never runs) while inspect counts both as done.
+            check.distinct(f"grid.{name}", values)
         spec.check_sweep(self.settings(), self.grid)
 
     @property
@@ -96,6 +100,8 @@ class SweepConfig:
 
 def load_sweep(path) -> SweepConfig:
     """Read and validate a sweep file."""
+    if not pathlib.Path(path).is_file():
+        raise ValueError(f"the sweep file {path} is not a file.")
     with open(path, "rb") as f:
         try:
             raw = tomllib.load(f)
@@ -107,6 +113,12 @@ def load_sweep(path) -> SweepConfig:
     for key in ("workload", "seeds"):
         if key not in raw:
             raise ValueError(f"{path} must set `{key}`.")
+    for key in ("fixed", "grid"):
+        if not isinstance(raw.get(key, {}), dict):
+            raise ValueError(
+                f"`{key}` in {path} must be a table ([{key}] with name = value lines), got "
+                f"{raw[key]!r}."
+            )
     return SweepConfig(
         workload=raw["workload"],
         seeds=raw["seeds"],

@@ -24,6 +24,10 @@ def _nonnegative_int(field, value):
     check.nonnegative_int(field, value)
 
 
+def _seed(field, value):
+    check.seed(field, value)
+
+
 def _positive_float(field, value):
     check.finite_positive(field, value)
 
@@ -75,6 +79,31 @@ def _one_rate_for_joint_attention(settings, grid):
         )
 
 
+def _whole_record_blocks(steps, settings, fields) -> None:
+    """The schedule runs exactly: `steps` whole steps, a whole number of steps per record."""
+    n_records = settings["n_records"]
+    if abs(steps - round(steps)) > 1e-6 or round(steps) < n_records or round(steps) % n_records:
+        raise ValueError(
+            f"{fields} must give a whole number of steps divisible by `fixed.n_records` "
+            f"({n_records}); got {steps:g} steps. Choose values that divide."
+        )
+
+
+def _reduced_schedule(settings, grid):
+    _whole_record_blocks(
+        settings["horizon"] / settings["dt"], settings, "`fixed.horizon` / `fixed.dt`"
+    )
+
+
+def _step_schedule(settings, grid):
+    _whole_record_blocks(settings["steps"], settings, "`fixed.steps`")
+
+
+def _feature_learning_sweep(settings, grid):
+    _step_schedule(settings, grid)
+    _one_rate_for_joint_attention(settings, grid)
+
+
 WORKLOADS = {
     "reduced-allocation": Workload(
         description="reduced (Ω, M) flow of multi-head softmax attention on disjoint tasks",
@@ -102,9 +131,10 @@ WORKLOADS = {
             horizon=_positive_float,
             dt=_positive_float,
             n_records=_positive_int,
-            seed=_nonnegative_int,
+            seed=_seed,
         ),
         build=reduced_allocation,
+        check_sweep=_reduced_schedule,
     ),
     "full-allocation": Workload(
         description="full softmax attention (Adam, sampled prompts) on disjoint tasks",
@@ -136,9 +166,10 @@ WORKLOADS = {
             learning_rate=_positive_float,
             steps=_positive_int,
             n_records=_positive_int,
-            seed=_nonnegative_int,
+            seed=_seed,
         ),
         build=full_allocation,
+        check_sweep=_step_schedule,
     ),
     "feature-learning": Workload(
         description="mean-field particle solver (W = W_µ or trained) on feature regression",
@@ -194,10 +225,10 @@ WORKLOADS = {
             perturbation=_perturbation,
             perturbation_size=_nonnegative_float,
             perturb_every=_positive_int,
-            seed=_nonnegative_int,
+            seed=_seed,
         ),
         build=feature_learning,
         float64=True,
-        check_sweep=_one_rate_for_joint_attention,
+        check_sweep=_feature_learning_sweep,
     ),
 }

@@ -37,7 +37,9 @@ class Trajectory(eqx.Module):
     - `loss`: the training loss at that step (on that step's batch).
     - `loss_mean`: the mean training loss over the `record_every` steps that follow the record;
       far less noisy when every member shares each step's batch.
-    - `diverged`: whether the member was frozen by then.
+    - `diverged`: whether the member was frozen by the end of the record's block (the
+      `record_every` steps that follow the record), so the last record's flag is the final
+      state's: a member that diverges in the last block is never reported healthy.
     - `observables`: whatever `observe(model)` returned, stacked over records.
     """
 

@@ -118,9 +118,10 @@ def _run(states, objective, optimizer, key, start_step, config):
 
     def one_block(states, block_steps):
         observed = _map_members(lambda s: observe(s.model), states, member_chunk)
-        header = (states.step, states.time, states.diverged)
+        header = (states.step, states.time)
         states, losses = lax.scan(one_step, states, block_steps)
-        return states, (*header, losses[0], losses.mean(axis=0), observed)
+        # The flag at the end of the block: divergence inside the last block is still reported.
+        return states, (*header, states.diverged, losses[0], losses.mean(axis=0), observed)
 
     n_blocks = steps // record_every
     block_steps = start_step + jnp.arange(steps, dtype=jnp.int32).reshape(n_blocks, record_every)

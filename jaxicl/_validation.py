@@ -4,19 +4,38 @@ Every error names the offending field, the value it got and what is allowed.
 """
 
 import math
+import numbers
 from collections.abc import Iterable
 
 
 def positive_int(name: str, value) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+    """A positive integer (Python or NumPy), returned as a Python int."""
+    if not _is_integer(value) or value <= 0:
         raise ValueError(f"`{name}` must be a positive integer, got {value!r}.")
-    return value
+    return int(value)
 
 
 def nonnegative_int(name: str, value) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+    """An integer >= 0 (Python or NumPy), returned as a Python int."""
+    if not _is_integer(value) or value < 0:
         raise ValueError(f"`{name}` must be an integer >= 0, got {value!r}.")
-    return value
+    return int(value)
+
+
+def seed(name: str, value) -> int:
+    """A random seed: an integer in [0, 2⁶³) (what a JAX key takes without overflow)."""
+    if not _is_integer(value) or not 0 <= value < 2**63:
+        raise ValueError(f"`{name}` must be an integer in [0, 2**63), got {value!r}.")
+    return int(value)
+
+
+def distinct(name: str, values) -> tuple:
+    """A sequence with no repeated value: two equal points would be one result counted twice."""
+    values = tuple(values)
+    repeated = sorted({repr(v) for v in values if values.count(v) > 1})
+    if repeated:
+        raise ValueError(f"`{name}` repeats {', '.join(repeated)}; list each value once.")
+    return values
 
 
 def finite_nonnegative(name: str, value) -> float:
@@ -71,5 +90,9 @@ def blocks_cover(name: str, blocks, d: int) -> tuple[tuple[int, int], ...]:
     return blocks
 
 
+def _is_integer(value) -> bool:
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
 def _is_real(value) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
+    return isinstance(value, numbers.Real) and not isinstance(value, bool)

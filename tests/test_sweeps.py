@@ -50,6 +50,23 @@ def _arrays(path):
         ({"fixed": {"scheme": "sideways"}}, "fixed.scheme"),
         ({"fixed": {"heads": 2}}, "both in"),
         ({"member_chunk": 0}, "member_chunk"),
+        # A repeated grid value would share one store slot with its twin.
+        ({"grid": {"heads": [2, 2]}}, "grid.heads` repeats 2"),
+        ({"grid": {"heads": [2], "init_scale": [1e-3, 1e-3]}}, "grid.init_scale` repeats"),
+        # Schedules that do not divide are refused, never silently rounded.
+        ({"fixed": {"d": 9, "horizon": 0.04, "dt": 0.01, "n_records": 10}}, "fixed.horizon"),
+        ({"fixed": {"d": 9, "horizon": 0.01, "dt": 0.5, "n_records": 1}}, "fixed.horizon"),
+        ({"fixed": {"d": 9, "horizon": 0.035, "dt": 0.01, "n_records": 1}}, "fixed.horizon"),
+        (
+            {"workload": "full-allocation", "fixed": {"steps": 10, "n_records": 4}, "grid": {}},
+            "fixed.steps",
+        ),
+        (
+            {"workload": "feature-learning", "fixed": {"steps": 10, "n_records": 4}, "grid": {}},
+            "fixed.steps",
+        ),
+        ({"fixed": {"d": 9, "seed": -1}}, "fixed.seed"),
+        ({"fixed": {"d": 9, "seed": 2**63}}, "fixed.seed"),
     ],
 )
 def test_bad_sweeps_are_refused_naming_the_field(changes, message):
@@ -65,6 +82,12 @@ def test_sweep_file_is_read_and_checked(tmp_path):
     path.write_text('workload = "reduced-allocation"\nseed = 4\n')
     with pytest.raises(ValueError, match="top-level key"):
         load_sweep(path)
+    for key in ("fixed", "grid"):
+        path.write_text(f'workload = "reduced-allocation"\nseeds = 4\n{key} = 3\n')
+        with pytest.raises(ValueError, match=f"`{key}` in .* must be a table"):
+            load_sweep(path)
+    with pytest.raises(ValueError, match="is not a file"):
+        load_sweep(tmp_path)
 
 
 def test_store_is_labelled_and_equals_direct_training(tmp_path):

@@ -133,3 +133,26 @@ def test_preset_chen_r5_reproduces_the_reference_rate_and_stall(tmp_path, capsys
     assert abs(g["success_rate"] - 0.8) <= 0.05 + 3 * g["success_stderr"]
     failures = round((1 - g["success_rate"]) * g["seeds"])
     assert g["stalled"] >= 0.6 * failures
+
+
+def test_diverged_members_still_get_a_table_and_figures(tmp_path, capsys):
+    """At init scale 100 the reduced flow diverges in every random seed: the run still writes
+    its summary and figure, counts the diverged seeds and prints the table (the figure step
+    once failed on the non-finite losses, after all the compute)."""
+    from jaxicl import _cli
+
+    out = tmp_path / "blown"
+    flags = ["--d", "9", "--context-len", "50", "--heads", "3", "--n-seeds", "8"]
+    flags += ["--init-scale", "100", "--horizon", "1", "--horizon-cap", "1", "--n-records", "1"]
+    flags += ["--horizon-merged", "0.5", "--warmup-scales", "0.004,0.012"]
+    flags += ["--separation-lengths", "100", "--separation-prompts", "256"]
+    assert _cli.main(["run", "task-allocation", *flags, "--out", str(out), "--quiet"]) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["groups"]["random-positive/H3"]["diverged"] == 8
+    assert (out / "task_allocation.png").stat().st_size > 30_000
+    assert "random-positive/H3" in capsys.readouterr().out
+
+
+def test_repeated_heads_are_refused():
+    with pytest.raises(ValueError, match="`heads` repeats 3"):
+        TaskAllocationConfig(**dict(TINY, heads=(3, 3)))

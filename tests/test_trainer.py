@@ -142,12 +142,12 @@ def test_diverging_member_is_frozen_and_flagged(getkey):
         ji.init_ensemble_state(blown, optimizer), LOSS, optimizer, **run
     )
     assert states.diverged.tolist() == [False, False, True, False]
-    # The flag at record t says the update of some step < t was refused; the model is frozen at
-    # the last healthy step, which the same member alone reproduces.
-    last_healthy = int(jnp.argmax(traj.diverged[2])) - 1
+    # With one step a block, the first flagged record t is the step whose update was refused:
+    # the model is frozen after t healthy steps, which the same member alone reproduces.
+    healthy_steps = int(jnp.argmax(traj.diverged[2]))
     frozen = member(blown, 2)
-    if last_healthy > 0:
-        frozen, _ = ji.train(frozen, LOSS, optimizer, steps=last_healthy, record_every=1, key=key)
+    if healthy_steps > 0:
+        frozen, _ = ji.train(frozen, LOSS, optimizer, steps=healthy_steps, record_every=1, key=key)
     assert tree_allclose(member(states, 2).model, frozen, rtol=1e-12)
     assert jnp.all(jnp.isfinite(member(states, 2).model.Q)) and int(states.step[2]) == 20
     # The healthy members are unaffected by their neighbour.
@@ -237,3 +237,26 @@ def test_bad_member_chunk(getkey):
     models = eqx.filter_vmap(make)(jr.split(getkey(), 4))
     with pytest.raises(ValueError, match="`member_chunk`"):
         ji.train_ensemble(models, LOSS, ADAM, steps=2, record_every=1, member_chunk=0, key=getkey())
+
+
+class _Scalar(eqx.Module):
+    x: jax.Array
+
+
+def test_divergence_inside_the_last_record_block_is_reported():
+    """SGD 1.5 on x² maps x to −2x: from 1e152 the loss overflows at step 8, inside the last
+    block of records (at steps 0 and 5). The last record's flag is the final state's."""
+    models = _Scalar(jnp.array([1.0, 1e152]))
+    optimizer = ji.sgd(1.5)
+    loss = lambda m, *, key: m.x**2  # noqa: E731
+    states, traj = ji.train_ensemble_steps(
+        ji.init_ensemble_state(models, optimizer),
+        loss,
+        optimizer,
+        steps=10,
+        record_every=5,
+        key=jr.key(0),
+    )
+    assert states.diverged.tolist() == [False, True]
+    assert traj.diverged[:, -1].tolist() == [False, True]
+    assert traj.diverged[:, 0].tolist() == [False, False]

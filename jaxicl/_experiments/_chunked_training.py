@@ -110,13 +110,14 @@ def check_training_config(config) -> None:
         check.positive_int(name, getattr(config, name))
     check.finite_nonnegative("noise_var", config.noise_var)
     check.finite_positive("learning_rate", config.learning_rate)
-    check.finite_nonnegative("init_scale", config.init_scale)
-    if not isinstance(config.seed, int) or isinstance(config.seed, bool):
-        raise ValueError(f"`seed` must be an integer, got {config.seed!r}.")
+    # At scale 0 every weight stays 0: no gradient moves it and the statistics are 0/0.
+    check.finite_positive("init_scale", config.init_scale)
+    check.seed("seed", config.seed)
     if not config.heads:
         raise ValueError("`heads` must list at least one head count, got ().")
     for h in config.heads:
         check.positive_int("heads", h)
+    check.distinct("heads", config.heads)
     if config.chunk_steps % config.record_every or config.steps % config.chunk_steps:
         raise ValueError(
             f"`record_every` ({config.record_every}) must divide `chunk_steps` "

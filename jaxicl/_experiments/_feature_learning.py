@@ -80,7 +80,7 @@ class FeatureLearningConfig:
                 f"got {self.attention_seeds}."
             )
         check.positive_int("mean_field_steps", self.mean_field_steps)
-        check.nonnegative_int("seed", self.seed)
+        check.seed("seed", self.seed)
         check.one_of("activation", self.activation, ACTIVATIONS)
         check.one_of("input_law", self.input_law, INPUT_LAWS)
         for name in ("teacher_scale", "a_scale", "learning_rate", "perturbation_size"):

@@ -67,6 +67,7 @@ class FullVsReducedConfig:
         for name in ("d", "n_tasks", "heads", "exact_batch", "n_seeds", "n_records"):
             check.positive_int(name, getattr(self, name))
         check.positive_int("eval_prompts", self.eval_prompts)
+        check.seed("seed", self.seed)
         disjoint_blocks(self.d, self.n_tasks)
         for name in ("context_lens", "batches"):
             values = getattr(self, name)
@@ -74,8 +75,7 @@ class FullVsReducedConfig:
                 raise ValueError(f"`{name}` must list at least one value, got ().")
             for v in values:
                 check.positive_int(name, v)
-            if len(set(values)) != len(values):
-                raise ValueError(f"`{name}` must not repeat a value, got {values}.")
+            check.distinct(name, values)
         for name in ("init_scale", "horizon", "dt"):
             check.finite_positive(name, getattr(self, name))
         check.finite_nonnegative("init_spread", self.init_spread)

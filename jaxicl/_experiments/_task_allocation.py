@@ -87,6 +87,7 @@ class TaskAllocationConfig:
             "separation_prompts",
         ):
             check.positive_int(name, getattr(self, name))
+        check.seed("seed", self.seed)
         disjoint_blocks(self.d, self.n_tasks)
         for name in (
             "init_scale",
@@ -101,6 +102,8 @@ class TaskAllocationConfig:
             raise ValueError("`heads`, `warmup_scales` and `separation_lengths` must be non-empty.")
         for h in self.heads:
             check.positive_int("heads", h)
+        for name in ("heads", "warmup_scales", "separation_lengths"):
+            check.distinct(name, getattr(self, name))
         check.finite_nonnegative("init_spread", self.init_spread)
         if self.horizon_cap < self.horizon:
             raise ValueError(
