@@ -20,10 +20,15 @@ def _phase_axes(success) -> tuple[str, str]:
 
 def plot_figures(dataset, path) -> None:
     plt = _pyplot()
-    rate = dataset["success"].mean("seed")
+    # NaN marks members not run yet: the rate is over the seeds that ran, and a cell with none
+    # is drawn empty and labelled, never as 0%.
+    rate = dataset["success"].mean("seed", skipna=True)
+    ran = dataset["success"].notnull().sum("seed")
     x_axis, y_axis = _phase_axes(dataset["success"])
     others = [d for d in rate.dims if d not in (x_axis, y_axis)]
     table = rate.isel({d: 0 for d in others}).transpose(y_axis, x_axis)
+    counts = ran.isel({d: 0 for d in others}).transpose(y_axis, x_axis)
+    seeds = dataset.sizes["seed"]
     fig, (ax_phase, ax_loss) = plt.subplots(1, 2, figsize=(12, 4.5))
     image = ax_phase.imshow(table.values, origin="lower", aspect="auto", vmin=0, vmax=1)
     ax_phase.set_xticks(range(table.sizes[x_axis]), [_label(v) for v in table[x_axis].values])
@@ -33,7 +38,9 @@ def plot_figures(dataset, path) -> None:
         f"{dataset.attrs.get('workload', 'sweep')}: success rate over {dataset.sizes['seed']} seeds"
     )
     for (i, j), value in np.ndenumerate(table.values):
-        ax_phase.text(j, i, f"{value:.0%}", ha="center", va="center", color="white")
+        n = int(counts.values[i, j])
+        text = "not run" if n == 0 else f"{value:.0%}" + (f"\n({n} seeds)" if n < seeds else "")
+        ax_phase.text(j, i, text, ha="center", va="center", color="white" if n else "grey")
     fig.colorbar(image, ax=ax_phase)
     median = dataset["loss"].median("seed")
     points = median.stack(point=[d for d in median.dims if d != "time"])

@@ -37,6 +37,9 @@ def _coordinates(config: SweepConfig) -> dict:
     return out
 
 
+FLAG_MEANING = "1 = true, 0 = false, NaN = not run yet"
+
+
 def float64() -> bool:
     return bool(jax.config.jax_enable_x64)
 
@@ -87,14 +90,19 @@ def open_store(path, config: SweepConfig, program, layout, *, create: bool = Tru
     arrays += [(name, dtype, False) for name, dtype in program.summaries.items()]
     for name, dtype, over_time in arrays:
         extra = (len(program.time),) if over_time else ()
-        root.create_array(
+        # A bool fill value would make members not yet run read as False (a failure): flags
+        # are stored as 1.0 / 0.0 with NaN for "not run", which means missing to every reader.
+        flag = dtype == "bool"
+        array = root.create_array(
             name,
             shape=shape + extra,
             chunks=unit_chunks + ((layout.chunk_records,) if over_time else ()),
-            dtype=dtype,
-            fill_value=False if dtype == "bool" else np.nan,
+            dtype="float32" if flag else dtype,
+            fill_value=np.nan,
             dimension_names=[*dims, *(("time",) if over_time else ())],
         )
+        if flag:
+            array.attrs["meaning"] = FLAG_MEANING
     root.create_array(
         "chunk_done",
         shape=(layout.n_units, layout.n_step_chunks),

@@ -53,7 +53,7 @@ def test_full_allocation_members_equal_training_alone(tmp_path):
     np.testing.assert_allclose(stored.values, np.asarray(alone.loss_mean, np.float32), rtol=1e-5)
     other = data["loss"].sel(heads=2, learning_rate=0.01, init_scale=0.3, seed=seed).squeeze()
     assert np.abs(other.values[1:] - stored.values[1:]).min() > 1e-4  # the rate is per member
-    assert data["success"].dtype == bool and np.isfinite(data["final_loss"]).all()
+    assert set(np.unique(data["success"])) <= {0.0, 1.0} and np.isfinite(data["final_loss"]).all()
 
 
 def test_feature_learning_members_equal_the_solver_alone(tmp_path):

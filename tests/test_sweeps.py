@@ -269,3 +269,21 @@ def test_auto_member_chunk_follows_the_memory_analysis(tmp_path, monkeypatch):
     run_sweep(config, tmp_path / "store", progress=False)
     flags = zarr.open_group(str(tmp_path / "store"), mode="r")["chunk_done"]
     assert flags.shape == (2 * 5, 4)  # groups × ceil(40 / 8), step chunks
+
+
+def test_members_not_run_read_as_missing_not_as_failures(tmp_path):
+    """An interrupted store: the flags of members not run yet are NaN (missing), not False, so
+    rates are over the seeds that ran and the figure says "not run" instead of 0%."""
+    from jaxicl._sweep_store import FLAG_MEANING, plot_sweep
+
+    config = _config(chunk_records=1)
+    with pytest.raises(KeyboardInterrupt):
+        run_sweep(config, tmp_path / "store", progress=False, on_chunk=_interrupt_at(3, 1))
+    data = xr.open_zarr(str(tmp_path / "store"), consolidated=False).load()
+    success = np.asarray(data["success"])
+    # units 0-2 of 10 finished: 3 of 10 blocks of members have flags, the rest are missing
+    assert np.isfinite(success).sum() == 0.3 * success.size
+    assert np.isnan(success).sum() == 0.7 * success.size
+    assert data["success"].attrs["meaning"] == FLAG_MEANING
+    plot_sweep(tmp_path / "store", tmp_path / "partial.png")
+    assert (tmp_path / "partial.png").stat().st_size > 10_000
