@@ -309,19 +309,32 @@ def _row(run, reduced, exact) -> dict:
     }
 
 
+def euler_stable(loss) -> bool:
+    """Whether the reduced flow's loss (seeds × records) never rises: gradient flow only
+    descends, so a rise means the explicit Euler step is too large for this d (at d = 50,
+    dt = 0.01 oscillates where 0.005 does not)."""
+    loss = np.asarray(loss)
+    return bool(np.all(np.diff(loss, axis=1) <= 1e-4 * np.abs(loss[:, :1])))
+
+
 def summarize(config, runs) -> dict:
     """Medians over seeds of each run's gaps, losses and phase times; None where no seed has
-    the value (a diverged member or a phase not reached is counted, never given a number)."""
-    rows = []
+    the value (a diverged member or a phase not reached is counted, never given a number),
+    and no gap to a reduced flow whose Euler steps were unstable."""
+    rows, unstable = [], []
     for length in config.context_lens:
         reduced, exact = runs[("reduced", length, None)], runs[("exact", length, None)]
+        stable = euler_stable(reduced["loss"])
+        if not stable:
+            unstable.append(length)
         for (dynamics, run_length, batch), run in runs.items():
             if run_length == length:
-                rows.append(
-                    {"context_len": length, "dynamics": dynamics, "batch": batch}
-                    | _row(run, reduced, exact)
-                )
-    return {"config": config.as_dict(), "rows": rows}
+                row = {"context_len": length, "dynamics": dynamics, "batch": batch}
+                row |= _row(run, reduced, exact)
+                if not stable:
+                    row.update(gap_to_reduced=None, final_loss_gap_to_reduced=None)
+                rows.append(row)
+    return {"config": config.as_dict(), "rows": rows, "euler_unstable_at": unstable}
 
 
 def _number(value, fmt) -> str:
@@ -350,5 +363,10 @@ def format_full_vs_reduced_summary(summary: dict) -> str:
             f"  {_number(r['warmup_end'], '.2f'):>7}  {_number(r['emergence_end'], '.2f'):>9}  "
             f"{r['still_in_warmup']:>10}  {off:>12}"
             + (f"  ({r['diverged']} diverged)" if r["diverged"] else "")
+        )
+    if summary["euler_unstable_at"]:
+        lines.append(
+            f"the reduced flow's loss rose at L = {summary['euler_unstable_at']} (explicit Euler "
+            f"unstable at dt = {config['dt']:g}): no gap to it is given; lower `--dt`."
         )
     return "\n".join(lines)

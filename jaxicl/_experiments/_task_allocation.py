@@ -280,28 +280,36 @@ def run_task_allocation(config: TaskAllocationConfig, out_dir, *, progress=None,
 
     out_dir = pathlib.Path(out_dir)
     claim_run_directory(out_dir, config.as_dict())
-    horizon = factorized_horizon(config)
-    groups = {}
+    seeds = {s: 1 if s in DETERMINISTIC_SCHEMES else config.n_seeds for s in SCHEMES}
+    # Seeds as the unit: the rate and ETA are in member terms; the stage is the postfix.
     bar = progress_bar(
-        len(SCHEMES) * len(config.heads),
-        description="reduced-flow groups",
-        unit="group",
+        sum(seeds.values()) * len(config.heads),
+        description="task-allocation",
+        unit="seed",
         enabled=progress,
     )
+    bar.set_postfix_str("horizon from deterministic probes")
+    horizon = factorized_horizon(config)
+    groups = {}
     for scheme in SCHEMES:
         for n_heads in config.heads:
+            bar.set_postfix_str(f"reduced flow: {scheme}, H = {n_heads}")
             groups[(scheme, n_heads)] = cached_arrays(
                 out_dir / "groups" / f"{scheme}_H{n_heads}.npz",
                 lambda: _scheme_group(config, scheme, n_heads, horizon),  # noqa: B023
             )
-            bar.update(1)
+            bar.update(seeds[scheme])
+    bar.set_postfix_str("warm-up against init scale")
+    scaling = warmup_scaling(config, horizon)
+    bar.set_postfix_str("separation ratio (Monte Carlo of the full model)")
+    separation_rows = separation(config)
     bar.close()
     summary = {
         "config": config.as_dict(),
         "horizon_used": horizon,
         "groups": {},
-        "warmup_scaling": warmup_scaling(config, horizon),
-        "separation": separation(config),
+        "warmup_scaling": scaling,
+        "separation": separation_rows,
     }
     arrays = {}
     for (scheme, n_heads), g in groups.items():
