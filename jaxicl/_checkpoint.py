@@ -29,8 +29,19 @@ def _atomic_write(path: pathlib.Path, write) -> None:
 
 
 def claim_run_directory(out_dir: pathlib.Path, config: dict) -> None:
-    """Create `out_dir` for `config`, or check that it already belongs to the same `config`."""
+    """Create `out_dir` for `config`, or check that it already belongs to the same `config`.
+
+    A directory that holds anything but a run (no `config.json`) is refused: writing into it
+    would overwrite files of the same names (a `summary.json`, a sweep store's contents)."""
+    out_dir = pathlib.Path(out_dir).resolve()  # `.` and `sub/..` have no name of their own
     path = out_dir / "config.json"
+    if out_dir.exists() and not out_dir.is_dir():
+        raise ValueError(f"{out_dir} is a file, not a directory; choose another output path.")
+    if out_dir.is_dir() and not path.exists() and any(out_dir.iterdir()):
+        raise ValueError(
+            f"{out_dir} is not empty and holds no jaxicl run (no config.json); choose a new "
+            "or empty directory, so that nothing in it is overwritten."
+        )
     if path.exists():
         stored = json.loads(path.read_text())
         if stored != config:
@@ -45,7 +56,12 @@ def claim_run_directory(out_dir: pathlib.Path, config: dict) -> None:
                 "Choose another output directory or delete this one; it is never overwritten."
             )
         return
-    _atomic_write(path, lambda f: f.write(json.dumps(config, indent=2, sort_keys=True).encode()))
+    try:
+        _atomic_write(
+            path, lambda f: f.write(json.dumps(config, indent=2, sort_keys=True).encode())
+        )
+    except OSError as error:
+        raise ValueError(f"cannot write the run directory {out_dir}: {error.strerror}.") from None
 
 
 _STATE_KEY = "__state__"

@@ -51,7 +51,7 @@ DETERMINISTIC_SCHEMES = ("balanced",)  # the same init for every seed
 PRESETS = {
     # The reference's own setting (Chen et al.): r = 5, H = n = 3, L = 100, noiseless labels,
     # random-positive spread 1 + 0.1·U(0, 1). The horizon follows the warm-up (about 50 at r = 5).
-    "chen-r5": dict(d=15, n_tasks=3, context_len=100, heads=(3,), init_spread=0.1),
+    "chen-r5": dict(d=15, n_tasks=3, context_len=100, heads=(3,), init_spread=0.1, n_seeds=4096),
 }
 
 
@@ -63,7 +63,7 @@ class TaskAllocationConfig:
     n_tasks: int = 3
     context_len: int = 100
     heads: tuple[int, ...] = (2, 3, 4)
-    n_seeds: int = 4096
+    n_seeds: int = 1024
     init_scale: float = 1e-3
     init_spread: float = 0.1
     horizon: float = 30.0

@@ -1,0 +1,57 @@
+"""The run directory an experiment claims: never another's files, one clear line on bad paths."""
+
+import json
+import os
+
+import pytest
+
+from jaxicl import _cli
+from jaxicl._checkpoint import claim_run_directory
+
+
+CONFIG = {"d": 5, "seed": 0}
+
+
+def test_a_directory_with_other_files_is_refused_and_left_alone(tmp_path):
+    (tmp_path / "summary.json").write_text("mine")
+    with pytest.raises(ValueError, match="not empty and holds no jaxicl run"):
+        claim_run_directory(tmp_path, CONFIG)
+    assert (tmp_path / "summary.json").read_text() == "mine"
+    assert not (tmp_path / "config.json").exists()
+
+
+def test_a_new_an_empty_or_the_same_runs_directory_is_claimed(tmp_path):
+    claim_run_directory(tmp_path / "new", CONFIG)
+    claim_run_directory(tmp_path / "new", CONFIG)  # the same run: resume
+    (tmp_path / "empty").mkdir()
+    claim_run_directory(tmp_path / "empty", CONFIG)
+    assert json.loads((tmp_path / "empty" / "config.json").read_text()) == CONFIG
+    with pytest.raises(ValueError, match="different configuration"):
+        claim_run_directory(tmp_path / "new", {**CONFIG, "seed": 1})
+
+
+def test_dot_and_parent_paths_name_a_real_directory(tmp_path, monkeypatch):
+    (tmp_path / "sub").mkdir()
+    monkeypatch.chdir(tmp_path / "sub")
+    claim_run_directory(type(tmp_path)("."), CONFIG)
+    assert (tmp_path / "sub" / "config.json").exists()
+    claim_run_directory(type(tmp_path)("../fresh/sub/.."), CONFIG)
+    assert (tmp_path / "fresh" / "config.json").exists()
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root writes through read-only permissions")
+def test_an_unwritable_location_is_one_clear_error(tmp_path):
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    locked.chmod(0o500)
+    with pytest.raises(ValueError, match="cannot write the run directory"):
+        claim_run_directory(locked / "run", CONFIG)
+
+
+def test_the_command_line_refuses_a_file_as_out_in_one_line(tmp_path, capsys):
+    target = tmp_path / "results.txt"
+    target.write_text("mine")
+    code = _cli.main(["run", "paired-heads", "--out", str(target), "--quiet"])
+    err = capsys.readouterr().err
+    assert code == 2 and "is a file" in err and "Traceback" not in err
+    assert target.read_text() == "mine"
