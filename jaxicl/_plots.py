@@ -58,6 +58,11 @@ def plot_paired_heads(results: dict, summary: dict, path: pathlib.Path) -> None:
     references = summary["references"]
     by_length = summary["by_length"]
     for color, (n_heads, rec) in zip(colors, results.items()):
+        # Diverged members are counted in the table and left out of every panel.
+        healthy = ~rec["diverged"][:, -1]
+        if not healthy.any():
+            continue
+        rec = {k: v[healthy] if k != "step" else v for k, v in rec.items()}
         steps, loss = rec["step"], rec["loss_mean"]
         ax_curve.plot(steps, np.median(loss, axis=0), color=color, label=f"H = {n_heads} (median)")
         low, high = np.quantile(loss, [0.1, 0.9], axis=0)
@@ -120,10 +125,8 @@ def plot_paired_heads(results: dict, summary: dict, path: pathlib.Path) -> None:
     ax_sum.set(xlabel="Σ_h μ_h after training", ylabel="members")
     ax_sum.set_title("Zero-sum output weights")
     for ax in (ax_curve, ax_hist, ax_heads, ax_length, ax_structure):
-        ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+        legend(ax, fontsize=7)
+    save_figure(fig, path)
 
 
 def _structure_bars(ax, groups, colors):
@@ -138,7 +141,9 @@ def _structure_bars(ax, groups, colors):
     width = 0.8 / len(groups)
     for k, (color, (n_heads, g)) in enumerate(zip(colors, groups.items())):
         x = np.arange(len(names)) + (k - (len(groups) - 1) / 2) * width
-        ax.bar(x, [g[name] for name in names], width, color=color, label=f"H = {n_heads}")
+        # None: no healthy member to measure (all diverged); the bar is left out, not drawn 0.
+        values = [np.nan if g[name] is None else g[name] for name in names]
+        ax.bar(x, values, width, color=color, label=f"H = {n_heads}")
     ax.set_xticks(np.arange(len(names)), list(names.values()), fontsize=7)
     ax.set(ylabel="median over live heads", ylim=(0, 1.05))
     ax.set_title("Learned structure (He et al.: 1, 0, 0, 1, 0, 1)")

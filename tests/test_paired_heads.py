@@ -72,6 +72,11 @@ def test_different_configuration_is_refused(tmp_path):
         (dict(heads=(0,)), "`heads`"),
         (dict(init_scale=float("nan")), "`init_scale`"),
         (dict(chunk_steps=15), "`record_every`"),
+        # At scale 0 no weight ever moves and the structure statistics are 0/0.
+        (dict(init_scale=0.0), "`init_scale`"),
+        (dict(seed=-1), "`seed`"),
+        (dict(seed=2**63), "`seed`"),
+        (dict(heads=(2, 2)), "`heads` repeats 2"),
     ],
 )
 def test_bad_config_names_the_field(overrides, field):
@@ -139,3 +144,16 @@ def test_summary_has_structure_and_length_curves(tmp_path):
     with np.load(tmp_path / "records_H2.npz") as records:
         assert records["loss_by_length"].shape == (4, 3)
     assert (tmp_path / "paired_heads.png").stat().st_size > 50_000
+
+
+def test_a_group_whose_members_all_diverge_is_counted_not_averaged(tmp_path):
+    """At init scale 1e200 the squared error overflows for every member: the summary counts
+    them, gives no loss or structure statistics (None, not a number from nothing), and the
+    table says so."""
+    from jaxicl._experiments._paired_heads import format_paired_heads_summary
+
+    config = PairedHeadsConfig(**dict(TINY, heads=(1,), init_scale=1e200))
+    summary = run_paired_heads(config, tmp_path / "run", progress=False)
+    g = summary["groups"]["1"]
+    assert g["diverged"] == 4 and g["final_loss_mean"] is None
+    assert "all 4 diverged" in format_paired_heads_summary(summary)

@@ -11,6 +11,7 @@ import dataclasses
 import math
 import pathlib
 
+import equinox as eqx
 import jax
 import jax.random as jr
 import numpy as np
@@ -137,21 +138,37 @@ def run_paired_heads(
         )
         np.savez(out_dir / f"records_H{n_heads}.npz", **records)
         results[n_heads] = records
+        # Diverged members are frozen where they blew up: counted, left out of every statistic.
+        healthy = ~records["diverged"][:, -1]
         summary["groups"][str(n_heads)] = dict(
-            _group_summary(config, records, timings), **_structure_summary(models)
+            _group_summary(config, records, timings), **_structure_summary(models, healthy)
         )
-        summary["by_length"]["models_median"][str(n_heads)] = np.median(
-            records["loss_by_length"], axis=0
-        ).tolist()
+        summary["by_length"]["models_median"][str(n_heads)] = (
+            np.median(records["loss_by_length"][healthy], axis=0).tolist()
+            if healthy.any()
+            else [None] * len(lengths)
+        )
     save_json(out_dir / "summary.json", summary)
     plot_paired_heads(results, summary, out_dir / "paired_heads.png")
     return summary
 
 
-def _structure_summary(models) -> dict:
+def _structure_summary(models, healthy) -> dict:
     """Medians over live heads (|ω μ| ≥ 5% of the member's strongest head) of the structure
     statistics, the zero-sum measure |Σ_h μ_h| / Σ_h |μ_h|, and the fraction of members whose
     live heads come in both signs while each still fits the data (ω_h μ_h > 0): ± pairs."""
+    names = (
+        "kq_diagonal_ratio",
+        "kq_diagonal_spread",
+        "kq_label_ratio",
+        "ov_last_entry_ratio",
+        "zero_sum_median",
+        "paired_fraction",
+        "live_heads_median",
+    )
+    if not healthy.any():
+        return dict.fromkeys(names)
+    models = jax.tree.map(lambda x: x[healthy] if eqx.is_array(x) else x, models)
     structure = jax.vmap(head_structure)(models)
     strength = np.abs(np.asarray(structure.omega * structure.mu))
     live = strength >= 0.05 * strength.max(axis=1, keepdims=True)
@@ -176,20 +193,22 @@ def _structure_summary(models) -> dict:
 def _group_summary(config, records, timings) -> dict:
     final = records["final_loss"]
     healthy = final[~records["diverged"][:, -1]]
-    mu = records["mu"][:, -1]
+    mu = records["mu"][:, -1][~records["diverged"][:, -1]]
+    # Diverged members are counted, never averaged; with none healthy there is no number.
+    some = healthy.size > 0
     group = {
         "members": int(final.shape[0]),
         "diverged": int(records["diverged"][:, -1].sum()),
-        "final_loss_median": float(np.median(healthy)),
-        "final_loss_q10": float(np.quantile(healthy, 0.1)),
-        "final_loss_q90": float(np.quantile(healthy, 0.9)),
-        "final_loss_mean": float(healthy.mean()),
+        "final_loss_median": float(np.median(healthy)) if some else None,
+        "final_loss_q10": float(np.quantile(healthy, 0.1)) if some else None,
+        "final_loss_q90": float(np.quantile(healthy, 0.9)) if some else None,
+        "final_loss_mean": float(healthy.mean()) if some else None,
         "final_loss_stderr": float(healthy.std(ddof=1) / np.sqrt(healthy.size))
         if healthy.size > 1
-        else float("nan"),
-        "sum_mu_median": float(np.median(mu.sum(axis=1))),
+        else None,
+        "sum_mu_median": float(np.median(mu.sum(axis=1))) if some else None,
     }
-    if mu.shape[1] >= 2:
+    if mu.shape[1] >= 2 and some:
         group["mixed_sign_mu_fraction"] = float(
             np.mean((mu > 0).any(axis=1) & (mu < 0).any(axis=1))
         )
@@ -202,6 +221,20 @@ def _group_summary(config, records, timings) -> dict:
     return group
 
 
+def _or_dash(value, spec: str) -> str:
+    width = int(spec.split(".")[0])
+    return f"{'—':>{width}}" if value is None else format(value, spec)
+
+
+def _loss_cell(g) -> str:
+    """mean ± s.e. (median) of the healthy members, or why there is none."""
+    if g["final_loss_mean"] is None:
+        return f"{'all ' + str(g['diverged']) + ' diverged':<30}"
+    stderr = "—" if g["final_loss_stderr"] is None else f"{g['final_loss_stderr']:.4f}"
+    text = f"{g['final_loss_mean']:.4f} ± {stderr} ({g['final_loss_median']:.4f})"
+    return text + (f" [{g['diverged']} diverged]" if g["diverged"] else "")
+
+
 def format_paired_heads_summary(summary: dict) -> str:
     """A short plain-text table of the saved summary."""
     refs = summary["references"]
@@ -210,12 +243,12 @@ def format_paired_heads_summary(summary: dict) -> str:
         "|Σμ|/Σ|μ|  ± pairs  live heads"
     ]
     for h, g in summary["groups"].items():
+        cell = lambda name, spec: _or_dash(g[name], spec)  # noqa: E731
         lines.append(
-            f"{h:>5}  {g['members']:>7}  {g['final_loss_mean']:.4f} ± {g['final_loss_stderr']:.4f}"
-            f" ({g['final_loss_median']:.4f})   {g['kq_diagonal_ratio']:6.3f}  "
-            f"{g['kq_diagonal_spread']:6.3f}  {g['ov_last_entry_ratio']:13.3f}  "
-            f"{g['zero_sum_median']:9.3f}  {g['paired_fraction']:7.0%}  "
-            f"{g['live_heads_median']:10.0f}"
+            f"{h:>5}  {g['members']:>7}  {_loss_cell(g)}   {cell('kq_diagonal_ratio', '6.3f')}  "
+            f"{cell('kq_diagonal_spread', '6.3f')}  {cell('ov_last_entry_ratio', '13.3f')}  "
+            f"{cell('zero_sum_median', '9.3f')}  {cell('paired_fraction', '7.0%')}  "
+            f"{cell('live_heads_median', '10.0f')}"
         )
     lines.append(
         "references at the training L: Bayes ridge {bayes_ridge:.4f}, best GD {best_gd:.4f}, "
@@ -229,7 +262,7 @@ def format_paired_heads_summary(summary: dict) -> str:
     rows = [(f"H={h} (median)", v) for h, v in by_length["models_median"].items()]
     rows += [(name, v) for name, v in by_length["predictors"].items()]
     for name, values in rows:
-        lines.append(f"  {name:<29}" + "  ".join(f"{v:6.3f}" for v in values))
+        lines.append(f"  {name:<29}" + "  ".join(_or_dash(v, "6.3f") for v in values))
     for h, g in summary["groups"].items():
         if "member_steps_per_s" in g:
             lines.append(
