@@ -11,6 +11,7 @@ import jax
 from ._devices import use_all_cpu_cores
 from ._experiments._feature_learning import FeatureLearningConfig, run_feature_learning
 from ._experiments._feature_learning_summary import format_feature_learning_summary
+from ._experiments._field_help import FIELD_HELP
 from ._experiments._full_vs_reduced import (
     FullVsReducedConfig,
     format_full_vs_reduced_summary,
@@ -87,7 +88,9 @@ def _build_parser() -> argparse.ArgumentParser:
     experiments = run.add_subparsers(dest="experiment", required=True)
     for name, (config_cls, _, _) in EXPERIMENTS.items():
         sub = experiments.add_parser(name, help=(config_cls.__doc__ or "").splitlines()[0])
-        sub.add_argument("--out", default=f"results/{name}", help="results directory")
+        sub.add_argument(
+            "--out", default=f"results/{name}", help=f"results directory (default: results/{name})"
+        )
         sub.add_argument("--quiet", action="store_true", help="no progress bar")
         if name in PRESETS:
             sub.add_argument(
@@ -101,8 +104,14 @@ def _build_parser() -> argparse.ArgumentParser:
             )
         for field in dataclasses.fields(config_cls):
             flag = "--" + field.name.replace("_", "-")
+            default = field.default
+            shown = ",".join(map(str, default)) if isinstance(default, tuple) else default
             sub.add_argument(
-                flag, dest=field.name, type=str, default=None, help=f"default: {field.default!r}"
+                flag,
+                dest=field.name,
+                type=str,
+                default=None,
+                help=f"{FIELD_HELP[name][field.name]} (default: {shown})",
             )
     sweep = commands.add_parser(
         "sweep",
@@ -163,7 +172,14 @@ def _sweep(args) -> int:
 
 
 def main(argv=None) -> int:
-    args = _build_parser().parse_args(argv)
+    parser = _build_parser()
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if not argv:
+        # No arguments: the commands and how to start, not an argparse error.
+        print(parser.format_help())
+        print("start with: jaxicl run task-allocation   (then: jaxicl run --help)")
+        return 0
+    args = parser.parse_args(argv)
     use_all_cpu_cores()
     if args.command in ("sweep", "inspect", "plot"):
         return _sweep(args)

@@ -1,0 +1,29 @@
+"""Every flag explains itself: one line and its default in `jaxicl run EXPERIMENT --help`."""
+
+import dataclasses
+
+import pytest
+
+from jaxicl import _cli
+from jaxicl._experiments._field_help import FIELD_HELP
+
+
+@pytest.mark.parametrize("name", sorted(_cli.EXPERIMENTS))
+def test_every_field_has_a_description_and_its_default(name, capsys):
+    config_cls = _cli.EXPERIMENTS[name][0]
+    fields = [f.name for f in dataclasses.fields(config_cls)]
+    assert set(fields) == set(FIELD_HELP[name])  # none missing, none left over
+    with pytest.raises(SystemExit):
+        _cli.main(["run", name, "--help"])
+    # argparse wraps lines (also at hyphens): compare without any whitespace
+    text = "".join(capsys.readouterr().out.split())
+    for field in dataclasses.fields(config_cls):
+        assert "".join(FIELD_HELP[name][field.name].split()) in text
+    assert text.count("(default:") >= len(fields) + 1  # and --out
+
+
+def test_no_arguments_prints_the_commands(capsys):
+    assert _cli.main([]) == 0
+    out = capsys.readouterr().out
+    for command in ("run", "sweep", "inspect", "bench", "plot", "jaxicl run task-allocation"):
+        assert command in out
