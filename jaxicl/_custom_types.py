@@ -9,7 +9,14 @@ Blocks = tuple[tuple[int, int], ...]
 
 
 def default_float_dtype(dtype=None):
-    """Resolve `dtype=None` to float64 under `jax_enable_x64`, else float32."""
+    """Resolve `dtype=None` to float64 under `jax_enable_x64`, else float32; refuse a 64-bit
+    dtype without x64 (JAX would silently give float32 arrays)."""
     if dtype is not None:
-        return jnp.dtype(dtype)
+        dtype = jnp.dtype(dtype)
+        if jax.dtypes.canonicalize_dtype(dtype) != dtype:
+            raise ValueError(
+                f"`dtype` {dtype} needs 64-bit JAX: set jax.config.update('jax_enable_x64', "
+                "True) first (otherwise the arrays would silently be 32-bit)."
+            )
+        return dtype
     return jnp.dtype(jnp.float64 if jax.config.jax_enable_x64 else jnp.float32)

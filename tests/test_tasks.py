@@ -117,3 +117,21 @@ def test_overlapping_layout():
 def test_bad_input_names_the_field(make, field):
     with pytest.raises(ValueError, match=field):
         make()
+
+
+def test_a_64_bit_dtype_without_x64_is_refused_not_silently_32_bit():
+    """Without x64, JAX turns float64 requests into float32 arrays; the task says so instead.
+    NumPy integers are accepted as sizes. (A fresh process: the suite runs with x64 on.)"""
+    import subprocess
+    import sys
+
+    script = (
+        "import numpy as np, jax.numpy as jnp, jaxicl as ji\n"
+        "assert ji.LinearRegression(np.int64(5), np.int64(10)).d == 5\n"
+        "try:\n"
+        "    ji.LinearRegression(5, 10, dtype=jnp.float64)\n"
+        "except ValueError as error:\n"
+        "    print(error)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)
+    assert "needs 64-bit JAX" in out.stdout
