@@ -5,6 +5,7 @@ step, and its fraction of a dense matmul peak measured on the spot.
 """
 
 import json
+import os
 import platform
 import time
 
@@ -116,7 +117,17 @@ def bench_workload(name: str, scale: float = 1.0, repeats: int = 3) -> dict:
 
 
 def run_bench(*, scale: float = 1.0, out=None) -> dict:
-    """Run every workload; print a table; save JSON to `out` if given."""
+    """Run every workload; print a table; save JSON to `out` if given (checked writable
+    first, so a long benchmark is never lost to a bad path)."""
+    if out is not None:
+        existed = os.path.exists(out)
+        try:
+            with open(out, "a"):
+                pass
+        except OSError as error:
+            raise ValueError(f"cannot write the report to {out}: {error.strerror}.") from None
+        if not existed:
+            os.remove(out)
     peak = matmul_peak()
     device = jax.devices()[0]
     report = {

@@ -192,7 +192,12 @@ def main(argv=None) -> int:
                 file=sys.stderr,
             )
             return 2
-        print(format_bench(run_bench(scale=args.scale, out=args.out)))
+        try:
+            report = run_bench(scale=args.scale, out=args.out)
+        except ValueError as error:
+            print(f"jaxicl: error: {error}", file=sys.stderr)
+            return 2
+        print(format_bench(report))
         print(f"report written to {args.out}")
         return 0
     if args.experiment in FLOAT64_EXPERIMENTS:

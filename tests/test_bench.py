@@ -19,3 +19,15 @@ def test_bench_reports_every_workload(tmp_path, capsys):
         assert 0 < row["fraction_of_matmul_peak"] < 4 and math.isfinite(row["flop_per_s"])
     assert "member-steps/s" in capsys.readouterr().out
     assert _cli.main(["bench", "--scale", "0"]) == 2
+
+
+def test_bad_scale_and_unwritable_report_fail_at_once(tmp_path, capsys):
+    """Checked before any workload runs: an infinite scale, and a report path in a directory
+    that does not exist (the report was once lost after the whole benchmark)."""
+    from jaxicl import _cli
+
+    assert _cli.main(["bench", "--scale", "inf"]) == 2
+    assert "finite number > 0" in capsys.readouterr().err
+    missing = tmp_path / "no-such-dir" / "bench.json"
+    assert _cli.main(["bench", "--out", str(missing)]) == 2
+    assert "cannot write the report" in capsys.readouterr().err
