@@ -172,6 +172,15 @@ def _sweep(args) -> int:
 
 
 def main(argv=None) -> int:
+    try:
+        return _main(argv)
+    except KeyboardInterrupt:
+        # Every run and sweep resumes from its last stored chunk: say so instead of a traceback.
+        print("\njaxicl: interrupted; rerun the same command to resume.", file=sys.stderr)
+        return 130
+
+
+def _main(argv) -> int:
     parser = _build_parser()
     argv = sys.argv[1:] if argv is None else list(argv)
     if not argv:

@@ -55,3 +55,22 @@ def test_the_command_line_refuses_a_file_as_out_in_one_line(tmp_path, capsys):
     err = capsys.readouterr().err
     assert code == 2 and "is a file" in err and "Traceback" not in err
     assert target.read_text() == "mine"
+
+
+def test_results_files_follow_the_umask(tmp_path):
+    previous = os.umask(0o022)
+    try:
+        claim_run_directory(tmp_path / "run", CONFIG)
+    finally:
+        os.umask(previous)
+    assert (tmp_path / "run" / "config.json").stat().st_mode & 0o777 == 0o644
+
+
+def test_an_interrupt_prints_how_to_resume_not_a_traceback(monkeypatch, capsys):
+    def interrupted(argv):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(_cli, "_main", interrupted)
+    assert _cli.main(["run", "paired-heads"]) == 130
+    err = capsys.readouterr().err
+    assert "rerun the same command to resume" in err and "Traceback" not in err
