@@ -5,11 +5,13 @@ A run directory holds `config.json`. Reopening it with a different configuration
 chunk. Because every random stream is step-indexed, a resumed run equals an uninterrupted one.
 """
 
+import contextlib
 import io
 import json
 import os
 import pathlib
 import tempfile
+import zipfile
 
 import equinox as eqx
 import numpy as np
@@ -88,20 +90,36 @@ def save_checkpoint(path: pathlib.Path, state, records: dict) -> None:
 def load_checkpoint(path: pathlib.Path, like):
     """Load what `save_checkpoint` wrote (`like`: a pytree of the state's structure), or return
     None if there is no checkpoint."""
-    if not path.with_suffix(".npz").exists():
+    path = path.with_suffix(".npz")
+    if not path.exists():
         return None
-    with np.load(path.with_suffix(".npz")) as data:
-        records = {k: data[k] for k in data.files if k != _STATE_KEY}
-        state_bytes = data[_STATE_KEY].tobytes()
-    state = eqx.tree_deserialise_leaves(io.BytesIO(state_bytes), like)
+    # Our own file handle: np.load leaves its own open when the zip is damaged.
+    with _readable(path, "that chunk"), open(path, "rb") as f:
+        with np.load(f) as data:
+            records = {k: data[k] for k in data.files if k != _STATE_KEY}
+            state_bytes = data[_STATE_KEY].tobytes()
+        state = eqx.tree_deserialise_leaves(io.BytesIO(state_bytes), like)
     return state, records
+
+
+@contextlib.contextmanager
+def _readable(path: pathlib.Path, redo: str):
+    """Turn a damaged stored file (truncated, not a zip, wrong contents) into one clear error
+    that names it and how to recover."""
+    try:
+        yield
+    except (zipfile.BadZipFile, EOFError, KeyError, ValueError, OSError) as error:
+        raise ValueError(
+            f"{path} is damaged ({type(error).__name__}: {error}); delete it and rerun the "
+            f"same command to recompute {redo}."
+        ) from None
 
 
 def cached_arrays(path: pathlib.Path, compute) -> dict:
     """The dict of NumPy arrays stored at `path` (`.npz`), or `compute()`'s, saved atomically
     first: an experiment made of independent groups resumes at the first missing group."""
     if path.exists():
-        with np.load(path) as stored:
+        with _readable(path, "that group"), open(path, "rb") as f, np.load(f) as stored:
             return {k: stored[k] for k in stored.files}
     arrays = {k: np.asarray(v) for k, v in compute().items()}
     _atomic_write(path, lambda f: np.savez(f, **arrays))

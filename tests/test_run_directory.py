@@ -74,3 +74,17 @@ def test_an_interrupt_prints_how_to_resume_not_a_traceback(monkeypatch, capsys):
     assert _cli.main(["run", "paired-heads"]) == 130
     err = capsys.readouterr().err
     assert "rerun the same command to resume" in err and "Traceback" not in err
+
+
+def test_a_truncated_stored_group_names_the_file_and_the_fix(tmp_path):
+    import numpy as np
+
+    from jaxicl._checkpoint import cached_arrays, load_checkpoint
+
+    path = tmp_path / "group.npz"
+    cached_arrays(path, lambda: {"x": np.arange(1000.0)})
+    path.write_bytes(path.read_bytes()[:100])
+    with pytest.raises(ValueError, match="group.npz is damaged .* delete it and rerun"):
+        cached_arrays(path, lambda: {"x": np.zeros(3)})
+    with pytest.raises(ValueError, match="group.npz is damaged"):
+        load_checkpoint(path, like=np.zeros(3))
