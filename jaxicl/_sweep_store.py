@@ -49,6 +49,19 @@ def _describe(config: SweepConfig) -> str:
     return json.dumps({**config.as_dict(), "float64": float64()}, sort_keys=True)
 
 
+def _check_metadata(path) -> None:
+    """Read the store's zarr.json first, so a damaged one is an error that names it (Zarr's own
+    reader gives a bare JSON error)."""
+    metadata = pathlib.Path(path) / "zarr.json"
+    try:
+        json.loads(metadata.read_text())
+    except (ValueError, UnicodeDecodeError) as error:
+        raise ValueError(
+            f"{metadata} is damaged ({error}); the store's layout cannot be read. Restore it "
+            "or start the sweep in a new store."
+        ) from None
+
+
 def open_store(path, config: SweepConfig, program, layout, *, create: bool = True) -> zarr.Group:
     """Create the store for `config`, or reopen it if it holds the same sweep. `layout` gives
     the number of units and step chunks, the seeds per unit and the records per step chunk.
@@ -58,6 +71,7 @@ def open_store(path, config: SweepConfig, program, layout, *, create: bool = Tru
     if not create:
         _wait_for(path / "zarr.json")
     if (path / "zarr.json").exists():
+        _check_metadata(path)
         root = zarr.open_group(str(path), mode="a")
         stored = root.attrs.get("sweep")
         if stored != _describe(config):
@@ -191,6 +205,7 @@ def open_sweep(path):
 
     if not (pathlib.Path(path) / "zarr.json").exists():
         raise ValueError(f"{path} is not a sweep store (no zarr.json).")
+    _check_metadata(path)
     return xr.open_zarr(str(path), consolidated=False)
 
 

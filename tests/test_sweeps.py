@@ -241,6 +241,14 @@ def test_inspect_reports_completeness(tmp_path, capsys):
     assert _cli.main(["plot", str(tmp_path / "store"), "--out", str(tmp_path / "f.png")]) == 0
     assert (tmp_path / "f.png").stat().st_size > 10_000
     assert _cli.main(["inspect", str(tmp_path / "missing")]) == 2
+    # A damaged zarr.json: one line naming it, from inspect and from a rerun of the sweep.
+    (tmp_path / "store" / "zarr.json").write_text('{"zarr_format": 3, "node_')
+    capsys.readouterr()
+    assert _cli.main(["inspect", str(tmp_path / "store")]) == 2
+    err = capsys.readouterr().err
+    assert "zarr.json is damaged" in err and "Traceback" not in err
+    with pytest.raises(ValueError, match="zarr.json is damaged"):
+        run_sweep(_config(), tmp_path / "store", progress=False)
 
 
 def test_a_process_runs_every_process_count_th_unit(tmp_path, monkeypatch):
