@@ -99,8 +99,24 @@ def _step_schedule(settings, grid):
     _whole_record_blocks(settings["steps"], settings, "`fixed.steps`")
 
 
+def _where(name, grid) -> str:
+    return f"`grid.{name}`" if name in grid else f"`fixed.{name}`"
+
+
+def _features_fit_inputs(settings, grid):
+    # The particles' initial output weights are coupled to the first k input weights.
+    for k in grid.get("k", [settings["k"]]):
+        for d in grid.get("d", [settings["d"]]):
+            if k > d:
+                raise ValueError(
+                    f"{_where('k', grid)} ({k}) must be at most {_where('d', grid)} ({d}): "
+                    "each neuron's k outputs start coupled to its first k input weights."
+                )
+
+
 def _feature_learning_sweep(settings, grid):
     _step_schedule(settings, grid)
+    _features_fit_inputs(settings, grid)
     _one_rate_for_joint_attention(settings, grid)
 
 

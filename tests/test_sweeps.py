@@ -66,6 +66,10 @@ def _arrays(path):
             "fixed.steps",
         ),
         ({"fixed": {"d": 9, "seed": -1}}, "fixed.seed"),
+        (
+            {"workload": "feature-learning", "fixed": {"d": 3, "k": 5}, "grid": {}},
+            r"`fixed.k` \(5\) must be at most `fixed.d` \(3\)",
+        ),
         ({"fixed": {"d": 9, "seed": 2**63}}, "fixed.seed"),
     ],
 )
