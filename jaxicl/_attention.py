@@ -38,6 +38,18 @@ def attend(
     return weights @ tokens
 
 
+def _check_width(prompt: Prompt, width: int) -> None:
+    """The tokens z = (x, y) must be as wide as the model (shapes are static: this runs once,
+    at trace time), named in the error instead of a failing einsum."""
+    d, n_out = prompt.x.shape[-1], prompt.y.shape[-1]
+    if d + n_out != width:
+        raise ValueError(
+            f"the prompt's tokens (x, y) have width d + n_out = {d} + {n_out} = {d + n_out}, "
+            f"but the model's weights have D = {width}; build the model for this task's "
+            "d and n_out."
+        )
+
+
 class AbstractAttention(eqx.Module):
     """A multi-head attention model mapping one `Prompt` to a prediction of shape `(n_out,)`."""
 
@@ -78,6 +90,7 @@ class MergedAttention(AbstractAttention):
             )
 
     def __call__(self, prompt: Prompt) -> Float[Array, " n_out"]:
+        _check_width(prompt, self.W.shape[-1])
         tokens = context_tokens(prompt)
         scores = (self.W @ query_token(prompt)) @ tokens.T
         mixed = attend(scores, tokens, self.kind)
@@ -125,6 +138,7 @@ class FactorizedAttention(AbstractAttention):
             )
 
     def __call__(self, prompt: Prompt) -> Float[Array, " n_out"]:
+        _check_width(prompt, self.Q.shape[-1])
         tokens = context_tokens(prompt)
         query = jnp.einsum("hrD,D->hr", self.Q, query_token(prompt))
         key_side = jnp.einsum("hrD,hr->hD", self.K, query) / math.sqrt(tokens.shape[-1])

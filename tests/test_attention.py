@@ -142,3 +142,15 @@ def test_bad_model_input(getkey):
             O=jnp.zeros((1, 1, 4)),
             kind="softmax",
         )
+
+
+def test_a_task_and_model_of_different_widths_name_both():
+    import jax.random as jr
+
+    import jaxicl as ji
+
+    task = ji.LinearRegression(5, 10)
+    model = ji.init_normal(d=7, n_out=1, n_heads=2, scale=0.1, key=jr.key(0))  # for d = 7
+    prompt = task.sample(key=jr.key(1))
+    with pytest.raises(ValueError, match=r"d \+ n_out = 5 \+ 1 = 6, but the model's weights have"):
+        model(prompt)
