@@ -79,24 +79,19 @@ def _one_rate_for_joint_attention(settings, grid):
         )
 
 
-def _whole_record_blocks(steps, settings, fields) -> None:
-    """The schedule runs exactly: `steps` whole steps, a whole number of steps per record."""
-    n_records = settings["n_records"]
-    if abs(steps - round(steps)) > 1e-6 or round(steps) < n_records or round(steps) % n_records:
-        raise ValueError(
-            f"{fields} must give a whole number of steps divisible by `fixed.n_records` "
-            f"({n_records}); got {steps:g} steps. Choose values that divide."
-        )
-
-
 def _reduced_schedule(settings, grid):
-    _whole_record_blocks(
-        settings["horizon"] / settings["dt"], settings, "`fixed.horizon` / `fixed.dt`"
+    check.whole_record_blocks(
+        "`fixed.horizon` / `fixed.dt`",
+        settings["horizon"] / settings["dt"],
+        settings["n_records"],
+        "`fixed.n_records`",
     )
 
 
 def _step_schedule(settings, grid):
-    _whole_record_blocks(settings["steps"], settings, "`fixed.steps`")
+    check.whole_record_blocks(
+        "`fixed.steps`", settings["steps"], settings["n_records"], "`fixed.n_records`"
+    )
 
 
 def _where(name, grid) -> str:

@@ -29,6 +29,18 @@ def seed(name: str, value) -> int:
     return int(value)
 
 
+def whole_record_blocks(fields: str, steps, n_records: int, records_field: str) -> int:
+    """A schedule that runs exactly: `steps` (e.g. horizon / dt) is a whole number of steps, at
+    least one and a whole number per record. Returns the step count; never rounds silently."""
+    count = round(steps)
+    if abs(steps - count) > 1e-6 or count < n_records or count % n_records:
+        raise ValueError(
+            f"{fields} must be a whole number of steps divisible by {records_field} "
+            f"({n_records}); got {steps:g} steps. Choose values that divide."
+        )
+    return count
+
+
 def distinct(name: str, values) -> tuple:
     """A sequence with no repeated value: two equal points would be one result counted twice."""
     values = tuple(values)

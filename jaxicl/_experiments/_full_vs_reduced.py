@@ -80,12 +80,9 @@ class FullVsReducedConfig:
             check.finite_positive(name, getattr(self, name))
         check.finite_nonnegative("init_spread", self.init_spread)
         check.one_of("flow", self.flow, FLOWS)
-        steps = self.horizon / self.dt
-        if abs(steps - round(steps)) > 1e-6 or round(steps) % self.n_records:
-            raise ValueError(
-                f"`horizon` / `dt` must be a whole number of steps divisible by `n_records` "
-                f"({self.n_records}); got {steps:g} steps."
-            )
+        check.whole_record_blocks(
+            "`horizon` / `dt`", self.horizon / self.dt, self.n_records, "`n_records`"
+        )
 
     @property
     def block_sizes(self) -> tuple[int, ...]:
@@ -121,9 +118,10 @@ def _schedule(config, key):
     return dict(steps=config.steps, record_every=config.steps // config.n_records, key=key)
 
 
-def _arrays(traj, omega_mu, loss, final_loss, *, window=1):
+def _arrays(traj, loss, final_loss, *, window=1):
+    """One run's stored arrays; (Ω, M) are the trajectory's observables."""
     phases = jax.vmap(lambda t, l: detect_phases(t, l, window=window))(traj.time, loss)
-    omega, mu = omega_mu
+    omega, mu = traj.observables
     return {
         "time": np.asarray(traj.time[0]),
         "loss": np.asarray(loss),
@@ -159,7 +157,6 @@ def _run_on_ansatz(config, length, objective, key, *, window):
     omega, mu = jax.vmap(lambda s: s.spectral())(final)
     return _arrays(
         traj,
-        traj.observables,
         traj.loss,
         _ansatz_final_loss(config, length, omega, mu),
         window=window,
@@ -175,7 +172,7 @@ def _reduced_unit(config, length):
         observe=lambda s: s.spectral(),
         **_schedule(config, jr.key(0)),
     )
-    return _arrays(traj, traj.observables, traj.loss, traj.loss[:, -1])
+    return _arrays(traj, traj.loss, traj.loss[:, -1])
 
 
 def _exact_unit(config, length):
@@ -215,7 +212,7 @@ def _full_unit(config, length, batch):
         return config.n_tasks * mean
 
     final_loss = jax.lax.map(population_loss, final)
-    arrays = _arrays(traj, traj.observables, config.n_tasks * traj.loss, final_loss, window=9)
+    arrays = _arrays(traj, config.n_tasks * traj.loss, final_loss, window=9)
     off = jax.vmap(lambda m: _off_ansatz(m, blocks, config.d))(final)
     return dict(arrays, off_ansatz=np.asarray(off))
 

@@ -118,12 +118,12 @@ class TaskAllocationConfig:
             ("horizon", "dt_factorized"),
             ("horizon_merged", "dt_merged"),
         ):
-            steps = getattr(self, horizon) / getattr(self, dt)
-            if abs(steps - round(steps)) > 1e-6 or round(steps) % self.n_records:
-                raise ValueError(
-                    f"`{horizon}` / `{dt}` must be a whole number of steps divisible by "
-                    f"`n_records` ({self.n_records}); got {steps:g} steps."
-                )
+            check.whole_record_blocks(
+                f"`{horizon}` / `{dt}`",
+                getattr(self, horizon) / getattr(self, dt),
+                self.n_records,
+                "`n_records`",
+            )
 
     @property
     def block_sizes(self) -> tuple[int, ...]:
