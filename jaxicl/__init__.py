@@ -38,6 +38,12 @@ from ._init import (
     init_identity as init_identity,
     init_normal as init_normal,
 )
+from ._init_schemes import (
+    AbstractInitScheme as AbstractInitScheme,
+    Balanced as Balanced,
+    RandomPositive as RandomPositive,
+    RandomSign as RandomSign,
+)
 from ._meanfield_loss import (
     first_variation as first_variation,
     optimal_attention as optimal_attention,
@@ -102,9 +108,17 @@ from ._reduced import (
     optimal_allocation_losses as optimal_allocation_losses,
     reduced_loss as reduced_loss,
 )
-from ._sweep_config import SweepConfig as SweepConfig, load_sweep as load_sweep
-from ._sweep_runner import run_sweep as run_sweep
-from ._sweep_store import open_sweep as open_sweep, plot_sweep as plot_sweep
+from ._studies._feature_learning import FeatureLearning as FeatureLearning
+from ._studies._full_allocation import (
+    FullAllocation as FullAllocation,
+    NormalWeights as NormalWeights,
+)
+from ._studies._reduced_allocation import ReducedAllocation as ReducedAllocation
+from ._sweeps._file import load_sweep as load_sweep
+from ._sweeps._plan import SweepPlan as SweepPlan
+from ._sweeps._runner import run_plan as run_plan, sweep as sweep
+from ._sweeps._store import open_sweep as open_sweep, plot_sweep as plot_sweep
+from ._sweeps._study import AbstractStudy as AbstractStudy
 from ._tasks import (
     AbstractTask as AbstractTask,
     LinearRegression as LinearRegression,

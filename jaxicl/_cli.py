@@ -67,16 +67,19 @@ def _parse_field(field_type, text: str):
     return field_type(text)
 
 
-def _workloads_help() -> str:
-    from ._sweep_workloads import WORKLOADS
+def _studies_help() -> str:
+    from ._sweeps._file import STUDIES, study_fields
 
-    lines = ["workloads (settings and their defaults):"]
-    for name, spec in WORKLOADS.items():
+    lines = [
+        "studies: a built-in name below, or your own AbstractStudy as",
+        '  study = "package.module:Class" (importable where the sweep runs)',
+    ]
+    for name, cls in STUDIES.items():
+        defaults = ", ".join(f"{k}={getattr(v, 'name', v)!r}" for k, v in study_fields(cls).items())
         lines += [
-            f"  {name}: {spec.description}",
-            f"    group axes: {', '.join(spec.group_axes)}",
-            f"    member axes: {', '.join(spec.member_axes)}",
-            "    defaults: " + ", ".join(f"{k}={v!r}" for k, v in spec.defaults.items()),
+            f"  {name}: " + (cls.__doc__ or "").split("\n")[0].strip(),
+            f"    member axes: {', '.join(cls.member_axes)} (all other swept settings: groups)",
+            f"    settings and defaults: {defaults}",
         ]
     return "\n".join(lines)
 
@@ -116,7 +119,7 @@ def _build_parser() -> argparse.ArgumentParser:
     sweep = commands.add_parser(
         "sweep",
         help="run (or resume) a sweep described in a TOML file",
-        epilog=_workloads_help(),
+        epilog=_studies_help(),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     sweep.add_argument("file", help="sweep description (TOML)")
@@ -141,9 +144,9 @@ def _build_parser() -> argparse.ArgumentParser:
 
 
 def _sweep(args) -> int:
-    from ._sweep_config import load_sweep
-    from ._sweep_runner import run_sweep
-    from ._sweep_store import describe_store, plot_sweep
+    from ._sweeps._file import load_sweep
+    from ._sweeps._runner import run_plan
+    from ._sweeps._store import describe_store, plot_sweep
 
     try:
         if args.command == "inspect":
@@ -154,8 +157,14 @@ def _sweep(args) -> int:
             plot_sweep(args.store, figure)
             print(f"figure written to {figure}")
             return 0
-        config = load_sweep(args.file)
-        if config.spec.float64:
+        distributed = (args.num_processes, args.process_id)
+        if args.coordinator is None and distributed != (None, None):
+            raise ValueError(
+                "`--num-processes` and `--process-id` split a sweep only with `--coordinator` "
+                "(host:port of process 0); without it this process would run every unit."
+            )
+        plan = load_sweep(args.file)
+        if type(plan.study).float64:
             jax.config.update("jax_enable_x64", True)
         if args.coordinator is not None:
             jax.distributed.initialize(
@@ -163,7 +172,7 @@ def _sweep(args) -> int:
                 num_processes=args.num_processes,
                 process_id=args.process_id,
             )
-        run_sweep(config, args.out, progress=False if args.quiet else None)
+        run_plan(plan, args.out, progress=False if args.quiet else None)
     except (ValueError, FileNotFoundError) as error:
         print(f"jaxicl: error: {error}", file=sys.stderr)
         return 2

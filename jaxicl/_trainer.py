@@ -282,6 +282,24 @@ def compile_ensemble_steps(
     return lowered.compile().compiled  # equinox wraps the jax.stages.Compiled
 
 
+def ensemble_steps_shapes(
+    states: TrainState,
+    objective: Objective,
+    optimizer: optax.GradientTransformation,
+    *,
+    steps: int,
+    record_every: int,
+    observe: Callable[[PyTree], PyTree] = _no_observables,
+    after_step: AfterStep | None = None,
+):
+    """The shapes and dtypes of what `train_ensemble_steps` would return, from tracing alone
+    (nothing compiles or runs): `(states, trajectory)` of `jax.ShapeDtypeStruct`s."""
+    _check_schedule(steps, record_every)
+    config = (steps, record_every, observe, True, None, after_step)
+    start = jnp.asarray(0, jnp.int32)
+    return eqx.filter_eval_shape(_run, states, objective, optimizer, jr.key(0), start, config)
+
+
 def train_steps(
     state: TrainState,
     objective: Objective,

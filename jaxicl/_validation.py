@@ -76,6 +76,15 @@ def one_of(name: str, value, allowed: Iterable):
     return value
 
 
+def variant(name: str, value, base: type, names: Iterable[str]):
+    """A variant setting: a Module of kind `base` (the command line and sweep files name the
+    built-in ones `names`)."""
+    if not isinstance(value, base):
+        choices = ", ".join(repr(n) for n in names)
+        raise ValueError(f"`{name}` must be a {base.__name__} (by name: {choices}); got {value!r}.")
+    return value
+
+
 def blocks_cover(name: str, blocks, d: int) -> tuple[tuple[int, int], ...]:
     """Check a block layout: each block a non-empty [start, stop) inside [0, d), union = [0, d)."""
     try:

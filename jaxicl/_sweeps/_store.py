@@ -1,13 +1,18 @@
 """The Zarr store a sweep streams into, readable as one labelled xarray dataset.
 
-Layout: one array per series with dimensions (shape axes…, member axes…, seed, time) and one
-per summary without `time`; the coordinates of every axis; and `chunk_done`, one flag per unit
-of work (a group × a block of seeds, every member point) and step chunk. A unit's step chunk
-owns whole Zarr chunks, so processes writing different units never touch the same file. Its
-records are written first and its flag last (Zarr's local store writes every chunk file
-atomically), and the unit's state is checkpointed under `resume/` before either, so a killed
-sweep resumes at the first step chunk without its flag and ends with a store identical to an
-uninterrupted run. The sweep description is stored in the attributes; another is refused.
+Layout: one array per series with dimensions (group axes…, member axes…, seed, time) and one
+per summary without `time` (swept settings only: fixed ones are in the description); the
+coordinates of every axis; and `chunk_done`, one flag per unit of work (a group × a block of
+seeds, every member point) and step chunk. A unit's step chunk owns whole Zarr chunks, so
+processes writing different units never touch the same file. Its records are written first and
+its flag last (Zarr's local store writes every chunk file atomically), and the unit's state is
+checkpointed under `resume/` before either, so a killed sweep resumes at the first step chunk
+without its flag and ends with a store identical to an uninterrupted run.
+
+The attributes hold the sweep's description (another sweep is refused) and its layout (seeds
+per unit, records per step chunk): a resume uses the stored layout, so a machine with other
+memory cannot cut the same sweep differently. Without a path the store lives in memory (same
+code, no checkpoints).
 """
 
 import json
@@ -19,24 +24,13 @@ import time
 import jax
 import numpy as np
 import zarr
+import zarr.storage
 
-from ._checkpoint import load_checkpoint, save_checkpoint
-from ._sweep_config import SweepConfig
+from .._checkpoint import load_checkpoint, save_checkpoint
+from ._plan import SweepPlan, label
 
 
 RESUME_DIR = "resume"
-
-
-def _dimensions(config: SweepConfig) -> tuple[str, ...]:
-    return (*config.spec.group_axes, *config.spec.member_axes, "seed")
-
-
-def _coordinates(config: SweepConfig) -> dict:
-    out = {name: np.asarray(config.axis(name)) for name in _dimensions(config)[:-1]}
-    out["seed"] = np.arange(config.seeds)
-    return out
-
-
 FLAG_MEANING = "1 = true, 0 = false, NaN = not run yet"
 
 
@@ -44,9 +38,14 @@ def float64() -> bool:
     return bool(jax.config.jax_enable_x64)
 
 
-def _describe(config: SweepConfig) -> str:
-    # The precision is part of the sweep: a resume in the other precision would not reproduce it.
-    return json.dumps({**config.as_dict(), "float64": float64()}, sort_keys=True)
+def _dimensions(plan: SweepPlan) -> tuple[str, ...]:
+    return (*plan.group_axes, *plan.swept_member_axes, "seed")
+
+
+def _coordinates(plan: SweepPlan) -> dict:
+    out = {name: np.asarray([label(v) for v in plan.axis(name)]) for name in _dimensions(plan)[:-1]}
+    out["seed"] = np.arange(plan.seeds)
+    return out
 
 
 def _check_metadata(path) -> None:
@@ -62,11 +61,26 @@ def _check_metadata(path) -> None:
         ) from None
 
 
-def open_store(path, config: SweepConfig, program, layout, *, create: bool = True) -> zarr.Group:
-    """Create the store for `config`, or reopen it if it holds the same sweep. `layout` gives
-    the number of units and step chunks, the seeds per unit and the records per step chunk.
-    With `create=False` (processes other than the first of a distributed sweep) wait for the
-    store to appear instead of creating it."""
+def stored_layout(path) -> dict | None:
+    """The layout a store at `path` was created with, or None when there is no store."""
+    if path is None or not (pathlib.Path(path) / "zarr.json").exists():
+        return None
+    _check_metadata(path)
+    layout = zarr.open_group(str(path), mode="r").attrs.get("layout")
+    return None if layout is None else dict(layout)
+
+
+def open_store(path, plan: SweepPlan, time_axis, dtypes, layout, *, create=True) -> zarr.Group:
+    """Create the store of `plan` (in memory when `path` is None), or reopen it if it holds the
+    same sweep. `time_axis` is `(times, units)`; `dtypes` is `(series, summaries)`, name →
+    dtype; `layout` (a dict) gives the units, step chunks, seeds per unit and records per step
+    chunk. With `create=False` (processes other than the first of a distributed sweep) wait for
+    the store to appear instead of creating it."""
+    description = plan.description(float64())
+    if path is None:
+        root = zarr.open_group(zarr.storage.MemoryStore(), mode="w")
+        _create(root, plan, time_axis, dtypes, layout, description)
+        return root
     path = pathlib.Path(path)
     if not create:
         _wait_for(path / "zarr.json")
@@ -74,7 +88,7 @@ def open_store(path, config: SweepConfig, program, layout, *, create: bool = Tru
         _check_metadata(path)
         root = zarr.open_group(str(path), mode="a")
         stored = root.attrs.get("sweep")
-        if stored != _describe(config):
+        if stored != description:
             raise ValueError(
                 f"{path} holds a different sweep ({stored}); it is never overwritten. "
                 "Choose another output path or delete it."
@@ -84,33 +98,47 @@ def open_store(path, config: SweepConfig, program, layout, *, create: bool = Tru
     building = path.with_name(f".{path.name}.building")
     shutil.rmtree(building, ignore_errors=True)
     root = zarr.open_group(str(building), mode="w")
-    dims = _dimensions(config)
-    coords = _coordinates(config)
+    _create(root, plan, time_axis, dtypes, layout, description)
+    # a group of its own, so Zarr readers take the checkpoints in it for foreign files of a
+    # subgroup and leave them alone
+    root.create_group(RESUME_DIR)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    os.replace(building, path)
+    return zarr.open_group(str(path), mode="a")
+
+
+def _create(root, plan: SweepPlan, time_axis, dtypes, layout: dict, description: str) -> None:
+    dims = _dimensions(plan)
+    coords = _coordinates(plan)
     for name, values in coords.items():
         # text labels (e.g. init schemes) as Zarr's variable-length strings
         dtype = str if values.dtype.kind == "U" else values.dtype
         array = root.create_array(name, shape=values.shape, dtype=dtype, dimension_names=[name])
         array[:] = values.astype(object) if dtype is str else values
-    times = root.create_array(
-        "time", shape=program.time.shape, dtype=program.time.dtype, dimension_names=["time"]
+    times, units = time_axis
+    time_array = root.create_array(
+        "time", shape=times.shape, dtype=times.dtype, dimension_names=["time"]
     )
-    times[:] = program.time
-    times.attrs["units"] = program.time_units
+    time_array[:] = times
+    time_array.attrs["units"] = units
     shape = tuple(len(coords[d]) for d in dims)
     # a unit spans every member point and `seed_block` seeds of one group
-    n_shape = len(config.spec.group_axes)
-    unit_chunks = (1,) * n_shape + shape[n_shape:-1] + (layout.seed_block,)
-    arrays = [(name, dtype, True) for name, dtype in program.series.items()]
-    arrays += [(name, dtype, False) for name, dtype in program.summaries.items()]
+    n_groups = len(plan.group_axes)
+    unit_chunks = (1,) * n_groups + shape[n_groups:-1] + (layout["seed_block"],)
+    series, summaries = dtypes
+    arrays = [(name, dtype, True) for name, dtype in series.items()]
+    arrays += [(name, dtype, False) for name, dtype in summaries.items()]
     for name, dtype, over_time in arrays:
-        extra = (len(program.time),) if over_time else ()
+        extra = (len(times),) if over_time else ()
         # A bool fill value would make members not yet run read as False (a failure): flags
         # are stored as 1.0 / 0.0 with NaN for "not run", which means missing to every reader.
-        flag = dtype == "bool"
+        flag = np.dtype(dtype) == np.bool_
+        if not flag and np.dtype(dtype).kind not in "fc":
+            dtype = np.float64 if float64() else np.float32  # integers: NaN marks "not run"
         array = root.create_array(
             name,
             shape=shape + extra,
-            chunks=unit_chunks + ((layout.chunk_records,) if over_time else ()),
+            chunks=unit_chunks + ((layout["chunk_records"],) if over_time else ()),
             dtype="float32" if flag else dtype,
             fill_value=np.nan,
             dimension_names=[*dims, *(("time",) if over_time else ())],
@@ -119,20 +147,16 @@ def open_store(path, config: SweepConfig, program, layout, *, create: bool = Tru
             array.attrs["meaning"] = FLAG_MEANING
     root.create_array(
         "chunk_done",
-        shape=(layout.n_units, layout.n_step_chunks),
+        shape=(layout["n_units"], layout["n_step_chunks"]),
         chunks=(1, 1),
         dtype="bool",
         fill_value=False,
         dimension_names=["unit", "step_chunk"],
     )
-    # a group of its own, so Zarr readers take the checkpoints in it for foreign files of a
-    # subgroup and leave them alone
-    root.create_group(RESUME_DIR)
-    root.attrs["sweep"] = _describe(config)
-    root.attrs["workload"] = config.workload
-    path.parent.mkdir(parents=True, exist_ok=True)
-    os.replace(building, path)
-    return zarr.open_group(str(path), mode="a")
+    root.attrs["sweep"] = description
+    root.attrs["study"] = json.loads(description)["study"]
+    root.attrs["settings"] = json.loads(description)["settings"]
+    root.attrs["layout"] = layout
 
 
 def _wait_for(marker: pathlib.Path, timeout: float = 600.0) -> None:
@@ -188,10 +212,11 @@ def describe_store(path) -> str:
     """What a sweep store holds and how complete it is."""
     dataset = open_sweep(path)
     root = zarr.open_group(str(path), mode="r")
-    config = json.loads(root.attrs["sweep"])
+    sweep = json.loads(root.attrs["sweep"])
     done = done_chunks(root)
     lines = [
-        f"sweep: workload {config['workload']}, {config['seeds']} seeds, grid {config['grid']}",
+        f"sweep: study {sweep['study']}, {sweep['seeds']} seeds, grid {sweep['grid']}",
+        f"settings: {sweep['settings']}",
         f"complete: {int(done.all(axis=1).sum())} of {done.shape[0]} units, "
         f"{int(done.sum())} of {done.size} step chunks ({done.mean():.0%})",
         str(dataset),
@@ -200,7 +225,7 @@ def describe_store(path) -> str:
 
 
 def open_sweep(path):
-    """The store as one labelled xarray dataset (lazily loaded)."""
+    """The store at `path` as one labelled xarray dataset (lazily loaded)."""
     import xarray as xr
 
     if not (pathlib.Path(path) / "zarr.json").exists():
@@ -209,8 +234,16 @@ def open_sweep(path):
     return xr.open_zarr(str(path), consolidated=False)
 
 
+def as_dataset(root: zarr.Group):
+    """An open store as a labelled xarray dataset, loaded into memory (for in-memory sweeps)."""
+    import xarray as xr
+
+    dataset = xr.open_zarr(root.store, consolidated=False).load()
+    return dataset.drop_vars("chunk_done")
+
+
 def plot_sweep(path, figure) -> None:
     """The standard figures of a (possibly incomplete) sweep store."""
-    from ._plots_sweep import plot_figures
+    from ._plots import plot_figures
 
     plot_figures(open_sweep(path), figure)

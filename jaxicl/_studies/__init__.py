@@ -1,0 +1,1 @@
+"""The built-in studies that sweep files and the command line name."""

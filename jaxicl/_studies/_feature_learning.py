@@ -1,0 +1,157 @@
+"""Study `feature-learning`: the mean-field particle solver on the feature-regression task from
+the coupled initial law, with W = W_µ after every step (`attention = "static"`, the
+two-timescale limit) or trained `attention_ratio` times faster (`"attention"`), and optional
+isotropic or Hessian-guided perturbations. W starts at W_µ0 either way.
+
+The teacher, the training sample and the held-out sample are the problem instance, drawn from
+`problem_seed` and shared by every member; members differ by their initial particles. Per
+member it records L(µ) on the held-out sample, and at the end L/L_c (L_c: the loss of constant
+features), whether it fell below `success_threshold`, and the divergence flag. Runs in float64.
+"""
+
+from typing import ClassVar, NamedTuple
+
+import equinox as eqx
+import jax.random as jr
+
+from .. import _validation as check
+from .._feature_attention import init_feature_attention
+from .._feature_regression import feature_regression
+from .._meanfield_loss import constant_feature_loss, with_optimal_attention
+from .._meanfield_solver import PERTURBATIONS, ParticleSolver, particle_solver
+from .._neurons import ACTIVATIONS
+from .._sweeps._study import AbstractStudy
+
+
+class _Problem(NamedTuple):
+    inputs: object
+    targets: object
+    solver: ParticleSolver
+    constant_loss: object
+
+
+class FeatureLearning(AbstractStudy):
+    d: int = eqx.field(static=True, default=10)
+    k: int = eqx.field(static=True, default=3)
+    particles: int = eqx.field(static=True, default=200)
+    activation: str = "sigmoid"
+    teacher_neurons: int = eqx.field(static=True, default=5)
+    teacher_scale: float = 3.0
+    n_inputs: int = eqx.field(static=True, default=500)
+    n_eval_inputs: int = eqx.field(static=True, default=1000)
+    learning_rate: float = 0.02
+    a_scale: float = 1.0
+    steps: int = eqx.field(static=True, default=2000)
+    n_records: int = eqx.field(static=True, default=20)
+    success_threshold: float = 0.05
+    attention: str = "static"
+    attention_ratio: float = 10.0
+    perturbation: str = "none"
+    perturbation_size: float = 0.01
+    perturb_every: int = 10
+    problem_seed: int = 0
+
+    member_axes: ClassVar[tuple[str, ...]] = ("learning_rate", "a_scale")
+    time_units: ClassVar[str] = "Euler steps (flow time: learning_rate × step)"
+    float64: ClassVar[bool] = True
+
+    def __check_init__(self):
+        for name in (
+            "d",
+            "k",
+            "particles",
+            "teacher_neurons",
+            "n_inputs",
+            "n_eval_inputs",
+            "steps",
+            "n_records",
+            "perturb_every",
+        ):
+            check.positive_int(name, getattr(self, name))
+        for name in ("teacher_scale", "learning_rate", "a_scale", "attention_ratio"):
+            check.finite_positive(name, getattr(self, name))
+        check.finite_nonnegative("perturbation_size", self.perturbation_size)
+        check.in_open_interval("success_threshold", self.success_threshold, 0.0, 1.0)
+        check.one_of("activation", self.activation, ACTIVATIONS)
+        check.one_of("attention", self.attention, ("static", "attention"))
+        check.one_of("perturbation", self.perturbation, PERTURBATIONS)
+        check.seed("problem_seed", self.problem_seed)
+        check.whole_record_blocks("`steps`", self.steps, self.n_records, "`n_records`")
+        if self.k > self.d:
+            # The particles' initial output weights are coupled to the first k input weights.
+            raise ValueError(
+                f"`k` ({self.k}) must be at most `d` ({self.d}): each neuron's k outputs start "
+                "coupled to its first k input weights."
+            )
+
+    def check_grid(self, grid):
+        # W's exact flow integrates over ratio × η with one η per program
+        joint = "attention" in grid.get("attention", [self.attention])
+        if joint and len(grid.get("learning_rate", [])) > 1:
+            raise ValueError(
+                f'`grid.learning_rate` ({grid["learning_rate"]}) needs attention = "static": '
+                'with attention = "attention", W\'s flow is tied to one learning rate; '
+                "sweep the learning rate in separate sweeps."
+            )
+
+    def _problem(self) -> _Problem:
+        key = jr.key(self.problem_seed)
+        task = feature_regression(
+            d=self.d,
+            k=self.k,
+            teacher_neurons=self.teacher_neurons,
+            teacher_scale=self.teacher_scale,
+            activation=self.activation,
+            key=jr.fold_in(key, 0),
+        )
+        inputs = task.inputs(self.n_inputs, key=jr.fold_in(key, 1))
+        eval_inputs = task.inputs(self.n_eval_inputs, key=jr.fold_in(key, 2))
+        solver = particle_solver(
+            task,
+            learning_rate=self.learning_rate,
+            inputs=inputs,
+            eval_inputs=eval_inputs,
+            attention=self.attention,
+            attention_ratio=self.attention_ratio,
+            perturbation=self.perturbation,
+            perturbation_size=self.perturbation_size,
+            perturb_every=self.perturb_every,
+        )
+        constant = constant_feature_loss(task.target_features(eval_inputs))
+        return _Problem(inputs, task.target_features(inputs), solver, constant)
+
+    def initial_model(self, values, key):
+        # the coupled law is linear in a_scale: draw at 1 and scale the output weights
+        problem = self._problem()
+        model = init_feature_attention(
+            n_particles=self.particles, k=self.k, d=self.d, activation=self.activation, key=key
+        )
+        model = eqx.tree_at(lambda m: m.particles.a, model, values["a_scale"] * model.particles.a)
+        return with_optimal_attention(model, problem.inputs, problem.targets)
+
+    def objective(self):
+        return self._problem().solver.objective
+
+    def optimizer(self):
+        return self._problem().solver.optimizer
+
+    def after_step(self):
+        return self._problem().solver.after_step
+
+    def observe(self):
+        return self._problem().solver.observe
+
+    def schedule(self):
+        return self.n_records, self.steps // self.n_records
+
+    def series(self, trajectory):
+        return {"loss": trajectory.observables["loss"]}
+
+    def summarize(self, state, series):
+        problem = self._problem()
+        final = problem.solver.observe(state.model)["loss"] / problem.constant_loss
+        return {
+            "final_relative_loss": final,
+            "success": final < self.success_threshold,
+            "diverged": state.diverged,
+        }

@@ -1,0 +1,75 @@
+"""Study `reduced-allocation`: the reduced (Ω, M) flow of multi-head softmax attention on
+disjoint tasks (the `task-allocation` experiment's dynamics) from one init scheme; SGD steps
+of `dt` on the flow's clock. Records the population loss; per member, whether the heads
+allocate the tasks at the end, the warm-up end and the divergence flag."""
+
+from typing import ClassVar
+
+import equinox as eqx
+import jax.numpy as jnp
+import numpy as np
+
+from .. import _validation as check
+from .._analysis import detect_phases, task_allocation
+from .._init_schemes import INIT_SCHEMES, AbstractInitScheme, RandomPositive
+from .._reduced import ReducedLoss
+from .._sweeps._study import AbstractStudy
+from .._tasks import disjoint_blocks
+from .._trainer import sgd
+
+
+class ReducedAllocation(AbstractStudy):
+    d: int = eqx.field(static=True, default=50)
+    n_tasks: int = eqx.field(static=True, default=3)
+    heads: int = eqx.field(static=True, default=3)
+    context_len: int = 100
+    scheme: AbstractInitScheme = RandomPositive()
+    init_scale: float = 1e-3
+    horizon: float = 20.0
+    dt: float = 0.005
+    n_records: int = eqx.field(static=True, default=40)
+
+    member_axes: ClassVar[tuple[str, ...]] = ("init_scale",)
+    variants: ClassVar[dict] = {"scheme": INIT_SCHEMES}
+    time_units: ClassVar[str] = "gradient-flow time"
+
+    def __check_init__(self):
+        for name in ("d", "n_tasks", "heads", "context_len", "n_records"):
+            check.positive_int(name, getattr(self, name))
+        disjoint_blocks(self.d, self.n_tasks)
+        check.variant("scheme", self.scheme, AbstractInitScheme, INIT_SCHEMES)
+        for name in ("init_scale", "horizon", "dt"):
+            check.finite_positive(name, getattr(self, name))
+        check.whole_record_blocks(
+            "`horizon` / `dt`", self.horizon / self.dt, self.n_records, "`n_records`"
+        )
+
+    def initial_model(self, values, key):
+        return self.scheme(self.heads, self.n_tasks, values["init_scale"], key=key)
+
+    def objective(self):
+        sizes = tuple(b - a for a, b in disjoint_blocks(self.d, self.n_tasks))
+        return ReducedLoss(sizes, self.context_len)
+
+    def optimizer(self):
+        return sgd(self.dt)
+
+    def schedule(self):
+        steps = round(self.horizon / self.dt)
+        return self.n_records, steps // self.n_records
+
+    def time(self):
+        n_records, record_every = self.schedule()
+        return self.dt * record_every * np.arange(n_records)
+
+    def series(self, trajectory):
+        return {"loss": trajectory.loss.astype(jnp.float32)}
+
+    def summarize(self, state, series):
+        omega, mu = state.model.spectral()
+        time = jnp.asarray(self.time(), series["loss"].dtype)
+        return {
+            "success": task_allocation(omega, mu).success,
+            "warmup_end": detect_phases(time, series["loss"], window=1).warmup_end,
+            "diverged": state.diverged,
+        }

@@ -1,0 +1,136 @@
+"""Sweep files (TOML) and the names of studies: the edge where names become Modules.
+
+    study = "reduced-allocation"  # a built-in name, or an import path "package.module:Class"
+    seeds = 1024
+    root_seed = 0                 # every random stream derives from it
+    members_per_call = "auto"     # "auto" sizes it from the device's memory
+    chunk_records = "auto"        # records per step chunk (a checkpoint after each)
+
+    [fixed]
+    horizon = 20.0
+
+    [grid]
+    heads = [2, 3, 4]             # changes shapes: one compiled group per value
+    init_scale = [3e-4, 1e-3]     # a member axis: members of the same calls, with the seeds
+
+A setting whose values are Modules (a study's `variants`, e.g. `scheme`) is written by name.
+Everything is checked before anything compiles; every error names the field, the bad value
+and what is allowed.
+"""
+
+import dataclasses
+import importlib
+import pathlib
+import tomllib
+
+from .. import _validation as check
+from .._studies._feature_learning import FeatureLearning
+from .._studies._full_allocation import FullAllocation
+from .._studies._reduced_allocation import ReducedAllocation
+from ._plan import SweepPlan
+from ._study import AbstractStudy
+
+
+STUDIES: dict[str, type[AbstractStudy]] = {
+    "reduced-allocation": ReducedAllocation,
+    "full-allocation": FullAllocation,
+    "feature-learning": FeatureLearning,
+}
+
+
+def study_class(name) -> type[AbstractStudy]:
+    """A built-in study by name, or a user's study by import path `package.module:Class`."""
+    if not isinstance(name, str):
+        raise ValueError(f"`study` must be a string, got {name!r}.")
+    if name in STUDIES:
+        return STUDIES[name]
+    if ":" not in name:
+        choices = ", ".join(repr(n) for n in STUDIES)
+        raise ValueError(
+            f"`study` must be one of {choices} or an import path 'package.module:Class'; "
+            f"got {name!r}."
+        )
+    module_name, _, qualname = name.partition(":")
+    try:
+        target = importlib.import_module(module_name)
+        for part in qualname.split("."):
+            target = getattr(target, part)
+    except ImportError as error:
+        raise ValueError(f"`study` = {name!r}: cannot import {module_name!r} ({error}).") from None
+    except AttributeError:
+        raise ValueError(f"`study` = {name!r}: {module_name} has no {qualname!r}.") from None
+    if not (isinstance(target, type) and issubclass(target, AbstractStudy)):
+        raise ValueError(f"`study` = {name!r} is not a subclass of jaxicl.AbstractStudy.")
+    return target
+
+
+def study_fields(cls: type[AbstractStudy]) -> dict:
+    """Setting name → default (or `dataclasses.MISSING`) of a study class."""
+    return {
+        f.name: f.default if f.default is not dataclasses.MISSING else f.default_factory
+        for f in dataclasses.fields(cls)
+    }
+
+
+def from_name(cls: type[AbstractStudy], field: str, value, where: str):
+    """A setting's value as written in a file or on the command line: variant names → Modules."""
+    choices = cls.variants.get(field)
+    if choices is None or not isinstance(value, str):
+        return value
+    if value not in choices:
+        check.one_of(where, value, choices)
+    return choices[value]
+
+
+def make_study(cls: type[AbstractStudy], fixed: dict, where: str = "fixed") -> AbstractStudy:
+    fields = study_fields(cls)
+    for name in fixed:
+        check.one_of(where, name, fields)
+    values = {name: from_name(cls, name, v, f"{where}.{name}") for name, v in fixed.items()}
+    try:
+        return cls(**values)
+    except (TypeError, ValueError) as error:
+        raise ValueError(f"in [{where}]: {error}") from None
+
+
+def load_sweep(path) -> SweepPlan:
+    """Read and validate a sweep file."""
+    if not pathlib.Path(path).is_file():
+        raise ValueError(f"the sweep file {path} is not a file.")
+    with open(path, "rb") as f:
+        try:
+            raw = tomllib.load(f)
+        except tomllib.TOMLDecodeError as error:
+            raise ValueError(f"{path} is not valid TOML: {error}") from None
+    if "workload" in raw:
+        raise ValueError(f"{path}: `workload` is now `study` (same names); rename the key.")
+    allowed = ("study", "seeds", "root_seed", "members_per_call", "chunk_records", "fixed", "grid")
+    for key in raw:
+        check.one_of("top-level key", key, allowed)
+    for key in ("study", "seeds"):
+        if key not in raw:
+            raise ValueError(f"{path} must set `{key}`.")
+    for key in ("fixed", "grid"):
+        if not isinstance(raw.get(key, {}), dict):
+            raise ValueError(
+                f"`{key}` in {path} must be a table ([{key}] with name = value lines), got "
+                f"{raw[key]!r}."
+            )
+    cls = study_class(raw["study"])
+    fixed, grid = dict(raw.get("fixed", {})), dict(raw.get("grid", {}))
+    for name, values in grid.items():
+        check.one_of("grid", name, study_fields(cls))
+        if name in fixed:
+            raise ValueError(f"`{name}` is both in [fixed] and in [grid]; keep one.")
+        if not isinstance(values, list) or not values:
+            raise ValueError(f"`grid.{name}` must be a non-empty list, got {values!r}.")
+        grid[name] = [from_name(cls, name, v, f"grid.{name}") for v in values]
+    return SweepPlan(
+        study=make_study(cls, fixed),
+        grid=grid,
+        seeds=raw["seeds"],
+        root_seed=raw.get("root_seed", 0),
+        members_per_call=raw.get("members_per_call", "auto"),
+        chunk_records=raw.get("chunk_records", "auto"),
+        study_name=raw["study"],
+    )

@@ -1,0 +1,148 @@
+"""One compiled group of a sweep: a study's members trained in step chunks.
+
+The group builds its study's objective, optimizer, move and observer once, so every step
+chunk reuses one compiled program. Keys come from the runner: member seed s starts from
+`fold_in(init_key, s)` (the same draw at every grid point), and the data of step t is drawn
+from `fold_in(data_key, t)` by the trainer.
+"""
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import jax.random as jr
+import numpy as np
+import optax
+
+from .._train_state import init_ensemble_state
+from .._trainer import compile_ensemble_steps, ensemble_steps_shapes, train_ensemble_steps
+from ._study import AbstractStudy
+
+
+_MISSING = object()
+
+
+def _per_member_hyperparameters(states, member_axes, values: dict):
+    """Set each member axis that names an `inject_hyperparams` hyperparameter in the stacked
+    optimizer states (e.g. one learning rate per member)."""
+    opt_state = states.opt_state
+    for name in member_axes:
+        found = optax.tree_utils.tree_get(
+            opt_state, name, _MISSING, filtering=lambda _, v: eqx.is_array(v)
+        )
+        if found is not _MISSING:
+            value = jnp.asarray(values[name], found.dtype)
+            opt_state = optax.tree_utils.tree_set(opt_state, **{name: value})
+    return eqx.tree_at(lambda s: s.opt_state, states, opt_state)
+
+
+@eqx.filter_jit
+def _series(study: AbstractStudy, trajectory):
+    return jax.vmap(study.series)(trajectory)
+
+
+@eqx.filter_jit
+def _summaries(study: AbstractStudy, states, series: dict):
+    return jax.vmap(study.summarize)(states, series)
+
+
+class Group:
+    """The members of one group of the grid, for the runner."""
+
+    def __init__(self, study: AbstractStudy, *, init_key, data_key):
+        self.study = study
+        self.init_key, self.data_key = init_key, data_key
+        self.n_records, self.record_every = study.schedule()
+        self.time = np.asarray(study.time())
+        self.objective = study.objective()
+        self.optimizer = study.optimizer()
+        moves = {"observe": study.observe(), "after_step": study.after_step()}
+        self.extra = {name: f for name, f in moves.items() if f is not None}
+        self._dtypes = None
+
+    def init(self, member_values: dict, seeds: np.ndarray):
+        """Stacked states of these members (`member_values`: every member axis → one value per
+        member; `seeds`: each member's seed)."""
+        keys = jax.vmap(lambda s: jr.fold_in(self.init_key, s))(jnp.asarray(seeds))
+        values = {name: jnp.asarray(v) for name, v in member_values.items()}
+        models = eqx.filter_vmap(self.study.initial_model)(values, keys)
+        states = init_ensemble_state(models, self.optimizer)
+        return _per_member_hyperparameters(states, type(self.study).member_axes, values)
+
+    def advance(self, states, n_records: int):
+        """`(states, {name: (members, n_records) array})`: `n_records` more records."""
+        states, trajectory = train_ensemble_steps(
+            states,
+            self.objective,
+            self.optimizer,
+            steps=n_records * self.record_every,
+            record_every=self.record_every,
+            member_chunk=type(self.study).member_chunk,
+            key=self.data_key,
+            **self.extra,
+        )
+        series = _series(self.study, trajectory)
+        return states, {name: np.asarray(v) for name, v in series.items()}
+
+    def summarize(self, states, series: dict) -> dict:
+        """`{name: (members,) array}` from the final states and the members' whole series."""
+        arrays = {name: jnp.asarray(v) for name, v in series.items()}
+        return {name: np.asarray(v) for name, v in _summaries(self.study, states, arrays).items()}
+
+    def dtypes(self, member_values: dict) -> tuple[dict, dict]:
+        """The dtypes of the series and of the summaries, from tracing alone."""
+        if self._dtypes is None:
+            one = {name: np.asarray(v)[:1] for name, v in member_values.items()}
+            states = self.init(one, np.zeros(1, np.int32))
+            states, trajectory = ensemble_steps_shapes(
+                states,
+                self.objective,
+                self.optimizer,
+                steps=self.record_every,
+                record_every=self.record_every,
+                **self.extra,
+            )
+            series = jax.eval_shape(jax.vmap(self.study.series), trajectory)
+            full = {
+                name: jax.ShapeDtypeStruct((1, self.n_records), s.dtype)
+                for name, s in series.items()
+            }
+            summaries = jax.eval_shape(jax.vmap(self.study.summarize), states, full)
+            self._check_shapes(series, summaries)
+            self._dtypes = (
+                {name: np.dtype(s.dtype) for name, s in series.items()},
+                {name: np.dtype(s.dtype) for name, s in summaries.items()},
+            )
+        return self._dtypes
+
+    def _check_shapes(self, series, summaries) -> None:
+        name = type(self.study).__name__
+        for kind, out, shape in (("series", series, (1, 1)), ("summarize", summaries, (1,))):
+            if not isinstance(out, dict):
+                raise ValueError(f"{name}.{kind} must return a dict of arrays, got {out!r}.")
+            for key, s in out.items():
+                if s.shape != shape:
+                    holds = "one value per record" if kind == "series" else "one scalar"
+                    raise ValueError(
+                        f"{name}.{kind}()['{key}'] has shape {s.shape[1:]} per member; the "
+                        f"store holds {holds} per member."
+                    )
+
+    def memory(self, member_values: dict, n_members: int, n_records: int) -> int:
+        """XLA's memory analysis (bytes) of one call of `n_members` members, all at once."""
+        values = {
+            name: np.repeat(np.asarray(v)[:1], n_members) for name, v in member_values.items()
+        }
+        states = self.init(values, np.arange(n_members))
+        compiled = compile_ensemble_steps(
+            states,
+            self.objective,
+            self.optimizer,
+            steps=n_records * self.record_every,
+            **self.extra,
+        )
+        analysis = compiled.memory_analysis()
+        return int(
+            analysis.argument_size_in_bytes
+            + analysis.output_size_in_bytes
+            + analysis.temp_size_in_bytes
+        )

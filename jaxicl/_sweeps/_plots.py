@@ -1,0 +1,89 @@
+"""Standard figures of a sweep store: a phase diagram of the success rate (allocation, or the
+loss threshold of `feature-learning`) over the two largest grid axes, and loss curves (median
+over seeds) for every grid point."""
+
+import numpy as np
+
+from .._plots import _pyplot
+
+
+def _label(value) -> str:
+    return f"{value:g}" if isinstance(value, (int, float, np.number)) else str(value)
+
+
+def _phase_axes(flag) -> tuple[str, str]:
+    """The two grid axes with the most values (seeds excluded), for the phase diagram."""
+    sizes = {d: n for d, n in flag.sizes.items() if d != "seed"}
+    ranked = sorted(sizes, key=lambda d: -sizes[d])
+    return ranked[0], ranked[1] if len(ranked) > 1 else ranked[0]
+
+
+def _flag(dataset) -> str | None:
+    """The summary to map: `success` when the study records it, else its first flag."""
+    flags = [
+        n for n, v in dataset.data_vars.items() if "meaning" in v.attrs and "time" not in v.dims
+    ]
+    flags = [n for n in flags if n != "diverged"] or flags
+    if not flags or all(d == "seed" for d in dataset[flags[0]].dims):
+        return None
+    return "success" if "success" in flags else flags[0]
+
+
+def _series(dataset) -> str:
+    over_time = [n for n, v in dataset.data_vars.items() if "time" in v.dims]
+    return "loss" if "loss" in over_time else over_time[0]
+
+
+def _phase_diagram(ax, dataset, name, fig) -> None:
+    # NaN marks members not run yet: the rate is over the seeds that ran, and a cell with none
+    # is drawn empty and labelled, never as 0%.
+    rate = dataset[name].mean("seed", skipna=True)
+    ran = dataset[name].notnull().sum("seed")
+    x_axis, y_axis = _phase_axes(dataset[name])
+    others = [d for d in rate.dims if d not in (x_axis, y_axis)]
+    table = rate.isel({d: 0 for d in others}).transpose(y_axis, x_axis)
+    counts = ran.isel({d: 0 for d in others}).transpose(y_axis, x_axis)
+    seeds = dataset.sizes["seed"]
+    image = ax.imshow(table.values, origin="lower", aspect="auto", vmin=0, vmax=1)
+    ax.set_xticks(range(table.sizes[x_axis]), [_label(v) for v in table[x_axis].values])
+    ax.set_yticks(range(table.sizes[y_axis]), [_label(v) for v in table[y_axis].values])
+    ax.set(xlabel=x_axis, ylabel=y_axis)
+    ax.set_title(f"{dataset.attrs.get('study', 'sweep')}: {name} rate over {seeds} seeds")
+    for (i, j), value in np.ndenumerate(table.values):
+        n = int(counts.values[i, j])
+        text = "not run" if n == 0 else f"{value:.0%}" + (f"\n({n} seeds)" if n < seeds else "")
+        ax.text(j, i, text, ha="center", va="center", color="white" if n else "grey")
+    fig.colorbar(image, ax=ax)
+
+
+def plot_figures(dataset, path) -> None:
+    plt = _pyplot()
+    flag = _flag(dataset)
+    panels = 2 if flag is not None else 1
+    fig, axes = plt.subplots(1, panels, figsize=(6 * panels, 4.5), squeeze=False)
+    if flag is not None:
+        _phase_diagram(axes[0, 0], dataset, flag, fig)
+    ax_loss = axes[0, -1]
+    name = _series(dataset)
+    median = dataset[name].median("seed")
+    grid_dims = [d for d in median.dims if d != "time"]
+    points = median.stack(point=grid_dims) if grid_dims else median.expand_dims(point=[0])
+    for k in range(points.sizes["point"]):
+        label = (
+            ", ".join(
+                f"{n}={_label(v)}"
+                for n, v in zip(points.indexes["point"].names, points["point"].values[k])
+            )
+            if grid_dims
+            else name
+        )
+        ax_loss.plot(dataset["time"], points.isel(point=k), label=label)
+    units = dataset["time"].attrs.get("units", "time")
+    positive = bool((median > 0).all())
+    ax_loss.set(
+        xlabel=units, ylabel=f"{name} (median over seeds)", yscale="log" if positive else "linear"
+    )
+    ax_loss.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)

@@ -1,0 +1,319 @@
+"""The one runner: any study over a grid of settings × member values × seeds.
+
+Groups of the grid (settings that change shapes or the program) are compiled once each; a unit
+of work is a group × a block of seeds with every member point, trained as one ensemble (sharded
+over the local devices like any ensemble) in step chunks streamed into the store one chunk at a
+time, so only one chunk of records is in host memory. After each step chunk the unit's states
+are checkpointed, then its records written, then its flag: a killed sweep resumes at the first
+step chunk without its flag. Under `jax.distributed` (several processes, e.g. one per host),
+process i runs the units u ≡ i (mod process count) and writes them into the same store.
+
+Every random stream derives here from one root seed: the init of seed s is
+`fold_in(fold_in(key(root_seed), 0), s)` at every grid point, the data of step t
+`fold_in(fold_in(key(root_seed), 1), t)`.
+"""
+
+import dataclasses
+import math
+import os
+
+import jax
+import jax.random as jr
+import numpy as np
+
+from .._progress import progress_bar
+from . import _store as store_io
+from ._group import Group
+from ._plan import SweepPlan, chunk_bounds
+from ._study import AbstractStudy
+
+
+# "auto" sizing: a call may use this fraction of the device's memory (host RAM on CPU), and
+# holds at most MAX_MEMBERS_PER_CALL members (beyond that a call is long enough to amortize).
+MEMORY_FRACTION = 0.25
+MAX_MEMBERS_PER_CALL = 65536
+PROBE_MEMBERS = 256
+AUTO_STEP_CHUNKS = 4
+_INIT_STREAM, _DATA_STREAM = 0, 1
+
+
+def device_memory_bytes() -> int:
+    """Memory of the first local device: its allocator limit, or physical RAM on CPU."""
+    stats = jax.local_devices()[0].memory_stats() or {}
+    if "bytes_limit" in stats:
+        return int(stats["bytes_limit"])
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+
+
+def auto_members_per_call(plan: SweepPlan, groups: list, budget: int, chunk_records: int) -> int:
+    """Members per call from XLA's memory analysis of the compiled calls: the bytes of a
+    `PROBE_MEMBERS`-member call of one step chunk (arguments, outputs, temporaries) of the
+    hungriest group, scaled to `budget` (one size for every group: the store's chunks are
+    uniform)."""
+    values = _member_values(plan, 0, 1)[0]
+    used = max(g.memory(values, PROBE_MEMBERS, chunk_records) for g in groups)
+    per_member = max(1, used // PROBE_MEMBERS)
+    return int(min(MAX_MEMBERS_PER_CALL, max(1, budget // per_member)))
+
+
+def _layout(plan: SweepPlan, groups: list) -> dict:
+    n_records = groups[0].n_records
+    if plan.chunk_records == "auto":
+        chunk_records = math.ceil(n_records / AUTO_STEP_CHUNKS)
+    else:
+        chunk_records = min(n_records, plan.chunk_records)
+    n_points = len(plan.member_points())
+    if plan.members_per_call == "auto":
+        budget = int(MEMORY_FRACTION * device_memory_bytes())
+        largest = auto_members_per_call(plan, groups, budget, chunk_records) // n_points
+        largest = max(1, largest)
+        # equal units (the last one no smaller), so one compiled call serves them all
+        seed_block = math.ceil(plan.seeds / math.ceil(plan.seeds / largest))
+    else:
+        seed_block = min(plan.seeds, max(1, plan.members_per_call // n_points))
+    return dict(
+        n_units=len(groups) * math.ceil(plan.seeds / seed_block),
+        seed_block=seed_block,
+        n_step_chunks=math.ceil(n_records / chunk_records),
+        chunk_records=chunk_records,
+    )
+
+
+def _resumed_layout(plan: SweepPlan, groups: list, stored: dict) -> dict:
+    """A store's own layout (auto sizes may differ on this machine), refusing explicit sizes
+    that would cut the sweep differently."""
+    n_points = len(plan.member_points())
+    asked = {
+        "members_per_call": (
+            plan.members_per_call,
+            None
+            if plan.members_per_call == "auto"
+            else min(plan.seeds, max(1, plan.members_per_call // n_points)),
+            stored["seed_block"],
+            stored["seed_block"] * n_points,
+        ),
+        "chunk_records": (
+            plan.chunk_records,
+            None if plan.chunk_records == "auto" else min(groups[0].n_records, plan.chunk_records),
+            stored["chunk_records"],
+            stored["chunk_records"],
+        ),
+    }
+    for name, (value, gives, has, shown) in asked.items():
+        if gives is not None and gives != has:
+            raise ValueError(
+                f"this store was cut with {name} = {shown}; resume it with that value or "
+                f'"auto" (a resume keeps the layout the sweep started with), got {value}.'
+            )
+    return stored
+
+
+def _member_values(plan: SweepPlan, start: int, stop: int) -> tuple[dict, np.ndarray]:
+    """Member values and seeds of a unit: every member point (grid order) × seeds start..stop."""
+    points, n = plan.member_points(), stop - start
+    values = {name: np.repeat([p[name] for p in points], n) for name in plan.member_axes}
+    return values, np.tile(np.arange(start, stop), len(points))
+
+
+def _unit_index(plan: SweepPlan, group: int, start: int, stop: int) -> tuple:
+    """Store index of a unit: its group's position, every member point, its seeds."""
+    sizes = [len(plan.axis(name)) for name in plan.group_axes]
+    position = np.unravel_index(group, sizes) if sizes else ()
+    return (
+        *(int(i) for i in position),
+        *(slice(None) for _ in plan.swept_member_axes),
+        slice(start, stop),
+    )
+
+
+def _check_precision(plan: SweepPlan) -> None:
+    if type(plan.study).float64 and not store_io.float64():
+        raise ValueError(
+            f"study `{type(plan.study).__name__}` runs in float64: call "
+            "jax.config.update('jax_enable_x64', True) before any other JAX work "
+            "(`jaxicl sweep` does this for you)."
+        )
+
+
+def sweep(
+    study: AbstractStudy | type,
+    *,
+    seeds: int,
+    grid: dict | None = None,
+    store=None,
+    root_seed: int = 0,
+    members_per_call: int | str = "auto",
+    chunk_records: int | str = "auto",
+    progress: bool | None = None,
+    on_chunk=None,
+    study_name: str = "",
+):
+    """Run (or resume) `study` over `grid` × `seeds`; returns the labelled xarray dataset.
+
+    **Arguments:**
+
+    - `study`: an `AbstractStudy` (its fields are the settings not swept), or a study class
+      (its defaults).
+    - `seeds`: members per grid point.
+    - `grid`: setting name → list of values. The study's member axes become members of one
+      compiled call; every other swept setting makes one compiled group per value combination.
+    - `store`: None to keep the results in memory (returned loaded), or a path to stream them
+      to a Zarr store there (returned lazily opened). A store of the same sweep is resumed;
+      another sweep's store is refused.
+    - `root_seed`: the seed every random stream derives from.
+    - `members_per_call`: members trained in one compiled call, or `"auto"` (from XLA's memory
+      analysis: a quarter of the device's memory).
+    - `chunk_records`: records per step chunk (a checkpoint after each), or `"auto"` (4 chunks).
+    - `progress`: a progress bar (None: only on a terminal).
+    - `on_chunk(unit, step_chunk)`: called after each step chunk is stored.
+    - `study_name`: how a sweep file names the study (recorded in the store's description).
+
+    Member i gets the same trajectory whether it runs alone, with any chunking, on any number
+    of devices or processes, or resumed after a kill.
+    """
+    if isinstance(study, type) and issubclass(study, AbstractStudy):
+        study = study()
+    plan = SweepPlan(
+        study=study,
+        grid=dict(grid or {}),
+        seeds=seeds,
+        root_seed=root_seed,
+        members_per_call=members_per_call,
+        chunk_records=chunk_records,
+        study_name=study_name,
+    )
+    return run_plan(plan, store, progress=progress, on_chunk=on_chunk)
+
+
+def run_plan(plan: SweepPlan, store=None, *, progress=None, on_chunk=None):
+    """`sweep` of a checked plan (e.g. from `load_sweep`)."""
+    _check_precision(plan)
+    n_processes = jax.process_count()
+    if store is None and n_processes > 1:
+        raise ValueError("a sweep over several processes needs `store`: a path all of them share.")
+    root_key = jr.key(plan.root_seed)
+    keys = dict(
+        init_key=jr.fold_in(root_key, _INIT_STREAM), data_key=jr.fold_in(root_key, _DATA_STREAM)
+    )
+    groups = [Group(s, **keys) for s in plan.group_studies()]
+    values = _member_values(plan, 0, 1)[0]
+    dtypes = groups[0].dtypes(values)
+    for g in groups[1:]:
+        if g.dtypes(values) != dtypes:
+            raise ValueError("the groups of this grid record different series or summaries.")
+    stored = store_io.stored_layout(store)
+    # the same layout in every process: same groups, same kind of device
+    layout = _layout(plan, groups) if stored is None else _resumed_layout(plan, groups, stored)
+    process = jax.process_index()
+    time_axis = (groups[0].time, type(plan.study).time_units)
+    root = store_io.open_store(store, plan, time_axis, dtypes, layout, create=process == 0)
+    _Run(plan, groups, layout, root, store, progress, on_chunk).run(process, n_processes)
+    if store is None:
+        return store_io.as_dataset(root)
+    return store_io.open_sweep(store)
+
+
+@dataclasses.dataclass
+class _Run:
+    plan: SweepPlan
+    groups: list
+    layout: dict
+    root: object
+    path: object
+    progress: bool | None
+    on_chunk: object
+
+    def run(self, process: int, n_processes: int) -> None:
+        plan, layout = self.plan, self.layout
+        done = store_io.done_chunks(self.root)
+        seed_blocks = chunk_bounds(plan.seeds, layout["seed_block"])
+        units = [(g, a, b) for g in range(len(self.groups)) for a, b in seed_blocks]
+        if len(units) != done.shape[0]:
+            raise ValueError(
+                f"{self.path} records {done.shape[0]} units where this sweep has {len(units)}; "
+                "the store is damaged. Start the sweep in a new store."
+            )
+        # several processes (jax.distributed) take every process_count-th unit each
+        mine = [u for u in range(len(units)) if u % n_processes == process]
+        record_chunks = chunk_bounds(self.groups[0].n_records, layout["chunk_records"])
+        n_points = len(plan.member_points())
+        members = {u: n_points * (units[u][2] - units[u][1]) for u in mine}
+        steps = [self.groups[0].record_every * (b - a) for a, b in record_chunks]
+        total = sum(members[u] * sum(steps) for u in mine)
+        bar = progress_bar(total, description="sweep", unit="member-step", enabled=self.progress)
+        bar.update(sum(members[u] * s for u in mine for s, f in zip(steps, done[u]) if f))
+        finished = sum(members[u] for u in mine if done[u].all())
+
+        def show_members():
+            bar.set_postfix_str(f"members {finished}/{sum(members.values())}")
+
+        show_members()
+        for u in mine:
+            if not done[u].all():
+                g, start, stop = units[u]
+                for c in self._unit(u, g, start, stop, done[u], record_chunks):
+                    bar.update(members[u] * steps[c])
+                    if self.on_chunk is not None:
+                        self.on_chunk(u, c)
+                finished += members[u]
+                show_members()
+            if self.path is not None:
+                store_io.drop_unit_state(self.path, u)
+        bar.close()
+
+    def _unit(self, u: int, g: int, start: int, stop: int, done, record_chunks):
+        """Run the unit's step chunks not yet flagged, yielding each one's number once stored."""
+        group = self.groups[g]
+        index = _unit_index(self.plan, g, start, stop)
+        values, seeds = _member_values(self.plan, start, stop)
+        states = group.init(values, seeds)
+        first = int(np.argmin(done))  # the first chunk without its flag
+        if first > 0:
+            saved = store_io.load_unit_state(self.path, u, states)
+            if saved is None or saved[1] not in (first, first + 1):
+                raise ValueError(
+                    f"the checkpoint of unit {u} in {self.path} does not match its flags; "
+                    "delete the store and run the sweep again."
+                )
+            states, chunks_done, series = saved
+            if chunks_done == first + 1:
+                # killed after the checkpoint, before the records: store them from it
+                self._store(u, group, index, first, record_chunks, series, states)
+                yield first
+                first += 1
+        for c in range(first, len(record_chunks)):
+            a, b = record_chunks[c]
+            states, series = group.advance(states, b - a)
+            if self.path is not None:
+                store_io.save_unit_state(self.path, u, states, c + 1, series)
+            self._store(u, group, index, c, record_chunks, series, states)
+            yield c
+
+    def _store(self, u, group, index, c, record_chunks, series, states) -> None:
+        a, b = record_chunks[c]
+        shape = self._member_shape(index)
+        writes = [
+            (name, (*index, slice(a, b)), values.reshape(*shape, b - a))
+            for name, values in series.items()
+        ]
+        if c == len(record_chunks) - 1:
+            # summaries of the whole series: this unit's records, read back from the store
+            written = store_io.read_series(self.root, series, index)
+            whole = {
+                name: np.concatenate(
+                    [written[name][..., :a].astype(values.dtype), values.reshape(*shape, b - a)],
+                    axis=-1,
+                ).reshape(-1, written[name].shape[-1])
+                for name, values in series.items()
+            }
+            summaries = group.summarize(states, whole)
+            writes += [
+                (name, index, np.asarray(values).reshape(shape))
+                for name, values in summaries.items()
+            ]
+        store_io.write_chunk(self.root, u, c, writes)
+
+    def _member_shape(self, index) -> tuple[int, ...]:
+        points = tuple(len(self.plan.axis(name)) for name in self.plan.swept_member_axes)
+        seeds = index[-1]
+        return (*points, seeds.stop - seeds.start)

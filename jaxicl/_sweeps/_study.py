@@ -1,0 +1,93 @@
+"""The study: what one member of a sweep is, written once and run by `jaxicl.sweep`.
+
+A study is a frozen Equinox Module whose fields are its settings. The runner builds one study
+per group of the grid (a group changes any setting except the member axes) and, inside a
+group, trains every member (member-axis values × seeds) in one compiled call. Like Diffrax's
+solvers or Optax's transformations, a study only says what to compute; chunking, checkpoints,
+devices, hosts, keys, the store and progress all belong to the runner.
+"""
+
+import abc
+from typing import ClassVar
+
+import equinox as eqx
+import numpy as np
+import optax
+from jaxtyping import Array, PRNGKeyArray, PyTree
+
+from .._train_state import TrainState, Trajectory
+
+
+class AbstractStudy(eqx.Module):
+    """One member of a sweep: its initial model, objective, optimizer, records and summaries.
+
+    Validate the settings in `__check_init__` (every error names the field, the value and what
+    is allowed): the runner builds each group's study before anything compiles, so a bad grid
+    value fails there.
+
+    **Class variables** (override in a subclass):
+
+    - `member_axes`: settings that may differ between members of one compiled call (numbers
+      only). `initial_model` receives them as `values`; one that names a hyperparameter of an
+      `optax.inject_hyperparams` optimizer (e.g. `learning_rate`) is also set per member in its
+      optimizer state. Every other setting swept in a grid makes compiled groups.
+    - `variants`: for settings whose values are Modules (e.g. an init scheme), the names the
+      command line and sweep files use: `{field: {name: module}}`.
+    - `time_units`: what the record times count.
+    - `float64`: the study needs `jax_enable_x64`.
+    - `member_chunk`: members vectorized at once inside a call (as in `train_ensemble_steps`).
+
+    **Methods to implement:** `initial_model`, `objective`, `optimizer`, `schedule`; optionally
+    `after_step`, `observe`, `series`, `summarize`, `time`, `check_grid`.
+    """
+
+    member_axes: ClassVar[tuple[str, ...]] = ()
+    variants: ClassVar[dict[str, dict[str, eqx.Module]]] = {}
+    time_units: ClassVar[str] = "optimizer steps"
+    float64: ClassVar[bool] = False
+    member_chunk: ClassVar[int | None | str] = "auto"
+
+    @abc.abstractmethod
+    def initial_model(self, values: dict[str, Array], key: PRNGKeyArray) -> PyTree:
+        """One member's initial model from its member-axis `values` (scalars) and its key."""
+
+    @abc.abstractmethod
+    def objective(self):
+        """The loss the optimizer minimizes: `(model, key) -> scalar` or an `AbstractObjective`
+        (whose data every member of a call shares at each step)."""
+
+    @abc.abstractmethod
+    def optimizer(self) -> optax.GradientTransformation:
+        """The optimizer of one member."""
+
+    @abc.abstractmethod
+    def schedule(self) -> tuple[int, int]:
+        """`(n_records, record_every)`: the run is `n_records * record_every` optimizer steps,
+        recorded before steps 0, r, 2r, ..."""
+
+    def after_step(self):
+        """An optional move after every optimizer step, `(model, data, step, key) -> model`."""
+        return None
+
+    def observe(self):
+        """An optional function of one model, recorded every `record_every` steps (its values
+        reach `series` as `trajectory.observables`)."""
+        return None
+
+    def series(self, trajectory: Trajectory) -> dict[str, Array]:
+        """The per-record series stored for one member (each of shape `(n_records,)`). By
+        default the mean training loss over each record's block of steps."""
+        return {"loss": trajectory.loss_mean}
+
+    def summarize(self, state: TrainState, series: dict[str, Array]) -> dict[str, Array]:
+        """Per-member scalars from the final state and the member's whole series (traceable:
+        the runner vmaps and compiles it). By default the divergence flag."""
+        return {"diverged": state.diverged}
+
+    def time(self) -> np.ndarray:
+        """The time coordinate of the records (in `time_units`); optimizer steps by default."""
+        n_records, record_every = self.schedule()
+        return record_every * np.arange(n_records)
+
+    def check_grid(self, grid: dict[str, list]) -> None:
+        """Refuse member-axis combinations one compiled call cannot run (naming `grid.NAME`)."""
