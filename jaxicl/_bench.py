@@ -18,6 +18,7 @@ import optax
 from ._feature_attention import init_feature_attention
 from ._feature_regression import feature_regression
 from ._init import init_normal
+from ._init_schemes import RandomPositive
 from ._meanfield_solver import particle_solver
 from ._objectives import ICLLoss
 from ._reduced import ReducedLoss
@@ -49,10 +50,8 @@ def _ensemble_training(members: int):
 
 
 def _reduced_sweep(members: int):
-    from ._experiments._task_allocation import initial_state
-
     keys = jr.split(jr.key(0), members)
-    states = eqx.filter_vmap(lambda k: initial_state("random-positive", 3, 3, 1e-3, key=k))(keys)
+    states = eqx.filter_vmap(lambda k: RandomPositive()(3, 3, 1e-3, key=k))(keys)
     optimizer = sgd(0.005)
     return init_ensemble_state(states, optimizer), ReducedLoss((16, 17, 17), 100), optimizer, {}
 

@@ -76,7 +76,7 @@ def one_of(name: str, value, allowed: Iterable):
     return value
 
 
-def variant(name: str, value, base: type, names: Iterable[str]):
+def variant(name: str, value, base, names: Iterable[str]):
     """A variant setting: a Module of kind `base` (the command line and sweep files name the
     built-in ones `names`)."""
     if not isinstance(value, base):

@@ -173,11 +173,11 @@ def test_an_unstable_euler_step_is_detected():
     """At d = 50 (r ≈ 17) from s = 0.03 the reduced flow's explicit Euler step 0.01 makes the
     loss oscillate (it rises by about 16 after emergence) and 0.005 does not: the summary then
     gives no gap to that reduced flow (the gaps would measure the integrator, not the model)."""
+    from jaxicl import RandomPositive
     from jaxicl._experiments._full_vs_reduced import euler_stable
-    from jaxicl._experiments._task_allocation import initial_state
 
     sizes = (16, 17, 17)
-    state = initial_state("random-positive", 3, 3, 0.03, key=jr.key(0))
+    state = RandomPositive()(3, 3, 0.03, key=jr.key(0))
     verdicts = []
     for dt in (0.01, 0.005):
         steps = round(3 / dt)

@@ -62,7 +62,9 @@ def test_in_memory_equals_the_store_and_the_root_seed_moves_every_member(tmp_pat
     w0 = _initial_w(1, 3, 2.0, root_seed=1)
     point = dict(d=3, learning_rate=0.2, init_scale=2.0, seed=1)
     np.testing.assert_allclose(
-        other["loss"].sel(point).values, closed_form_loss(w0, 0.2, 3.0 * jnp.arange(4.0)), rtol=1e-10
+        other["loss"].sel(point).values,
+        closed_form_loss(w0, 0.2, 3.0 * jnp.arange(4.0)),
+        rtol=1e-10,
     )
 
 

@@ -1,7 +1,6 @@
 """Sweeps: validation before compiling, the labelled store, equality with direct training,
-chunking, resume after SIGKILL, refusal of another sweep's store."""
+chunking, resume after SIGKILL, refusal of another sweep's store, the stored layout."""
 
-import dataclasses
 import os
 import signal
 import subprocess
@@ -14,23 +13,21 @@ import pytest
 import xarray as xr
 import zarr
 
-from jaxicl import _cli, _sweep_store as sweep_store
-from jaxicl._experiments._task_allocation import initial_state
+from jaxicl import RandomPositive, ReducedAllocation, _cli, sweep
 from jaxicl._reduced import ReducedLoss
-from jaxicl._sweep_config import SweepConfig, load_sweep
-from jaxicl._sweep_runner import run_sweep
-from jaxicl._sweep_workloads import WORKLOADS
+from jaxicl._sweeps import _group as group_module, _store as sweep_store
+from jaxicl._sweeps._file import load_sweep
 from jaxicl._trainer import sgd, train
 
 
-FIXED = {"d": 9, "horizon": 2.0, "n_records": 4}
+STUDY = ReducedAllocation(d=9, horizon=2.0, n_records=4)
 GRID = {"heads": [2, 3], "init_scale": [1e-3, 3e-3]}
 
 
-def _config(**changes):
-    kwargs = dict(workload="reduced-allocation", seeds=5, fixed=FIXED, grid=GRID, member_chunk=2)
+def _run(store, *, study=STUDY, **changes):
+    kwargs = dict(seeds=5, grid=GRID, members_per_call=2, progress=False)
     kwargs.update(changes)
-    return SweepConfig(**kwargs)
+    return sweep(study, store=store, **kwargs)
 
 
 def _arrays(path):
@@ -38,56 +35,78 @@ def _arrays(path):
     return {name: np.asarray(data[name]) for name in ("loss", "success", "warmup_end")}
 
 
+def _file(tmp_path, text: str):
+    path = tmp_path / "sweep.toml"
+    path.write_text(text)
+    return path
+
+
+BASE = 'study = "reduced-allocation"\nseeds = 5\n'
+
+
 @pytest.mark.parametrize(
-    "changes, message",
+    "text, message",
     [
-        ({"workload": "everything"}, "workload"),
-        ({"seeds": 0}, "seeds"),
-        ({"grid": {"colour": [1]}}, "grid"),
-        ({"grid": {"heads": [2, 0]}}, "grid.heads"),
-        ({"grid": {"heads": []}}, "non-empty list"),
-        ({"fixed": {"dt": -1.0}}, "fixed.dt"),
-        ({"fixed": {"scheme": "sideways"}}, "fixed.scheme"),
-        ({"fixed": {"heads": 2}}, "both in"),
-        ({"member_chunk": 0}, "member_chunk"),
+        ('study = "everything"\nseeds = 1\n', "`study` must be one of"),
+        ('study = "reduced-allocation"\nseeds = 0\n', "seeds"),
+        (BASE + "[grid]\ncolour = [1]\n", "`grid` must be one of"),
+        (BASE + "[grid]\nheads = [2, 0]\n", r"`grid.heads` = 0: `heads` must be a positive"),
+        (BASE + "[grid]\nheads = []\n", "non-empty list"),
+        (BASE + "[fixed]\ndt = -1.0\n", r"in \[fixed\]: `dt` must be a finite number > 0"),
+        (BASE + '[fixed]\nscheme = "sideways"\n', "`fixed.scheme` must be one of"),
+        (BASE + '[grid]\nscheme = ["balanced", "up"]\n', "`grid.scheme` must be one of"),
+        (BASE + "[fixed]\nheads = 2\n[grid]\nheads = [2, 3]\n", "both in"),
+        (BASE + "members_per_call = 0\n", "members_per_call"),
+        ('workload = "reduced-allocation"\nseeds = 1\n', "`workload` is now `study`"),
         # A repeated grid value would share one store slot with its twin.
-        ({"grid": {"heads": [2, 2]}}, "grid.heads` repeats 2"),
-        ({"grid": {"heads": [2], "init_scale": [1e-3, 1e-3]}}, "grid.init_scale` repeats"),
+        (BASE + "[grid]\nheads = [2, 2]\n", "grid.heads` repeats 2"),
+        (BASE + "[grid]\ninit_scale = [1e-3, 1e-3]\n", "grid.init_scale` repeats"),
+        (BASE + '[grid]\nscheme = ["balanced", "balanced"]\n', "grid.scheme` repeats"),
         # Schedules that do not divide are refused, never silently rounded.
-        ({"fixed": {"d": 9, "horizon": 0.04, "dt": 0.01, "n_records": 10}}, "fixed.horizon"),
-        ({"fixed": {"d": 9, "horizon": 0.01, "dt": 0.5, "n_records": 1}}, "fixed.horizon"),
-        ({"fixed": {"d": 9, "horizon": 0.035, "dt": 0.01, "n_records": 1}}, "fixed.horizon"),
+        (BASE + "[fixed]\nhorizon = 0.04\ndt = 0.01\nn_records = 10\n", "`horizon` / `dt`"),
+        (BASE + "[fixed]\nhorizon = 0.01\ndt = 0.5\nn_records = 1\n", "`horizon` / `dt`"),
+        (BASE + "[fixed]\nhorizon = 0.035\ndt = 0.01\nn_records = 1\n", "`horizon` / `dt`"),
+        (BASE + "[grid]\nhorizon = [2.0, 0.035]\n", r"`grid.horizon` = 0.035: `horizon` / `dt`"),
         (
-            {"workload": "full-allocation", "fixed": {"steps": 10, "n_records": 4}, "grid": {}},
-            "fixed.steps",
+            'study = "full-allocation"\nseeds = 1\n[fixed]\nsteps = 10\nn_records = 4\n',
+            "`steps` must be a whole number",
         ),
         (
-            {"workload": "feature-learning", "fixed": {"steps": 10, "n_records": 4}, "grid": {}},
-            "fixed.steps",
+            'study = "feature-learning"\nseeds = 1\n[fixed]\nsteps = 10\nn_records = 4\n',
+            "`steps` must be a whole number",
         ),
-        ({"fixed": {"d": 9, "seed": -1}}, "fixed.seed"),
+        (BASE + "root_seed = -1\n", "root_seed"),
+        (BASE + "root_seed = 9223372036854775808\n", "root_seed"),
         (
-            {"workload": "feature-learning", "fixed": {"d": 3, "k": 5}, "grid": {}},
-            r"`fixed.k` \(5\) must be at most `fixed.d` \(3\)",
+            'study = "feature-learning"\nseeds = 1\n[fixed]\nd = 3\nk = 5\n',
+            r"in \[fixed\]: `k` \(5\) must be at most `d` \(3\)",
         ),
-        ({"fixed": {"d": 9, "seed": 2**63}}, "fixed.seed"),
+        (
+            'study = "feature-learning"\nseeds = 1\n[grid]\nk = [2, 5]\n[fixed]\nd = 3\n',
+            r"`grid.k` = 5: `k` \(5\) must be at most `d` \(3\)",
+        ),
+        (
+            'study = "feature-learning"\nseeds = 1\n[fixed]\nattention = "attention"\n'
+            "[grid]\nlearning_rate = [0.01, 0.02]\n",
+            "grid.learning_rate",
+        ),
     ],
 )
-def test_bad_sweeps_are_refused_naming_the_field(changes, message):
+def test_bad_sweeps_are_refused_naming_the_field(tmp_path, text, message):
     with pytest.raises(ValueError, match=message):
-        _config(**changes)
+        load_sweep(_file(tmp_path, text))
 
 
 def test_sweep_file_is_read_and_checked(tmp_path):
-    path = tmp_path / "sweep.toml"
-    path.write_text('workload = "reduced-allocation"\nseeds = 4\n[grid]\nheads = [2, 3]\n')
-    config = load_sweep(path)
-    assert config.total_members == 8 and [g["heads"] for g in config.groups()] == [2, 3]
-    path.write_text('workload = "reduced-allocation"\nseed = 4\n')
+    path = _file(tmp_path, BASE + '[grid]\nheads = [2, 3]\nscheme = ["balanced", "random-sign"]\n')
+    plan = load_sweep(path)
+    assert plan.total_members == 20 and [g["heads"] for g in plan.group_points()][:2] == [2, 2]
+    assert type(plan.group_studies()[1].scheme).__name__ == "RandomSign"
+    path.write_text('study = "reduced-allocation"\nseed = 4\n')
     with pytest.raises(ValueError, match="top-level key"):
         load_sweep(path)
     for key in ("fixed", "grid"):
-        path.write_text(f'workload = "reduced-allocation"\nseeds = 4\n{key} = 3\n')
+        path.write_text(f'study = "reduced-allocation"\nseeds = 4\n{key} = 3\n')
         with pytest.raises(ValueError, match=f"`{key}` in .* must be a table"):
             load_sweep(path)
     with pytest.raises(ValueError, match="is not a file"):
@@ -95,38 +114,29 @@ def test_sweep_file_is_read_and_checked(tmp_path):
 
 
 def test_store_is_labelled_and_equals_direct_training(tmp_path):
-    config = _config()
-    run_sweep(config, tmp_path / "store", progress=False)
-    data = xr.open_zarr(str(tmp_path / "store"), consolidated=False)
-    assert dict(data["loss"].sizes) == {
-        "heads": 2,
-        "context_len": 1,
-        "scheme": 1,
-        "init_scale": 2,
-        "seed": 5,
-        "time": 4,
-    }
+    data = _run(tmp_path / "store")
+    assert dict(data["loss"].sizes) == {"heads": 2, "init_scale": 2, "seed": 5, "time": 4}
     assert list(data["init_scale"].values) == [1e-3, 3e-3]
-    # member (H = 3, scale 3e-3, seed 4), trained alone with the same initial key
-    settings = {**config.settings(), "heads": 3}
-    steps = round(settings["horizon"] / settings["dt"])
-    key = jr.fold_in(jr.fold_in(jr.key(0), 3), 4)
-    state = initial_state("random-positive", 3, 3, 3e-3, key=key)
+    assert data.attrs["study"] == "reduced-allocation"
+    # member (H = 3, scale 3e-3, seed 4), trained alone from the runner's init key
+    steps = round(STUDY.horizon / STUDY.dt)
+    key = jr.fold_in(jr.fold_in(jr.key(0), 0), 4)
+    state = RandomPositive()(3, 3, 3e-3, key=key)
     _, traj = train(
         state,
         ReducedLoss((3, 3, 3), 100),
-        sgd(settings["dt"]),
+        sgd(STUDY.dt),
         steps=steps,
         record_every=steps // 4,
-        key=jr.key(0),
+        key=jr.fold_in(jr.key(0), 1),
     )
-    stored = data["loss"].sel(heads=3, init_scale=3e-3, seed=4).values[0, 0]
+    stored = data["loss"].sel(heads=3, init_scale=3e-3, seed=4).values
     np.testing.assert_allclose(stored, np.asarray(traj.loss, np.float32), rtol=1e-6)
 
 
 def test_results_do_not_depend_on_member_or_step_chunks(tmp_path):
-    run_sweep(_config(member_chunk=2, chunk_records=1), tmp_path / "a", progress=False)
-    run_sweep(_config(member_chunk=10, chunk_records=3), tmp_path / "b", progress=False)
+    _run(tmp_path / "a", members_per_call=2, chunk_records=1)
+    _run(tmp_path / "b", members_per_call=10, chunk_records=3)
     a, b = _arrays(tmp_path / "a"), _arrays(tmp_path / "b")
     np.testing.assert_allclose(a["loss"], b["loss"], rtol=1e-6)
     np.testing.assert_array_equal(a["success"], b["success"])
@@ -143,14 +153,13 @@ def _interrupt_at(unit, step_chunk):
 
 
 def test_interrupted_mid_unit_resumes_from_its_checkpoint(tmp_path):
-    config = _config(chunk_records=1)
     with pytest.raises(KeyboardInterrupt):
-        run_sweep(config, tmp_path / "store", progress=False, on_chunk=_interrupt_at(3, 1))
+        _run(tmp_path / "store", chunk_records=1, on_chunk=_interrupt_at(3, 1))
     flags = np.asarray(zarr.open_group(str(tmp_path / "store"), mode="r")["chunk_done"][:])
     assert flags[:3].all() and flags[3, :2].all() and not flags[3, 2:].any()
     assert (tmp_path / "store" / "resume" / "unit-000003.npz").exists()
-    run_sweep(config, tmp_path / "store", progress=False)
-    run_sweep(config, tmp_path / "whole", progress=False)
+    _run(tmp_path / "store", chunk_records=1)
+    _run(tmp_path / "whole", chunk_records=1)
     resumed, whole = _arrays(tmp_path / "store"), _arrays(tmp_path / "whole")
     for name in whole:
         np.testing.assert_array_equal(resumed[name], whole[name])
@@ -160,46 +169,48 @@ def test_interrupted_mid_unit_resumes_from_its_checkpoint(tmp_path):
 def test_killed_between_checkpoint_and_records_stores_them_from_the_checkpoint(
     tmp_path, monkeypatch
 ):
-    from jaxicl import _sweep_runner as runner
+    from jaxicl._sweeps import _runner as runner
 
-    config = _config(chunk_records=1)
-    real_write = runner.write_chunk
+    real_write = runner.store_io.write_chunk
 
     def dies_at_unit_1_chunk_2(root, unit, step_chunk, writes):
         if (unit, step_chunk) == (1, 2):
             raise KeyboardInterrupt  # the checkpoint after chunk 2 is already saved
         real_write(root, unit, step_chunk, writes)
 
-    monkeypatch.setattr(runner, "write_chunk", dies_at_unit_1_chunk_2)
+    monkeypatch.setattr(runner.store_io, "write_chunk", dies_at_unit_1_chunk_2)
     with pytest.raises(KeyboardInterrupt):
-        run_sweep(config, tmp_path / "store", progress=False)
-    monkeypatch.setattr(runner, "write_chunk", real_write)
+        _run(tmp_path / "store", chunk_records=1)
+    monkeypatch.setattr(runner.store_io, "write_chunk", real_write)
     advances = []
-    build = config.spec.build
+    real_advance = group_module.Group.advance
 
-    def counting_build(settings):
-        program = build(settings)
-        advance = lambda s, n: advances.append(n) or program.advance(s, n)  # noqa: E731
-        return dataclasses.replace(program, advance=advance)
+    def counting_advance(self, states, n):
+        advances.append(n)
+        return real_advance(self, states, n)
 
-    spec = dataclasses.replace(config.spec, build=counting_build)
-    monkeypatch.setitem(WORKLOADS, "reduced-allocation", spec)
-    run_sweep(config, tmp_path / "store", progress=False)
+    monkeypatch.setattr(group_module.Group, "advance", counting_advance)
+    _run(tmp_path / "store", chunk_records=1)
     # unit 1's chunk 2 came from the checkpoint: one step chunk left there, 4 in units 2…9
     assert len(advances) == 1 + 8 * 4
-    run_sweep(_config(chunk_records=1), tmp_path / "whole", progress=False)
+    monkeypatch.setattr(group_module.Group, "advance", real_advance)
+    _run(tmp_path / "whole", chunk_records=1)
     resumed, whole = _arrays(tmp_path / "store"), _arrays(tmp_path / "whole")
     for name in whole:
         np.testing.assert_array_equal(resumed[name], whole[name])
 
 
 def test_another_sweep_is_refused_never_overwritten(tmp_path, monkeypatch):
-    run_sweep(_config(), tmp_path / "store", progress=False)
+    _run(tmp_path / "store")
     with pytest.raises(ValueError, match="different sweep"):
-        run_sweep(_config(seeds=6), tmp_path / "store", progress=False)
+        _run(tmp_path / "store", seeds=6)
+    with pytest.raises(ValueError, match="different sweep"):
+        _run(tmp_path / "store", study=ReducedAllocation(d=9, horizon=2.0, n_records=4, dt=0.01))
+    with pytest.raises(ValueError, match="different sweep"):
+        _run(tmp_path / "store", root_seed=1)
     monkeypatch.setattr(sweep_store, "float64", lambda: False)  # as if x64 were off
     with pytest.raises(ValueError, match="different sweep"):
-        run_sweep(_config(), tmp_path / "store", progress=False)
+        _run(tmp_path / "store")
     assert xr.open_zarr(str(tmp_path / "store"), consolidated=False).sizes["seed"] == 5
 
 
@@ -207,7 +218,7 @@ def test_killed_sweep_resumes_to_the_uninterrupted_store(tmp_path):
     """SIGKILL a sweep in a subprocess after some units, rerun it, compare with one run."""
     sweep = tmp_path / "sweep.toml"
     sweep.write_text(
-        'workload = "reduced-allocation"\nseeds = 6\nmember_chunk = 1\n'
+        'study = "reduced-allocation"\nseeds = 6\nmembers_per_call = 1\n'
         "[fixed]\nd = 9\nhorizon = 6.0\nn_records = 4\n"
         "[grid]\nheads = [2, 3]\ninit_scale = [1e-3, 3e-3]\n"
     )
@@ -237,7 +248,7 @@ def test_killed_sweep_resumes_to_the_uninterrupted_store(tmp_path):
 
 
 def test_inspect_reports_completeness(tmp_path, capsys):
-    run_sweep(_config(), tmp_path / "store", progress=False)
+    _run(tmp_path / "store")
     assert _cli.main(["inspect", str(tmp_path / "store")]) == 0
     out = capsys.readouterr().out
     assert "complete: 10 of 10 units, 40 of 40 step chunks (100%)" in out
@@ -252,7 +263,7 @@ def test_inspect_reports_completeness(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "zarr.json is damaged" in err and "Traceback" not in err
     with pytest.raises(ValueError, match="zarr.json is damaged"):
-        run_sweep(_config(), tmp_path / "store", progress=False)
+        _run(tmp_path / "store")
 
 
 def test_a_process_runs_every_process_count_th_unit(tmp_path, monkeypatch):
@@ -260,37 +271,61 @@ def test_a_process_runs_every_process_count_th_unit(tmp_path, monkeypatch):
 
     monkeypatch.setattr(jax, "process_count", lambda: 2)
     monkeypatch.setattr(jax, "process_index", lambda: 0)
-    run_sweep(_config(), tmp_path / "store", progress=False)
+    _run(tmp_path / "store")
     flags = np.asarray(zarr.open_group(str(tmp_path / "store"), mode="r")["chunk_done"][:])
     assert flags[0::2].all() and not flags[1::2].any()
 
 
-def test_auto_member_chunk_follows_the_memory_analysis(tmp_path, monkeypatch):
-    from jaxicl import _sweep_runner as runner
+def test_auto_members_per_call_follow_the_memory_analysis(tmp_path, monkeypatch):
+    from jaxicl._sweeps import _runner as runner
+    from jaxicl._sweeps._plan import SweepPlan
 
-    config = _config(member_chunk="auto", seeds=40)
-    programs = [config.spec.build({**config.settings(), **g}) for g in config.groups()]
-    small, large = programs[0].memory(64, 1), programs[0].memory(256, 1)
+    plan = SweepPlan(study=STUDY, grid=GRID, seeds=40)
+    keys = dict(init_key=jr.key(0), data_key=jr.key(1))
+    groups = [group_module.Group(s, **keys) for s in plan.group_studies()]
+    values = {"init_scale": np.asarray([1e-3])}
+    small, large = groups[0].memory(values, 64, 1), groups[0].memory(values, 256, 1)
     assert 3.0 < large / small < 5.0  # the compiled call's bytes grow with the members
     # every group fits: the members per call follow the hungriest group (here H = 3)
-    per_member = max(p.memory(runner.PROBE_MEMBERS, 1) for p in programs) // runner.PROBE_MEMBERS
-    assert per_member > programs[0].memory(runner.PROBE_MEMBERS, 1) // runner.PROBE_MEMBERS
-    assert runner.auto_member_chunk(programs, 10 * per_member, 1) == 10
+    probe = runner.PROBE_MEMBERS
+    per_member = max(g.memory(values, probe, 1) for g in groups) // probe
+    assert per_member > groups[0].memory(values, probe, 1) // probe
+    assert runner.auto_members_per_call(plan, groups, 10 * per_member, 1) == 10
     # room for ~16 members per call: 2 member points × 8 seeds
     monkeypatch.setattr(runner, "device_memory_bytes", lambda: 4 * 16 * per_member)
-    run_sweep(config, tmp_path / "store", progress=False)
+    _run(tmp_path / "store", members_per_call="auto", seeds=40)
     flags = zarr.open_group(str(tmp_path / "store"), mode="r")["chunk_done"]
     assert flags.shape == (2 * 5, 4)  # groups × ceil(40 / 8), step chunks
+
+
+def test_a_resume_keeps_the_stored_layout_when_memory_differs(tmp_path, monkeypatch):
+    """D3: an "auto" sweep interrupted where memory gave one layout and resumed where it gives
+    another finishes with the first layout and equals an uninterrupted run."""
+    from jaxicl._sweeps import _runner as runner
+
+    monkeypatch.setattr(runner, "auto_members_per_call", lambda *a: 8)
+    with pytest.raises(KeyboardInterrupt):
+        _run(tmp_path / "store", members_per_call="auto", seeds=8, on_chunk=_interrupt_at(1, 1))
+    monkeypatch.setattr(runner, "auto_members_per_call", lambda *a: 4)  # "another machine"
+    _run(tmp_path / "store", members_per_call="auto", seeds=8)
+    root = zarr.open_group(str(tmp_path / "store"), mode="r")
+    assert root.attrs["layout"]["seed_block"] == 4 and np.asarray(root["chunk_done"]).all()
+    _run(tmp_path / "whole", members_per_call=8, seeds=8)
+    resumed, whole = _arrays(tmp_path / "store"), _arrays(tmp_path / "whole")
+    for name in whole:
+        np.testing.assert_array_equal(resumed[name], whole[name])
+    # an explicit size that would cut the store differently is refused, naming the stored one
+    with pytest.raises(ValueError, match="cut with members_per_call = 8"):
+        _run(tmp_path / "store", members_per_call=2, seeds=8)
 
 
 def test_members_not_run_read_as_missing_not_as_failures(tmp_path):
     """An interrupted store: the flags of members not run yet are NaN (missing), not False, so
     rates are over the seeds that ran and the figure says "not run" instead of 0%."""
-    from jaxicl._sweep_store import FLAG_MEANING, plot_sweep
+    from jaxicl._sweeps._store import FLAG_MEANING, plot_sweep
 
-    config = _config(chunk_records=1)
     with pytest.raises(KeyboardInterrupt):
-        run_sweep(config, tmp_path / "store", progress=False, on_chunk=_interrupt_at(3, 1))
+        _run(tmp_path / "store", chunk_records=1, on_chunk=_interrupt_at(3, 1))
     data = xr.open_zarr(str(tmp_path / "store"), consolidated=False).load()
     success = np.asarray(data["success"])
     # units 0-2 of 10 finished: 3 of 10 blocks of members have flags, the rest are missing

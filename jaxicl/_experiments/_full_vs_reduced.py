@@ -30,12 +30,12 @@ from .._analysis import detect_phases, task_allocation
 from .._ansatz_monte_carlo import AnsatzICLLoss, ansatz_monte_carlo_loss
 from .._checkpoint import cached_arrays, claim_run_directory, save_json
 from .._decomposable import decomposable_attention, reduced_time_scales
+from .._init_schemes import RandomPositive
 from .._objectives import ICLLoss, monte_carlo_loss
 from .._observables import semi_singular_values
 from .._reduced import MergedSpectral, ReducedLoss
 from .._tasks import MultiTaskRegression, disjoint_blocks
 from .._trainer import preconditioned_sgd, sgd, train_ensemble
-from ._task_allocation import initial_state
 
 
 FLOWS = ("factorized", "merged")
@@ -100,14 +100,8 @@ class FullVsReducedConfig:
 def _initial_states(config):
     """The seeds' initial states, stacked: balanced factorized or merged (Ω, M)."""
     keys = jr.split(jr.key(config.seed), config.n_seeds)
-    make = lambda k: initial_state(  # noqa: E731
-        "random-positive",
-        config.heads,
-        config.n_tasks,
-        config.init_scale,
-        key=k,
-        spread=config.init_spread,
-    )
+    init = RandomPositive(config.init_spread)
+    make = lambda k: init(config.heads, config.n_tasks, config.init_scale, key=k)  # noqa: E731
     states = eqx.filter_vmap(make)(keys)
     if config.flow == "merged":
         states = MergedSpectral(*jax.vmap(lambda s: s.spectral())(states))

@@ -28,11 +28,11 @@ import jax
 import jax.numpy as jnp
 import jax.random as jr
 import numpy as np
-from jaxtyping import Array
 
 from .. import _validation as check
 from .._analysis import detect_phases, task_allocation
 from .._checkpoint import cached_arrays, claim_run_directory, save_json
+from .._init_schemes import INIT_SCHEMES, AbstractInitScheme, Balanced, RandomPositive
 from .._reduced import (
     MergedSpectral,
     ReducedLoss,
@@ -43,8 +43,7 @@ from .._trainer import sgd, train, train_ensemble
 from ._separation import separation
 
 
-SCHEMES = ("balanced", "random-positive", "random-sign")
-DETERMINISTIC_SCHEMES = ("balanced",)  # the same init for every seed
+SCHEMES = tuple(INIT_SCHEMES)
 
 
 # Named settings (`jaxicl run task-allocation --preset NAME`); other flags apply on top.
@@ -134,20 +133,9 @@ class TaskAllocationConfig:
         return {k: list(v) if isinstance(v, tuple) else v for k, v in out.items()}
 
 
-def initial_state(
-    scheme: str, n_heads: int, n_tasks: int, scale: float | Array, *, key, spread: float = 0.1
-):
-    """One seed's initial (Ω, M) state for a scheme (see the module docstring); `spread` is
-    the width of random-positive's 1 + spread·U(0, 1)."""
-    omega_key, mu_key = jr.split(key)
-    shape = (n_heads, n_tasks)
-    if scheme == "balanced":
-        favoured = (jnp.arange(n_heads)[:, None] % n_tasks) == jnp.arange(n_tasks)[None, :]
-        return balanced_factorization(jnp.full(shape, scale), jnp.where(favoured, 4 * scale, scale))
-    if scheme == "random-positive":
-        omega = scale * (1 + spread * jr.uniform(omega_key, shape))
-        return balanced_factorization(omega, scale * (1 + spread * jr.uniform(mu_key, shape)))
-    return MergedSpectral(scale * jr.normal(omega_key, shape), scale * jr.normal(mu_key, shape))
+def init_scheme(config, name: str) -> AbstractInitScheme:
+    """The scheme called `name`, with this configuration's random-positive spread."""
+    return RandomPositive(config.init_spread) if name == "random-positive" else INIT_SCHEMES[name]
 
 
 def _integrate(config, states, dt, *, ensemble, horizon):
@@ -170,9 +158,8 @@ def _initial_states(config, scheme, n_heads, n_seeds):
     """Seeds 0..n_seeds−1 of a scheme."""
     root = jr.fold_in(jr.fold_in(jr.key(config.seed), SCHEMES.index(scheme)), n_heads)
     keys = jr.split(root, config.n_seeds)[:n_seeds]
-    make = lambda k: initial_state(  # noqa: E731
-        scheme, n_heads, config.n_tasks, config.init_scale, key=k, spread=config.init_spread
-    )
+    init = init_scheme(config, scheme)
+    make = lambda k: init(n_heads, config.n_tasks, config.init_scale, key=k)  # noqa: E731
     return eqx.filter_vmap(make)(keys)
 
 
@@ -191,7 +178,7 @@ def factorized_horizon(config) -> float:
     n = config.n_tasks
     centre = config.init_scale * (1 + config.init_spread / 2)
     probes = [
-        initial_state("balanced", n, n, config.init_scale, key=jr.key(0)),
+        Balanced()(n, n, config.init_scale, key=jr.key(0)),
         balanced_factorization(jnp.full((n, n), centre), jnp.full((n, n), centre)),
     ]
     cap = _on_grid(config, config.horizon_cap, config.dt_factorized)
@@ -207,7 +194,7 @@ def _scheme_group(config, scheme, n_heads, horizon):
     merged = scheme == "random-sign"
     dt = config.dt_merged if merged else config.dt_factorized
     horizon = config.horizon_merged if merged else horizon
-    n_seeds = 1 if scheme in DETERMINISTIC_SCHEMES else config.n_seeds
+    n_seeds = 1 if INIT_SCHEMES[scheme].deterministic else config.n_seeds
     states = _initial_states(config, scheme, n_heads, n_seeds)
     final, traj = _integrate(config, states, dt, ensemble=True, horizon=horizon)
     omega, mu = final.spectral()
@@ -248,7 +235,7 @@ def warmup_scaling(config, horizon) -> dict:
                 length = min(
                     _on_grid(config, stretched, dt), _on_grid(config, config.horizon_cap, dt)
                 )
-            state = initial_state("balanced", config.n_tasks, config.n_tasks, scale, key=jr.key(0))
+            state = Balanced()(config.n_tasks, config.n_tasks, scale, key=jr.key(0))
             if flow == "merged":
                 state = MergedSpectral(*state.spectral())
             _, traj = _integrate(config, state, dt, ensemble=False, horizon=length)
@@ -280,7 +267,7 @@ def run_task_allocation(config: TaskAllocationConfig, out_dir, *, progress=None,
 
     out_dir = pathlib.Path(out_dir)
     claim_run_directory(out_dir, config.as_dict())
-    seeds = {s: 1 if s in DETERMINISTIC_SCHEMES else config.n_seeds for s in SCHEMES}
+    seeds = {s: 1 if INIT_SCHEMES[s].deterministic else config.n_seeds for s in SCHEMES}
     # Seeds as the unit: the rate and ETA are in member terms; the stage is the postfix.
     bar = progress_bar(
         sum(seeds.values()) * len(config.heads),

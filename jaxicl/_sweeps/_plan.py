@@ -173,7 +173,11 @@ class SweepPlan:
 
 
 def _import_path(cls) -> str:
-    return f"{cls.__module__}:{cls.__qualname__}"
+    """A built-in study's name, or the import path a sweep file would name the class by."""
+    from ._file import STUDIES  # the registry imports the studies, which import this module
+
+    names = {c: name for name, c in STUDIES.items()}
+    return names.get(cls, f"{cls.__module__}:{cls.__qualname__}")
 
 
 def chunk_bounds(n: int, size: int) -> list[tuple[int, int]]:

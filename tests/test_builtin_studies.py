@@ -1,4 +1,4 @@
-"""Every sweep workload stores what its member would give trained alone (an independent run
+"""Every built-in study stores what its member would give trained alone (an independent run
 through the public API), with its own learning rate and init scale."""
 
 import equinox as eqx
@@ -7,38 +7,37 @@ import jax.random as jr
 import numpy as np
 import optax
 import pytest
-import xarray as xr
 
-from jaxicl import _sweep_store as sweep_store
+from jaxicl import FeatureLearning, FullAllocation, ReducedAllocation, sweep
 from jaxicl._feature_attention import init_feature_attention
 from jaxicl._feature_regression import feature_regression
 from jaxicl._init import init_normal
+from jaxicl._init_schemes import Balanced, RandomSign
 from jaxicl._meanfield_loss import optimal_attention
 from jaxicl._meanfield_solver import particle_solver
 from jaxicl._objectives import ICLLoss
-from jaxicl._sweep_config import SweepConfig
-from jaxicl._sweep_runner import run_sweep
+from jaxicl._sweeps import _store as sweep_store
 from jaxicl._tasks import MultiTaskRegression, disjoint_blocks
 from jaxicl._train_state import init_train_state
 from jaxicl._trainer import train_steps
 
 
-def _sweep(tmp_path, workload, fixed, grid, seeds=3):
-    config = SweepConfig(workload=workload, seeds=seeds, fixed=fixed, grid=grid, chunk_records=2)
-    run_sweep(config, tmp_path / "store", progress=False)
-    return xr.open_zarr(str(tmp_path / "store"), consolidated=False).load()
+INIT_KEY, DATA_KEY = jr.fold_in(jr.key(0), 0), jr.fold_in(jr.key(0), 1)  # the runner's streams
+
+
+def _sweep(tmp_path, study, grid, seeds=3):
+    kwargs = dict(seeds=seeds, grid=grid, chunk_records=2, progress=False)
+    return sweep(study, store=tmp_path / "store", **kwargs).load()
 
 
 def test_full_allocation_members_equal_training_alone(tmp_path):
-    fixed = dict(d=6, n_tasks=2, context_len=8, batch_size=16, steps=40, n_records=4)
+    study = FullAllocation(d=6, n_tasks=2, context_len=8, batch_size=16, steps=40, n_records=4)
     grid = dict(heads=[2], learning_rate=[0.01, 0.03], init_scale=[0.1, 0.3])
-    data = _sweep(tmp_path, "full-allocation", fixed, grid)
+    data = _sweep(tmp_path, study, grid)
     assert dict(data["loss"].sizes)["learning_rate"] == 2
     task = MultiTaskRegression(6, 8, disjoint_blocks(6, 2))
     seed = 2
-    model = init_normal(
-        d=6, n_out=2, n_heads=2, scale=1.0, key=jr.fold_in(jr.fold_in(jr.key(0), 2), seed)
-    )
+    model = init_normal(d=6, n_out=2, n_heads=2, scale=1.0, key=jr.fold_in(INIT_KEY, seed))
     model = jax.tree.map(lambda w: 0.3 * w, model)
     optimizer = optax.inject_hyperparams(optax.adam)(learning_rate=0.03)
     _, alone = train_steps(
@@ -47,25 +46,27 @@ def test_full_allocation_members_equal_training_alone(tmp_path):
         optimizer,
         steps=40,
         record_every=10,
-        key=jr.fold_in(jr.key(0), 1_000_000 + 2),
+        key=DATA_KEY,
     )
     stored = data["loss"].sel(heads=2, learning_rate=0.03, init_scale=0.3, seed=seed).squeeze()
-    np.testing.assert_allclose(stored.values, np.asarray(alone.loss_mean, np.float32), rtol=1e-5)
+    np.testing.assert_allclose(stored.values, np.asarray(alone.loss_mean), rtol=1e-12)
     other = data["loss"].sel(heads=2, learning_rate=0.01, init_scale=0.3, seed=seed).squeeze()
     assert np.abs(other.values[1:] - stored.values[1:]).min() > 1e-4  # the rate is per member
     assert set(np.unique(data["success"])) <= {0.0, 1.0} and np.isfinite(data["final_loss"]).all()
 
 
 def test_feature_learning_members_equal_the_solver_alone(tmp_path):
-    fixed = dict(d=4, k=2, teacher_neurons=3, n_inputs=64, n_eval_inputs=64, steps=20, n_records=4)
+    study = FeatureLearning(
+        d=4, k=2, teacher_neurons=3, n_inputs=64, n_eval_inputs=64, steps=20, n_records=4
+    )
     grid = dict(particles=[16], learning_rate=[0.02, 0.05], a_scale=[0.5, 1.0])
-    data = _sweep(tmp_path, "feature-learning", fixed, grid)
+    data = _sweep(tmp_path, study, grid)
     key, seed = jr.key(0), 1
     task = feature_regression(d=4, k=2, teacher_neurons=3, key=jr.fold_in(key, 0))
     inputs = task.inputs(64, key=jr.fold_in(key, 1))
     eval_inputs = task.inputs(64, key=jr.fold_in(key, 2))
     model = init_feature_attention(
-        n_particles=16, k=2, d=4, a_scale=0.5, key=jr.fold_in(jr.fold_in(key, 4), seed)
+        n_particles=16, k=2, d=4, a_scale=0.5, key=jr.fold_in(INIT_KEY, seed)
     )
     attention = optimal_attention(model.particles, inputs, task.target_features(inputs))
     model = eqx.tree_at(lambda m: m.W, model, attention)
@@ -74,7 +75,7 @@ def test_feature_learning_members_equal_the_solver_alone(tmp_path):
         solver.init(jax.tree.map(lambda a: a[None], model)),
         steps=20,
         record_every=5,
-        key=jr.fold_in(key, 3),
+        key=DATA_KEY,
     )
     stored = data["loss"].sel(particles=16, learning_rate=0.05, a_scale=0.5, seed=seed)
     np.testing.assert_allclose(stored.values.squeeze(), alone.observables["loss"][0], rtol=1e-9)
@@ -86,35 +87,28 @@ def test_feature_learning_members_equal_the_solver_alone(tmp_path):
     assert data["time"].attrs["units"].startswith("Euler steps")
 
 
-def test_float64_workloads_refuse_float32(tmp_path, monkeypatch):
+def test_float64_studies_refuse_float32(tmp_path, monkeypatch):
     monkeypatch.setattr(sweep_store, "float64", lambda: False)
-    config = SweepConfig(workload="feature-learning", seeds=1, fixed={}, grid={})
     with pytest.raises(ValueError, match="runs in float64"):
-        run_sweep(config, tmp_path / "store", progress=False)
+        sweep(FeatureLearning(), seeds=1, store=tmp_path / "store")
     assert not (tmp_path / "store").exists()
 
 
-def test_combinations_a_workload_cannot_run_are_refused():
+def test_combinations_a_study_cannot_run_are_refused():
     with pytest.raises(ValueError, match="grid.learning_rate"):
-        SweepConfig(
-            workload="feature-learning",
-            seeds=1,
-            fixed={"attention": "attention"},
-            grid={"learning_rate": [0.01, 0.02]},
-        )
+        sweep(FeatureLearning(attention="attention"), seeds=1, grid={"learning_rate": [0.01, 0.02]})
 
 
 def test_init_schemes_are_a_labelled_group_axis(tmp_path):
-    fixed = dict(d=9, horizon=2.0, n_records=4)
-    grid = dict(heads=[3], scheme=["balanced", "random-sign"])
-    data = _sweep(tmp_path, "reduced-allocation", fixed, grid, seeds=2)
+    grid = dict(heads=[3], scheme=[Balanced(), RandomSign()])
+    data = _sweep(tmp_path, ReducedAllocation(d=9, horizon=2.0, n_records=4), grid, seeds=2)
     assert list(data["scheme"].values) == ["balanced", "random-sign"]
     balanced = data["loss"].sel(scheme="balanced").values.squeeze()
     # the balanced init is deterministic: both seeds follow one curve; random signs differ
     np.testing.assert_array_equal(balanced[0], balanced[1])
     signs = data["loss"].sel(scheme="random-sign").values.squeeze()
     assert not np.array_equal(signs[0], signs[1])
-    from jaxicl._sweep_store import plot_sweep
+    from jaxicl._sweeps._store import plot_sweep
 
     plot_sweep(tmp_path / "store", tmp_path / "figure.png")
     assert (tmp_path / "figure.png").stat().st_size > 10_000
@@ -124,8 +118,9 @@ def test_full_model_allocates_from_the_ansatz_init_not_from_random_signs(tmp_pat
     """Full softmax attention (d = 9, 3 tasks, H = 3, Adam 3e-3, 600 steps): the balanced init
     put into the weights allocates the tasks in every seed; i.i.d. normal weights (random signs,
     like the reference's random-sign init) in none."""
-    fixed = dict(learning_rate=0.003, steps=600, n_records=6)
-    data = _sweep(tmp_path, "full-allocation", fixed, dict(init=["normal", "balanced"]), seeds=2)
+    study = FullAllocation(learning_rate=0.003, steps=600, n_records=6)
+    grid = dict(init=[FullAllocation().init, Balanced()])
+    data = _sweep(tmp_path, study, grid, seeds=2)
     success = data["success"].squeeze()
     assert success.sel(init="balanced").values.all()
     assert not success.sel(init="normal").values.any()
