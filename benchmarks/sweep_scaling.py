@@ -1,7 +1,7 @@
 """Reduced-dynamics sweep at scale: throughput and peak resident memory of a sweep, each
 configuration in a fresh process (so its peak memory is its own).
 
-Workload `reduced-allocation` (d = 50, 3 tasks, H = 3, random-positive init), 100,000 seeds in
+Study `reduced-allocation` (d = 50, 3 tasks, H = 3, random-positive init), 100,000 seeds in
 units of 25,000 (one compiled call per step chunk, 4 step chunks per unit, a checkpoint after
 each); two step counts (peak memory must not grow with steps: records stream to the store one
 step chunk at a time), and 1 vs 2 vs 4 CPU devices (members sharded with JAX sharding). The
@@ -24,19 +24,19 @@ import time
 
 def child(seeds: int, horizon: float, out: str, member_chunk: int) -> None:
     """One sweep in this process; prints its timings and peak RSS as JSON."""
-    from jaxicl._sweep_config import SweepConfig
-    from jaxicl._sweep_runner import run_sweep
+    import jaxicl
 
-    config = SweepConfig(
-        workload="reduced-allocation",
-        seeds=seeds,
-        fixed={"horizon": horizon, "n_records": 40},
-        grid={},
-        member_chunk=member_chunk,
-    )
-    steps = round(horizon / config.settings()["dt"])
+    study = jaxicl.ReducedAllocation(horizon=horizon, n_records=40)
+    steps = round(horizon / study.dt)
     marks = [time.perf_counter()]
-    run_sweep(config, out, progress=False, on_chunk=lambda u, c: marks.append(time.perf_counter()))
+    jaxicl.sweep(
+        study,
+        seeds=seeds,
+        store=out,
+        members_per_call=member_chunk,
+        progress=False,
+        on_chunk=lambda u, c: marks.append(time.perf_counter()),
+    )
     chunks = [b - a for a, b in zip(marks, marks[1:])]
     steady = min(chunks[1:]) if len(chunks) > 1 else chunks[0]
     units = -(-seeds // member_chunk)

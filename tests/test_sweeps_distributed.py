@@ -12,7 +12,7 @@ import zarr
 
 
 SWEEP = (
-    'workload = "reduced-allocation"\nseeds = 8\nmember_chunk = 4\n'
+    'study = "reduced-allocation"\nseeds = 8\nmembers_per_call = 4\n'
     "[fixed]\nd = 9\nhorizon = 2.0\nn_records = 4\n"
     "[grid]\nheads = [2, 3]\ninit_scale = [1e-3, 3e-3]\n"
 )
