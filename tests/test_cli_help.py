@@ -27,3 +27,16 @@ def test_no_arguments_prints_the_commands(capsys):
     out = capsys.readouterr().out
     for command in ("run", "sweep", "inspect", "bench", "plot", "jaxicl run task-allocation"):
         assert command in out
+
+
+def test_sweep_help_lists_every_study_setting_and_default(capsys):
+    from jaxicl._sweeps._file import STUDIES, study_fields
+
+    with pytest.raises(SystemExit):
+        _cli.main(["sweep", "--help"])
+    text = "".join(capsys.readouterr().out.split())
+    assert "package.module:Class" in text
+    for name, cls in STUDIES.items():
+        assert name in text and "".join(cls.__doc__.split()) in text
+        for field, default in study_fields(cls).items():
+            assert f"{field}={getattr(default, 'name', default)!r}" in text

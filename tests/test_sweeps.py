@@ -266,6 +266,15 @@ def test_inspect_reports_completeness(tmp_path, capsys):
         _run(tmp_path / "store")
 
 
+def test_processes_without_a_coordinator_are_refused(tmp_path, capsys):
+    """D5: `--num-processes 2 --process-id 1` alone would run every unit in this process."""
+    path = _file(tmp_path, BASE)
+    command = ["sweep", str(path), "--out", str(tmp_path / "store"), "--quiet"]
+    assert _cli.main([*command, "--num-processes", "2", "--process-id", "1"]) == 2
+    assert "only with `--coordinator`" in capsys.readouterr().err
+    assert not (tmp_path / "store").exists()
+
+
 def test_a_process_runs_every_process_count_th_unit(tmp_path, monkeypatch):
     import jax
 

@@ -31,6 +31,8 @@ class _Problem(NamedTuple):
 
 
 class FeatureLearning(AbstractStudy):
+    """mean-field particle solver (W = W_µ or trained) on feature regression"""
+
     d: int = eqx.field(static=True, default=10)
     k: int = eqx.field(static=True, default=3)
     particles: int = eqx.field(static=True, default=200)

@@ -37,6 +37,8 @@ FULL_INITS = {"normal": NormalWeights(), **INIT_SCHEMES}
 
 
 class FullAllocation(AbstractStudy):
+    """full softmax attention (Adam, sampled prompts) on disjoint tasks"""
+
     d: int = eqx.field(static=True, default=9)
     n_tasks: int = eqx.field(static=True, default=3)
     heads: int = eqx.field(static=True, default=3)

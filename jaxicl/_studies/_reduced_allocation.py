@@ -19,6 +19,8 @@ from .._trainer import sgd
 
 
 class ReducedAllocation(AbstractStudy):
+    """reduced (Ω, M) flow of multi-head softmax attention on disjoint tasks (SGD of `dt`)"""
+
     d: int = eqx.field(static=True, default=50)
     n_tasks: int = eqx.field(static=True, default=3)
     heads: int = eqx.field(static=True, default=3)
