@@ -8,7 +8,7 @@ step chunk at a time), and 1 vs 2 vs 4 CPU devices (members sharded with JAX sha
 first step chunk compiles; throughput is taken from the fastest of the others.
 
     python benchmarks/sweep_scaling.py --out benchmarks/sweep_scaling_cpu.json
-    python benchmarks/sweep_scaling.py --seeds 8000 --member-chunk 2000      # quicker
+    python benchmarks/sweep_scaling.py --seeds 8000 --members-per-call 2000      # quicker
 """
 
 import argparse
@@ -22,7 +22,7 @@ import tempfile
 import time
 
 
-def child(seeds: int, horizon: float, out: str, member_chunk: int) -> None:
+def child(seeds: int, horizon: float, out: str, members_per_call: int) -> None:
     """One sweep in this process; prints its timings and peak RSS as JSON."""
     import jaxicl
 
@@ -33,18 +33,18 @@ def child(seeds: int, horizon: float, out: str, member_chunk: int) -> None:
         study,
         seeds=seeds,
         store=out,
-        members_per_call=member_chunk,
+        members_per_call=members_per_call,
         progress=False,
         on_chunk=lambda u, c: marks.append(time.perf_counter()),
     )
     chunks = [b - a for a, b in zip(marks, marks[1:])]
     steady = min(chunks[1:]) if len(chunks) > 1 else chunks[0]
-    units = -(-seeds // member_chunk)
+    units = -(-seeds // members_per_call)
     steps_per_chunk = steps * units / len(chunks)
     result = {
         "seconds": marks[-1] - marks[0],
         "step_chunks": len(chunks),
-        "member_steps_per_s": member_chunk * steps_per_chunk / steady,
+        "member_steps_per_s": members_per_call * steps_per_chunk / steady,
         "overall_member_steps_per_s": seeds * steps / (marks[-1] - marks[0]),
         "compile_s": chunks[0] - steady,
         "steps": steps,
@@ -69,7 +69,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--child", nargs=4, help=argparse.SUPPRESS)
     parser.add_argument("--seeds", type=int, default=100_000)
-    parser.add_argument("--member-chunk", type=int, default=25_000)
+    parser.add_argument("--members-per-call", type=int, default=25_000)
     parser.add_argument("--out", default=None)
     args = parser.parse_args()
     if args.child:
@@ -77,7 +77,7 @@ def main() -> None:
         child(int(seeds), float(horizon), out, int(chunk))
         return
     plan = [(5.0, 2), (20.0, 2), (5.0, 1), (5.0, 4)]
-    rows = [run(args.seeds, horizon, n, args.member_chunk) for horizon, n in plan]
+    rows = [run(args.seeds, horizon, n, args.members_per_call) for horizon, n in plan]
     for r in rows:
         print(
             f"{r['seeds']} members × {r['steps']} steps on {r['devices']} CPU device(s):"
