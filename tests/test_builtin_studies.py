@@ -114,6 +114,23 @@ def test_init_schemes_are_a_labelled_group_axis(tmp_path):
     assert (tmp_path / "figure.png").stat().st_size > 10_000
 
 
+def test_a_member_still_in_warm_up_has_no_allocation_outcome(tmp_path):
+    """From init 1e-4 the reduced flow (d = 9) is still on its plateau at t = 20: its
+    allocation outcome is missing (NaN, counted by `left_warmup`), not a failure; from 0.1 every
+    seed has left and allocated. The figure says "no outcome" instead of 0%."""
+    from jaxicl._sweeps._store import plot_sweep
+
+    study = ReducedAllocation(d=9, horizon=20.0, dt=0.01, n_records=20)
+    data = _sweep(tmp_path, study, {"init_scale": [1e-4, 0.1]}, seeds=8)
+    small, large = data.sel(init_scale=1e-4), data.sel(init_scale=0.1)
+    assert not small["left_warmup"].values.any() and np.isnan(small["success"].values).all()
+    assert np.isnan(small["warmup_end"].values).all()
+    assert large["left_warmup"].values.all() and (large["success"].values == 1).all()
+    assert "no outcome" in data["success"].attrs["meaning"]
+    plot_sweep(tmp_path / "store", tmp_path / "figure.png")
+    assert (tmp_path / "figure.png").stat().st_size > 10_000
+
+
 def test_full_model_allocates_from_the_ansatz_init_not_from_random_signs(tmp_path):
     """Full softmax attention (d = 9, 3 tasks, H = 3, Adam 3e-3, 600 steps): the balanced init
     put into the weights allocates the tasks in every seed; i.i.d. normal weights (random signs,

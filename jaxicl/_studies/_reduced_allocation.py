@@ -1,7 +1,9 @@
 """Study `reduced-allocation`: the reduced (Ω, M) flow of multi-head softmax attention on
 disjoint tasks (the `task-allocation` experiment's dynamics) from one init scheme; SGD steps
 of `dt` on the flow's clock. Records the population loss; per member, whether the heads
-allocate the tasks at the end, the warm-up end and the divergence flag."""
+allocate the tasks at the end (no outcome, NaN, while the member is still in warm-up at the
+horizon, as in `task-allocation`), whether it left warm-up, the warm-up end and the divergence
+flag."""
 
 from typing import ClassVar
 
@@ -34,6 +36,10 @@ class ReducedAllocation(AbstractStudy):
     member_axes: ClassVar[tuple[str, ...]] = ("init_scale",)
     variants: ClassVar[dict] = {"scheme": INIT_SCHEMES}
     time_units: ClassVar[str] = "gradient-flow time"
+    meanings: ClassVar[dict[str, str]] = {
+        "success": "1 = the heads allocate the tasks, 0 = they do not, NaN = no outcome: still "
+        "in warm-up at the horizon (see left_warmup), or not run yet"
+    }
 
     def __check_init__(self):
         for name in ("d", "n_tasks", "heads", "context_len", "n_records"):
@@ -70,8 +76,12 @@ class ReducedAllocation(AbstractStudy):
     def summarize(self, state, series):
         omega, mu = state.model.spectral()
         time = jnp.asarray(self.time(), series["loss"].dtype)
+        phases = detect_phases(time, series["loss"], window=1)
+        allocated = task_allocation(omega, mu).success.astype(jnp.float32)
         return {
-            "success": task_allocation(omega, mu).success,
-            "warmup_end": detect_phases(time, series["loss"], window=1).warmup_end,
+            # a member still on its plateau has no allocation outcome yet, not a failure
+            "success": jnp.where(phases.left_warmup, allocated, jnp.nan),
+            "left_warmup": phases.left_warmup,
+            "warmup_end": phases.warmup_end,
             "diverged": state.diverged,
         }

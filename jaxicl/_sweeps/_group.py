@@ -57,7 +57,6 @@ class Group:
         self.optimizer = study.optimizer()
         moves = {"observe": study.observe(), "after_step": study.after_step()}
         self.extra = {name: f for name, f in moves.items() if f is not None}
-        self._dtypes = None
 
     def init(self, member_values: dict, seeds: np.ndarray):
         """Stacked states of these members (`member_values`: every member axis → one value per
@@ -90,29 +89,26 @@ class Group:
 
     def dtypes(self, member_values: dict) -> tuple[dict, dict]:
         """The dtypes of the series and of the summaries, from tracing alone."""
-        if self._dtypes is None:
-            one = {name: np.asarray(v)[:1] for name, v in member_values.items()}
-            states = self.init(one, np.zeros(1, np.int32))
-            states, trajectory = ensemble_steps_shapes(
-                states,
-                self.objective,
-                self.optimizer,
-                steps=self.record_every,
-                record_every=self.record_every,
-                **self.extra,
-            )
-            series = jax.eval_shape(jax.vmap(self.study.series), trajectory)
-            full = {
-                name: jax.ShapeDtypeStruct((1, self.n_records), s.dtype)
-                for name, s in series.items()
-            }
-            summaries = jax.eval_shape(jax.vmap(self.study.summarize), states, full)
-            self._check_shapes(series, summaries)
-            self._dtypes = (
-                {name: np.dtype(s.dtype) for name, s in series.items()},
-                {name: np.dtype(s.dtype) for name, s in summaries.items()},
-            )
-        return self._dtypes
+        one = {name: np.asarray(v)[:1] for name, v in member_values.items()}
+        states = self.init(one, np.zeros(1, np.int32))
+        states, trajectory = ensemble_steps_shapes(
+            states,
+            self.objective,
+            self.optimizer,
+            steps=self.record_every,
+            record_every=self.record_every,
+            **self.extra,
+        )
+        series = jax.eval_shape(jax.vmap(self.study.series), trajectory)
+        whole = {
+            name: jax.ShapeDtypeStruct((1, self.n_records), s.dtype) for name, s in series.items()
+        }
+        summaries = jax.eval_shape(jax.vmap(self.study.summarize), states, whole)
+        self._check_shapes(series, summaries)
+        return (
+            {name: np.dtype(s.dtype) for name, s in series.items()},
+            {name: np.dtype(s.dtype) for name, s in summaries.items()},
+        )
 
     def _check_shapes(self, series, summaries) -> None:
         name = type(self.study).__name__

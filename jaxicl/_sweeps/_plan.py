@@ -16,6 +16,7 @@ import numbers
 import equinox as eqx
 
 from .. import _validation as check
+from .._studies import STUDIES
 from ._study import AbstractStudy
 
 
@@ -174,8 +175,6 @@ class SweepPlan:
 
 def _import_path(cls) -> str:
     """A built-in study's name, or the import path a sweep file would name the class by."""
-    from ._file import STUDIES  # the registry imports the studies, which import this module
-
     names = {c: name for name, c in STUDIES.items()}
     return names.get(cls, f"{cls.__module__}:{cls.__qualname__}")
 

@@ -35,14 +35,20 @@ def _series(dataset) -> str:
 
 
 def _phase_diagram(ax, dataset, name, fig) -> None:
-    # NaN marks members not run yet: the rate is over the seeds that ran, and a cell with none
-    # is drawn empty and labelled, never as 0%.
+    # NaN marks members not run yet, or (for an outcome such as `success`) members without an
+    # outcome (e.g. still in warm-up): the rate is over the seeds with an outcome, the others
+    # are counted on the cell, and a cell with none is drawn empty, never as 0%.
     rate = dataset[name].mean("seed", skipna=True)
-    ran = dataset[name].notnull().sum("seed")
+    outcome = dataset[name].notnull().sum("seed")
+    ran = (dataset["diverged"] if "diverged" in dataset else dataset[name]).notnull().sum("seed")
     x_axis, y_axis = _phase_axes(dataset[name])
+    if x_axis == y_axis:  # one grid axis: a single row
+        rate, outcome, ran = (a.expand_dims(row=[""]) for a in (rate, outcome, ran))
+        y_axis = "row"
     others = [d for d in rate.dims if d not in (x_axis, y_axis)]
     table = rate.isel({d: 0 for d in others}).transpose(y_axis, x_axis)
     counts = ran.isel({d: 0 for d in others}).transpose(y_axis, x_axis)
+    outcomes = outcome.isel({d: 0 for d in others}).transpose(y_axis, x_axis)
     seeds = dataset.sizes["seed"]
     image = ax.imshow(table.values, origin="lower", aspect="auto", vmin=0, vmax=1)
     ax.set_xticks(range(table.sizes[x_axis]), [_label(v) for v in table[x_axis].values])
@@ -50,9 +56,15 @@ def _phase_diagram(ax, dataset, name, fig) -> None:
     ax.set(xlabel=x_axis, ylabel=y_axis)
     ax.set_title(f"{dataset.attrs.get('study', 'sweep')}: {name} rate over {seeds} seeds")
     for (i, j), value in np.ndenumerate(table.values):
-        n = int(counts.values[i, j])
-        text = "not run" if n == 0 else f"{value:.0%}" + (f"\n({n} seeds)" if n < seeds else "")
-        ax.text(j, i, text, ha="center", va="center", color="white" if n else "grey")
+        n, k = int(counts.values[i, j]), int(outcomes.values[i, j])
+        if n == 0:
+            text = "not run"
+        elif k == 0:
+            text = f"no outcome\n({n} seeds)"
+        else:
+            text = f"{value:.0%}" + (f"\nof {k}" if k < n else "")
+            text += f"\n({n} seeds ran)" if n < seeds else ""
+        ax.text(j, i, text, ha="center", va="center", color="white" if k else "grey")
     fig.colorbar(image, ax=ax)
 
 

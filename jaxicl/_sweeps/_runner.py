@@ -56,21 +56,28 @@ def auto_members_per_call(plan: SweepPlan, groups: list, budget: int, chunk_reco
     return int(min(MAX_MEMBERS_PER_CALL, max(1, budget // per_member)))
 
 
+def _explicit_sizes(plan: SweepPlan, n_records: int) -> dict:
+    """Seeds per unit and records per step chunk that explicit sizes ask for (None: "auto")."""
+    n_points = len(plan.member_points())
+    return dict(
+        seed_block=None
+        if plan.members_per_call == "auto"
+        else min(plan.seeds, max(1, plan.members_per_call // n_points)),
+        chunk_records=None if plan.chunk_records == "auto" else min(n_records, plan.chunk_records),
+    )
+
+
 def _layout(plan: SweepPlan, groups: list) -> dict:
     n_records = groups[0].n_records
-    if plan.chunk_records == "auto":
-        chunk_records = math.ceil(n_records / AUTO_STEP_CHUNKS)
-    else:
-        chunk_records = min(n_records, plan.chunk_records)
-    n_points = len(plan.member_points())
-    if plan.members_per_call == "auto":
+    sizes = _explicit_sizes(plan, n_records)
+    chunk_records = sizes["chunk_records"] or math.ceil(n_records / AUTO_STEP_CHUNKS)
+    seed_block = sizes["seed_block"]
+    if seed_block is None:
         budget = int(MEMORY_FRACTION * device_memory_bytes())
+        n_points = len(plan.member_points())
         largest = auto_members_per_call(plan, groups, budget, chunk_records) // n_points
-        largest = max(1, largest)
         # equal units (the last one no smaller), so one compiled call serves them all
-        seed_block = math.ceil(plan.seeds / math.ceil(plan.seeds / largest))
-    else:
-        seed_block = min(plan.seeds, max(1, plan.members_per_call // n_points))
+        seed_block = math.ceil(plan.seeds / math.ceil(plan.seeds / max(1, largest)))
     return dict(
         n_units=len(groups) * math.ceil(plan.seeds / seed_block),
         seed_block=seed_block,
@@ -82,25 +89,13 @@ def _layout(plan: SweepPlan, groups: list) -> dict:
 def _resumed_layout(plan: SweepPlan, groups: list, stored: dict) -> dict:
     """A store's own layout (auto sizes may differ on this machine), refusing explicit sizes
     that would cut the sweep differently."""
+    asked = _explicit_sizes(plan, groups[0].n_records)
     n_points = len(plan.member_points())
-    asked = {
-        "members_per_call": (
-            plan.members_per_call,
-            None
-            if plan.members_per_call == "auto"
-            else min(plan.seeds, max(1, plan.members_per_call // n_points)),
-            stored["seed_block"],
-            stored["seed_block"] * n_points,
-        ),
-        "chunk_records": (
-            plan.chunk_records,
-            None if plan.chunk_records == "auto" else min(groups[0].n_records, plan.chunk_records),
-            stored["chunk_records"],
-            stored["chunk_records"],
-        ),
-    }
-    for name, (value, gives, has, shown) in asked.items():
-        if gives is not None and gives != has:
+    for key, name, value, shown in (
+        ("seed_block", "members_per_call", plan.members_per_call, n_points * stored["seed_block"]),
+        ("chunk_records", "chunk_records", plan.chunk_records, stored["chunk_records"]),
+    ):
+        if asked[key] is not None and asked[key] != stored[key]:
             raise ValueError(
                 f"this store was cut with {name} = {shown}; resume it with that value or "
                 f'"auto" (a resume keeps the layout the sweep started with), got {value}.'
@@ -146,7 +141,6 @@ def sweep(
     chunk_records: int | str = "auto",
     progress: bool | None = None,
     on_chunk=None,
-    study_name: str = "",
 ):
     """Run (or resume) `study` over `grid` × `seeds`; returns the labelled xarray dataset.
 
@@ -166,7 +160,6 @@ def sweep(
     - `chunk_records`: records per step chunk (a checkpoint after each), or `"auto"` (4 chunks).
     - `progress`: a progress bar (None: only on a terminal).
     - `on_chunk(unit, step_chunk)`: called after each step chunk is stored.
-    - `study_name`: how a sweep file names the study (recorded in the store's description).
 
     Member i gets the same trajectory whether it runs alone, with any chunking, on any number
     of devices or processes, or resumed after a kill.
@@ -180,7 +173,6 @@ def sweep(
         root_seed=root_seed,
         members_per_call=members_per_call,
         chunk_records=chunk_records,
-        study_name=study_name,
     )
     return run_plan(plan, store, progress=progress, on_chunk=on_chunk)
 
@@ -201,7 +193,7 @@ def run_plan(plan: SweepPlan, store=None, *, progress=None, on_chunk=None):
     for g in groups[1:]:
         if g.dtypes(values) != dtypes:
             raise ValueError("the groups of this grid record different series or summaries.")
-    stored = store_io.stored_layout(store)
+    stored = store_io.stored_layout(store, plan)
     # the same layout in every process: same groups, same kind of device
     layout = _layout(plan, groups) if stored is None else _resumed_layout(plan, groups, stored)
     process = jax.process_index()

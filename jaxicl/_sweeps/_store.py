@@ -61,13 +61,26 @@ def _check_metadata(path) -> None:
         ) from None
 
 
-def stored_layout(path) -> dict | None:
-    """The layout a store at `path` was created with, or None when there is no store."""
+def _reopen(path: pathlib.Path, description: str, mode: str) -> zarr.Group:
+    """The store at `path`, refused unless it holds the sweep of `description`."""
+    _check_metadata(path)
+    root = zarr.open_group(str(path), mode=mode)
+    stored = root.attrs.get("sweep")
+    if stored != description:
+        raise ValueError(
+            f"{path} holds a different sweep ({stored}); it is never overwritten. "
+            "Choose another output path or delete it."
+        )
+    return root
+
+
+def stored_layout(path, plan: SweepPlan) -> dict | None:
+    """The layout the store at `path` was created with (refusing another sweep's store first),
+    or None when there is no store yet."""
     if path is None or not (pathlib.Path(path) / "zarr.json").exists():
         return None
-    _check_metadata(path)
-    layout = zarr.open_group(str(path), mode="r").attrs.get("layout")
-    return None if layout is None else dict(layout)
+    root = _reopen(pathlib.Path(path), plan.description(float64()), "r")
+    return dict(root.attrs["layout"])
 
 
 def open_store(path, plan: SweepPlan, time_axis, dtypes, layout, *, create=True) -> zarr.Group:
@@ -85,15 +98,7 @@ def open_store(path, plan: SweepPlan, time_axis, dtypes, layout, *, create=True)
     if not create:
         _wait_for(path / "zarr.json")
     if (path / "zarr.json").exists():
-        _check_metadata(path)
-        root = zarr.open_group(str(path), mode="a")
-        stored = root.attrs.get("sweep")
-        if stored != description:
-            raise ValueError(
-                f"{path} holds a different sweep ({stored}); it is never overwritten. "
-                "Choose another output path or delete it."
-            )
-        return root
+        return _reopen(path, description, "a")
     # Built beside its final path and moved into place, so a kill never leaves half a store.
     building = path.with_name(f".{path.name}.building")
     shutil.rmtree(building, ignore_errors=True)
@@ -143,8 +148,9 @@ def _create(root, plan: SweepPlan, time_axis, dtypes, layout: dict, description:
             fill_value=np.nan,
             dimension_names=[*dims, *(("time",) if over_time else ())],
         )
-        if flag:
-            array.attrs["meaning"] = FLAG_MEANING
+        meaning = type(plan.study).meanings.get(name, FLAG_MEANING if flag else None)
+        if meaning is not None:
+            array.attrs["meaning"] = meaning
     root.create_array(
         "chunk_done",
         shape=(layout["n_units"], layout["n_step_chunks"]),
@@ -153,9 +159,10 @@ def _create(root, plan: SweepPlan, time_axis, dtypes, layout: dict, description:
         fill_value=False,
         dimension_names=["unit", "step_chunk"],
     )
+    described = json.loads(description)
     root.attrs["sweep"] = description
-    root.attrs["study"] = json.loads(description)["study"]
-    root.attrs["settings"] = json.loads(description)["settings"]
+    root.attrs["study"] = described["study"]
+    root.attrs["settings"] = described["settings"]
     root.attrs["layout"] = layout
 
 

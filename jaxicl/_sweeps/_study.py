@@ -36,6 +36,8 @@ class AbstractStudy(eqx.Module):
     - `time_units`: what the record times count.
     - `float64`: the study needs `jax_enable_x64`.
     - `member_chunk`: members vectorized at once inside a call (as in `train_ensemble_steps`).
+    - `meanings`: what the values of a series or summary mean, stored with it (e.g. what NaN
+      stands for); boolean flags get "1 = true, 0 = false, NaN = not run yet".
 
     **Methods to implement:** `initial_model`, `objective`, `optimizer`, `schedule`; optionally
     `after_step`, `observe`, `series`, `summarize`, `time`, `check_grid`.
@@ -46,6 +48,7 @@ class AbstractStudy(eqx.Module):
     time_units: ClassVar[str] = "optimizer steps"
     float64: ClassVar[bool] = False
     member_chunk: ClassVar[int | None | str] = "auto"
+    meanings: ClassVar[dict[str, str]] = {}
 
     @abc.abstractmethod
     def initial_model(self, values: dict[str, Array], key: PRNGKeyArray) -> PyTree:
