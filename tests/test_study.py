@@ -115,3 +115,28 @@ def test_own_study_from_a_sweep_file_by_import_path(tmp_path):
     )
     assert bad.returncode == 2 and "has no 'Nothing'" in bad.stderr
     assert "Traceback" not in bad.stderr
+
+
+class _VectorSeries(Quadratic):
+    def series(self, trajectory):
+        return {"w": trajectory.observables}
+
+    def observe(self):
+        return lambda model: model.w
+
+
+class _VectorSummary(Quadratic):
+    def summarize(self, state, series):
+        return {"w": state.model.w}
+
+
+@pytest.mark.parametrize(
+    "study, message",
+    [
+        (_VectorSeries(), r"_VectorSeries.series\(\)\['w'\] has shape \(3,\) per record"),
+        (_VectorSummary(), r"_VectorSummary.summarize\(\)\['w'\] has shape \(3,\) per member"),
+    ],
+)
+def test_records_that_do_not_fit_the_store_are_refused_by_tracing(study, message):
+    with pytest.raises(ValueError, match=message):
+        jaxicl.sweep(study, seeds=1)

@@ -68,20 +68,18 @@ def from_name(cls: type[AbstractStudy], field: str, value, where: str):
     choices = cls.variants.get(field)
     if choices is None or not isinstance(value, str):
         return value
-    if value not in choices:
-        check.one_of(where, value, choices)
-    return choices[value]
+    return choices[check.one_of(where, value, choices)]
 
 
-def make_study(cls: type[AbstractStudy], fixed: dict, where: str = "fixed") -> AbstractStudy:
-    fields = study_fields(cls)
+def _fixed_study(cls: type[AbstractStudy], fixed: dict) -> AbstractStudy:
+    """The study of a sweep file's [fixed] settings (the others keep their defaults)."""
     for name in fixed:
-        check.one_of(where, name, fields)
-    values = {name: from_name(cls, name, v, f"{where}.{name}") for name, v in fixed.items()}
+        check.one_of("fixed", name, study_fields(cls))
+    values = {name: from_name(cls, name, v, f"fixed.{name}") for name, v in fixed.items()}
     try:
         return cls(**values)
     except (TypeError, ValueError) as error:
-        raise ValueError(f"in [{where}]: {error}") from None
+        raise ValueError(f"in [fixed]: {error}") from None
 
 
 def load_sweep(path) -> SweepPlan:
@@ -116,7 +114,7 @@ def load_sweep(path) -> SweepPlan:
         if isinstance(values, list):
             grid[name] = [from_name(cls, name, v, f"grid.{name}") for v in values]
     return SweepPlan(
-        study=make_study(cls, fixed),
+        study=_fixed_study(cls, fixed),
         grid=grid,
         seeds=raw["seeds"],
         root_seed=raw.get("root_seed", 0),

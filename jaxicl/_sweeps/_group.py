@@ -100,28 +100,29 @@ class Group:
             **self.extra,
         )
         series = jax.eval_shape(jax.vmap(self.study.series), trajectory)
+        self._check_shapes("series", series, (1, 1))
         whole = {
             name: jax.ShapeDtypeStruct((1, self.n_records), s.dtype) for name, s in series.items()
         }
         summaries = jax.eval_shape(jax.vmap(self.study.summarize), states, whole)
-        self._check_shapes(series, summaries)
+        self._check_shapes("summarize", summaries, (1,))
         return (
             {name: np.dtype(s.dtype) for name, s in series.items()},
             {name: np.dtype(s.dtype) for name, s in summaries.items()},
         )
 
-    def _check_shapes(self, series, summaries) -> None:
+    def _check_shapes(self, kind: str, out, shape: tuple) -> None:
+        """`series` gives one value per record, `summarize` one scalar, for each member."""
         name = type(self.study).__name__
-        for kind, out, shape in (("series", series, (1, 1)), ("summarize", summaries, (1,))):
-            if not isinstance(out, dict):
-                raise ValueError(f"{name}.{kind} must return a dict of arrays, got {out!r}.")
-            for key, s in out.items():
-                if s.shape != shape:
-                    holds = "one value per record" if kind == "series" else "one scalar"
-                    raise ValueError(
-                        f"{name}.{kind}()['{key}'] has shape {s.shape[1:]} per member; the "
-                        f"store holds {holds} per member."
-                    )
+        if not isinstance(out, dict):
+            raise ValueError(f"{name}.{kind} must return a dict of arrays, got {out!r}.")
+        for key, s in out.items():
+            if s.shape != shape:
+                each = "record" if kind == "series" else "member"
+                raise ValueError(
+                    f"{name}.{kind}()['{key}'] has shape {s.shape[len(shape) :]} per {each}; "
+                    f"the store holds one scalar per {each}."
+                )
 
     def memory(self, member_values: dict, n_members: int, n_records: int) -> int:
         """XLA's memory analysis (bytes) of one call of `n_members` members, all at once."""

@@ -102,11 +102,9 @@ class SweepPlan:
             # Two equal points would share one slot of the store (the second overwrites or
             # never runs) while inspect counts both as done.
             check.distinct(f"grid.{name}", [label(v) for v in values])
-        for group in self.group_points():
-            where = ", ".join(f"{k} = {label(v)!r}" for k, v in group.items())
-            _replace(self.study, f"the grid point {where or 'of the fixed settings'}", **group)
+        studies = self.group_studies()
         self.study.check_grid({k: list(v) for k, v in self.grid.items()})
-        records = {(tuple(s.schedule()), tuple(s.time())) for s in self.group_studies()}
+        records = {(tuple(s.schedule()), tuple(s.time())) for s in studies}
         if len(records) > 1:
             raise ValueError(
                 "the groups of this grid record at different times (one store has one time axis): "
@@ -134,8 +132,15 @@ class SweepPlan:
         return [dict(zip(names, vs)) for vs in itertools.product(*map(self.axis, names))]
 
     def group_studies(self) -> list[AbstractStudy]:
-        """One study per compiled group, in the store's order."""
-        return [dataclasses.replace(self.study, **g) for g in self.group_points()]
+        """One study per compiled group, in the store's order (an invalid combination is an
+        error naming its grid point)."""
+        studies = []
+        for group in self.group_points():
+            where = ", ".join(f"{k} = {label(v)!r}" for k, v in group.items())
+            studies.append(
+                _replace(self.study, f"the grid point {where or 'of the fixed settings'}", **group)
+            )
+        return studies
 
     def member_points(self) -> list[dict]:
         """The member-axis values of every grid point inside a group (unswept member axes take
