@@ -131,6 +131,20 @@ def test_a_member_still_in_warm_up_has_no_allocation_outcome(tmp_path):
     assert (tmp_path / "figure.png").stat().st_size > 10_000
 
 
+def test_a_member_that_diverged_has_no_outcome(tmp_path):
+    """Adam at learning rate 1e200 diverges: the member is flagged and counted, and its allocation
+    outcome, final loss and warm-up end are missing (NaN), never a failure or a number; the
+    other member point is unaffected."""
+    study = FullAllocation(d=6, n_tasks=2, steps=20, n_records=4)
+    data = _sweep(tmp_path, study, {"learning_rate": [0.01, 1e200]}, seeds=2)
+    wild, tame = data.sel(learning_rate=1e200), data.sel(learning_rate=0.01)
+    assert (wild["diverged"].values == 1).all() and (tame["diverged"].values == 0).all()
+    for name in ("success", "final_loss", "warmup_end"):
+        assert np.isnan(wild[name].values).all(), name
+    assert np.isin(tame["success"].values, [0.0, 1.0]).all()
+    assert np.isfinite(tame["final_loss"].values).all()
+
+
 def test_full_model_allocates_from_the_ansatz_init_not_from_random_signs(tmp_path):
     """Full softmax attention (d = 9, 3 tasks, H = 3, Adam 3e-3, 600 steps): the balanced init
     put into the weights allocates the tasks in every seed; i.i.d. normal weights (random signs,

@@ -5,8 +5,9 @@ isotropic or Hessian-guided perturbations. W starts at W_µ0 either way.
 
 The teacher, the training sample and the held-out sample are the problem instance, drawn from
 `problem_seed` and shared by every member; members differ by their initial particles. Per
-member it records L(µ) on the held-out sample, and at the end L/L_c (L_c: the loss of constant
-features), whether it fell below `success_threshold`, and the divergence flag. Runs in float64.
+member it records L(µ) on the held-out sample, and at the end L/L_c (L_c: the loss of
+constant features), whether it fell below `success_threshold` (both NaN for a member that
+diverged), and the divergence flag. Runs in float64.
 """
 
 from typing import ClassVar, NamedTuple
@@ -21,6 +22,7 @@ from .._meanfield_loss import constant_feature_loss, with_optimal_attention
 from .._meanfield_solver import PERTURBATIONS, ParticleSolver, particle_solver
 from .._neurons import ACTIVATIONS
 from .._sweeps._study import AbstractStudy
+from ._outcome import outcome
 
 
 class _Problem(NamedTuple):
@@ -56,6 +58,10 @@ class FeatureLearning(AbstractStudy):
     member_axes: ClassVar[tuple[str, ...]] = ("learning_rate", "a_scale")
     time_units: ClassVar[str] = "Euler steps (flow time: learning_rate × step)"
     float64: ClassVar[bool] = True
+    meanings: ClassVar[dict[str, str]] = {
+        "success": "1 = L/L_c below success_threshold at the end, 0 = not, NaN = diverged or "
+        "not run"
+    }
 
     def __check_init__(self):
         for name in (
@@ -152,8 +158,9 @@ class FeatureLearning(AbstractStudy):
     def summarize(self, state, series):
         problem = self._problem()
         final = problem.solver.observe(state.model)["loss"] / problem.constant_loss
+        healthy = ~state.diverged
         return {
-            "final_relative_loss": final,
-            "success": final < self.success_threshold,
+            "final_relative_loss": outcome(final, healthy),
+            "success": outcome(final < self.success_threshold, healthy),
             "diverged": state.diverged,
         }

@@ -6,7 +6,7 @@ by the members; noise std `context_noise` on the context labels.
 init scheme of the reduced state, put into the weights through the decomposable ansatz (zero
 off the ansatz). Records the mean training loss of each record's block; per member, whether
 the heads allocate the tasks at the end, the final loss (mean of the last quarter of the
-records), the warm-up end and the divergence flag.
+records), the warm-up end (NaN for a member that diverged) and the divergence flag.
 """
 
 from typing import ClassVar
@@ -25,6 +25,7 @@ from .._objectives import ICLLoss
 from .._observables import semi_singular_values
 from .._sweeps._study import AbstractStudy
 from .._tasks import MultiTaskRegression, disjoint_blocks
+from ._outcome import outcome
 
 
 class NormalWeights(eqx.Module):
@@ -52,6 +53,9 @@ class FullAllocation(AbstractStudy):
     n_records: int = eqx.field(static=True, default=30)
 
     member_axes: ClassVar[tuple[str, ...]] = ("init_scale", "learning_rate")
+    meanings: ClassVar[dict[str, str]] = {
+        "success": "1 = the heads allocate the tasks, 0 = they do not, NaN = diverged or not run"
+    }
     variants: ClassVar[dict] = {"init": FULL_INITS}
 
     def __check_init__(self):
@@ -93,10 +97,11 @@ class FullAllocation(AbstractStudy):
         loss = series["loss"]
         tail = max(1, loss.shape[0] // 4)
         time = jnp.asarray(self.time(), loss.dtype)
+        healthy = ~state.diverged
         return {
-            "success": task_allocation(omega, mu).success,
-            "final_loss": loss[-tail:].mean(),
+            "success": outcome(task_allocation(omega, mu).success, healthy),
+            "final_loss": outcome(loss[-tail:].mean(), healthy),
             # sampled losses: a 9-record moving median before the phase detection
-            "warmup_end": detect_phases(time, loss, window=9).warmup_end,
+            "warmup_end": outcome(detect_phases(time, loss, window=9).warmup_end, healthy),
             "diverged": state.diverged,
         }

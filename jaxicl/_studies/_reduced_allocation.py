@@ -2,8 +2,8 @@
 disjoint tasks (the `task-allocation` experiment's dynamics) from one init scheme; SGD steps
 of `dt` on the flow's clock. Records the population loss; per member, whether the heads
 allocate the tasks at the end (no outcome, NaN, while the member is still in warm-up at the
-horizon, as in `task-allocation`), whether it left warm-up, the warm-up end and the divergence
-flag."""
+horizon, as in `task-allocation`, or diverged), whether it left warm-up, the warm-up end and the
+divergence flag."""
 
 from typing import ClassVar
 
@@ -18,6 +18,7 @@ from .._reduced import ReducedLoss
 from .._sweeps._study import AbstractStudy
 from .._tasks import disjoint_blocks
 from .._trainer import sgd
+from ._outcome import outcome
 
 
 class ReducedAllocation(AbstractStudy):
@@ -38,7 +39,7 @@ class ReducedAllocation(AbstractStudy):
     time_units: ClassVar[str] = "gradient-flow time"
     meanings: ClassVar[dict[str, str]] = {
         "success": "1 = the heads allocate the tasks, 0 = they do not, NaN = no outcome: still "
-        "in warm-up at the horizon (see left_warmup), or not run yet"
+        "in warm-up at the horizon (see left_warmup), diverged, or not run yet"
     }
 
     def __check_init__(self):
@@ -77,11 +78,11 @@ class ReducedAllocation(AbstractStudy):
         omega, mu = state.model.spectral()
         time = jnp.asarray(self.time(), series["loss"].dtype)
         phases = detect_phases(time, series["loss"], window=1)
-        allocated = task_allocation(omega, mu).success.astype(jnp.float32)
+        healthy = ~state.diverged
         return {
             # a member still on its plateau has no allocation outcome yet, not a failure
-            "success": jnp.where(phases.left_warmup, allocated, jnp.nan),
+            "success": outcome(task_allocation(omega, mu).success, phases.left_warmup & healthy),
             "left_warmup": phases.left_warmup,
-            "warmup_end": phases.warmup_end,
+            "warmup_end": outcome(phases.warmup_end, healthy),
             "diverged": state.diverged,
         }
