@@ -68,7 +68,8 @@ def _parse_field(field_type, text: str):
 
 
 def _studies_help() -> str:
-    from ._sweeps._file import STUDIES, study_fields
+    from ._studies import STUDIES
+    from ._sweeps._file import study_fields
 
     lines = [
         "studies: a built-in name below, or your own AbstractStudy as",

@@ -81,7 +81,8 @@ def variant(name: str, value, base, names: Iterable[str]):
     built-in ones `names`)."""
     if not isinstance(value, base):
         choices = ", ".join(repr(n) for n in names)
-        raise ValueError(f"`{name}` must be a {base.__name__} (by name: {choices}); got {value!r}.")
+        kind = getattr(base, "__name__", str(base))  # a class or a union of classes
+        raise ValueError(f"`{name}` must be a {kind} (by name: {choices}); got {value!r}.")
     return value
 
 

@@ -94,6 +94,18 @@ def test_float64_studies_refuse_float32(tmp_path, monkeypatch):
     assert not (tmp_path / "store").exists()
 
 
+def test_a_variant_that_is_not_a_module_is_refused_naming_the_choices():
+    # what a study's __check_init__ runs (the test suite's type checker refuses a str earlier)
+    from jaxicl import _validation as check
+    from jaxicl._init_schemes import INIT_SCHEMES, AbstractInitScheme
+    from jaxicl._studies._full_allocation import FULL_INITS, NormalWeights
+
+    with pytest.raises(ValueError, match="`init` must be a .*NormalWeights.*'random-sign'"):
+        check.variant("init", "balanced", NormalWeights | AbstractInitScheme, FULL_INITS)
+    with pytest.raises(ValueError, match="`scheme` must be a AbstractInitScheme"):
+        check.variant("scheme", 3, AbstractInitScheme, INIT_SCHEMES)
+
+
 def test_combinations_a_study_cannot_run_are_refused():
     with pytest.raises(ValueError, match="grid.learning_rate"):
         sweep(FeatureLearning(attention="attention"), seeds=1, grid={"learning_rate": [0.01, 0.02]})

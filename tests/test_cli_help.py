@@ -30,7 +30,8 @@ def test_no_arguments_prints_the_commands(capsys):
 
 
 def test_sweep_help_lists_every_study_setting_and_default(capsys):
-    from jaxicl._sweeps._file import STUDIES, study_fields
+    from jaxicl._studies import STUDIES
+    from jaxicl._sweeps._file import study_fields
 
     with pytest.raises(SystemExit):
         _cli.main(["sweep", "--help"])
