@@ -275,6 +275,30 @@ def test_processes_without_a_coordinator_are_refused(tmp_path, capsys):
     assert not (tmp_path / "store").exists()
 
 
+def test_a_deleted_or_truncated_chunk_is_found_and_recomputed(tmp_path, capsys):
+    """D6: inspect does not call a store with a lost chunk file complete, and a rerun repairs it
+    to the uninterrupted store."""
+    _run(tmp_path / "store", chunk_records=2)
+    _run(tmp_path / "whole", chunk_records=2)
+    loss_chunks = sorted(p for p in (tmp_path / "store" / "loss" / "c").rglob("*") if p.is_file())
+    summary_chunks = sorted(
+        p for p in (tmp_path / "store" / "diverged" / "c").rglob("*") if p.is_file()
+    )
+    loss_chunks[3].unlink()  # a lost file: reads back as missing values
+    summary_chunks[-1].write_bytes(summary_chunks[-1].read_bytes()[:5])  # a truncated one
+    assert _cli.main(["inspect", str(tmp_path / "store")]) == 0
+    out = capsys.readouterr().out
+    assert "complete: 8 of 10 units" in out and "damaged: units" in out
+    _run(tmp_path / "store", chunk_records=2)
+    assert "running them again" in capsys.readouterr().err
+    assert _cli.main(["inspect", str(tmp_path / "store")]) == 0
+    out = capsys.readouterr().out
+    assert "complete: 10 of 10 units" in out and "damaged" not in out
+    resumed, whole = _arrays(tmp_path / "store"), _arrays(tmp_path / "whole")
+    for name in whole:
+        np.testing.assert_array_equal(resumed[name], whole[name])
+
+
 def test_a_process_runs_every_process_count_th_unit(tmp_path, monkeypatch):
     import jax
 

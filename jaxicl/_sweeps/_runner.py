@@ -16,6 +16,7 @@ Every random stream derives here from one root seed: the init of seed s is
 import dataclasses
 import math
 import os
+import sys
 
 import jax
 import jax.random as jr
@@ -79,6 +80,7 @@ def _layout(plan: SweepPlan, groups: list) -> dict:
         # equal units (the last one no smaller), so one compiled call serves them all
         seed_block = math.ceil(plan.seeds / math.ceil(plan.seeds / max(1, largest)))
     return dict(
+        group_axes=len(plan.group_axes),
         n_units=len(groups) * math.ceil(plan.seeds / seed_block),
         seed_block=seed_block,
         n_step_chunks=math.ceil(n_records / chunk_records),
@@ -217,6 +219,16 @@ class _Run:
 
     def run(self, process: int, n_processes: int) -> None:
         plan, layout = self.plan, self.layout
+        if self.path is not None:
+            # flags claim records: recompute any unit whose records do not read back as written
+            damaged = [u for u in store_io.damaged_units(self.root) if u % n_processes == process]
+            if damaged:
+                print(
+                    f"jaxicl: {self.path}: units {damaged} do not read back as written (a chunk "
+                    "file deleted or truncated); running them again.",
+                    file=sys.stderr,
+                )
+                store_io.reset_units(self.root, self.path, damaged)
         done = store_io.done_chunks(self.root)
         seed_blocks = chunk_bounds(plan.seeds, layout["seed_block"])
         units = [(g, a, b) for g in range(len(self.groups)) for a, b in seed_blocks]

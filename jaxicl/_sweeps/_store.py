@@ -3,11 +3,14 @@
 Layout: one array per series with dimensions (group axes…, member axes…, seed, time) and one
 per summary without `time` (swept settings only: fixed ones are in the description); the
 coordinates of every axis; and `chunk_done`, one flag per unit of work (a group × a block of
-seeds, every member point) and step chunk. A unit's step chunk owns whole Zarr chunks, so
-processes writing different units never touch the same file. Its records are written first and
-its flag last (Zarr's local store writes every chunk file atomically), and the unit's state is
-checkpointed under `resume/` before either, so a killed sweep resumes at the first step chunk
-without its flag and ends with a store identical to an uninterrupted run.
+seeds, every member point) and step chunk, with `chunk_digest`, the checksum of what that step
+chunk wrote: a resume and `inspect` read every flagged chunk back and compare, so a deleted or
+truncated chunk file is found and recomputed, never reported complete. A unit's step chunk
+owns whole Zarr chunks, so processes writing different units never touch the same file. Its
+records are written first, then their checksum, and its flag last (Zarr's local store writes
+every chunk file atomically); the unit's state is checkpointed under `resume/` before either,
+so a killed sweep resumes at the first step chunk without its flag and ends with a store
+identical to an uninterrupted run.
 
 The attributes hold the sweep's description (another sweep is refused) and its layout (seeds
 per unit, records per step chunk): a resume uses the stored layout, so a machine with other
@@ -15,6 +18,7 @@ memory cannot cut the same sweep differently. Without a path the store lives in 
 code, no checkpoints).
 """
 
+import hashlib
 import json
 import os
 import pathlib
@@ -152,6 +156,14 @@ def _create(root, plan: SweepPlan, time_axis, dtypes, layout: dict, description:
         if meaning is not None:
             array.attrs["meaning"] = meaning
     root.create_array(
+        "chunk_digest",
+        shape=(layout["n_units"], layout["n_step_chunks"]),
+        chunks=(1, 1),
+        dtype="uint64",
+        fill_value=0,
+        dimension_names=["unit", "step_chunk"],
+    )
+    root.create_array(
         "chunk_done",
         shape=(layout["n_units"], layout["n_step_chunks"]),
         chunks=(1, 1),
@@ -179,11 +191,71 @@ def done_chunks(root: zarr.Group) -> np.ndarray:
     return np.asarray(root["chunk_done"][:])
 
 
+def _digest(pieces) -> np.uint64:
+    """A checksum of `(name, values)` pieces, in any order."""
+    h = hashlib.blake2b(digest_size=8)
+    for name, values in sorted(pieces, key=lambda piece: piece[0]):
+        h.update(name.encode())
+        h.update(np.ascontiguousarray(values).tobytes())
+    return np.uint64(int.from_bytes(h.digest(), "little"))
+
+
 def write_chunk(root: zarr.Group, unit: int, step_chunk: int, writes: list) -> None:
-    """Write `(name, index, values)` records of one unit's step chunk, then its flag."""
+    """Write `(name, index, values)` records of one unit's step chunk, then their checksum,
+    then its flag."""
     for name, index, values in writes:
         root[name][index] = values
+    pieces = [(name, np.asarray(values, root[name].dtype)) for name, _, values in writes]
+    root["chunk_digest"][unit, step_chunk] = _digest(pieces)
     root["chunk_done"][unit, step_chunk] = True
+
+
+def damaged_units(root: zarr.Group) -> list[int]:
+    """Units whose flagged step chunks do not read back as written (a chunk file deleted,
+    truncated or altered): their records are not what the flags claim."""
+    layout = root.attrs["layout"]
+    done, digests = done_chunks(root), np.asarray(root["chunk_digest"][:])
+    n_seeds, block = root["seed"].shape[0], layout["seed_block"]
+    n_blocks = -(-n_seeds // block)
+    n_times = root["time"].shape[0]
+    names = [n for n, a in root.arrays() if "seed" in (a.metadata.dimension_names or ())]
+    names = [n for n in names if n != "seed"]
+    damaged = []
+    for u in range(done.shape[0]):
+        g, b = divmod(u, n_blocks)
+        seeds = slice(b * block, min(n_seeds, (b + 1) * block))
+        for c in np.flatnonzero(done[u]):
+            times = slice(
+                c * layout["chunk_records"], min(n_times, (c + 1) * layout["chunk_records"])
+            )
+            pieces = []
+            try:
+                for name in names:
+                    array = root[name]
+                    over_time = "time" in array.metadata.dimension_names
+                    if not over_time and c != done.shape[1] - 1:
+                        continue  # summaries come with the last step chunk
+                    n_group = layout["group_axes"]
+                    position = np.unravel_index(g, array.shape[:n_group]) if n_group else ()
+                    rest = array.ndim - n_group - (2 if over_time else 1)
+                    index = (*map(int, position), *(slice(None),) * rest, seeds)
+                    index += (times,) if over_time else ()
+                    pieces.append((name, np.asarray(array[index])))
+            except Exception:  # noqa: BLE001 — any unreadable chunk is damage to report
+                damaged.append(u)
+                break
+            if _digest(pieces) != digests[u, c]:
+                damaged.append(u)
+                break
+    return damaged
+
+
+def reset_units(root: zarr.Group, path, units) -> None:
+    """Clear the flags (and checkpoints) of `units`, so the sweep runs them again."""
+    for u in units:
+        root["chunk_done"][u, :] = False
+        if path is not None:
+            drop_unit_state(path, u)
 
 
 def read_series(root: zarr.Group, names, index: tuple) -> dict:
@@ -221,13 +293,20 @@ def describe_store(path) -> str:
     root = zarr.open_group(str(path), mode="r")
     sweep = json.loads(root.attrs["sweep"])
     done = done_chunks(root)
+    damaged = damaged_units(root)
+    done[damaged] = False
     lines = [
         f"sweep: study {sweep['study']}, {sweep['seeds']} seeds, grid {sweep['grid']}",
         f"settings: {sweep['settings']}",
         f"complete: {int(done.all(axis=1).sum())} of {done.shape[0]} units, "
         f"{int(done.sum())} of {done.size} step chunks ({done.mean():.0%})",
-        str(dataset),
     ]
+    if damaged:
+        lines.append(
+            f"damaged: units {damaged} do not read back as written (a chunk file deleted or "
+            "truncated); rerun the sweep to recompute them."
+        )
+    lines.append(str(dataset.drop_vars(["chunk_done", "chunk_digest"], errors="ignore")))
     return "\n".join(lines)
 
 
@@ -246,7 +325,7 @@ def as_dataset(root: zarr.Group):
     import xarray as xr
 
     dataset = xr.open_zarr(root.store, consolidated=False).load()
-    return dataset.drop_vars("chunk_done")
+    return dataset.drop_vars(["chunk_done", "chunk_digest"])
 
 
 def plot_sweep(path, figure) -> None:
