@@ -299,6 +299,65 @@ def test_a_deleted_or_truncated_chunk_is_found_and_recomputed(tmp_path, capsys):
         np.testing.assert_array_equal(resumed[name], whole[name])
 
 
+def test_a_second_sweep_into_a_running_store_is_refused(tmp_path):
+    """D5: while one process runs a sweep into a store (it holds the writer lock), another is
+    refused with what to do, instead of racing it; once the lock is free, the same sweep
+    resumes."""
+    import fcntl
+
+    _run(tmp_path / "store", seeds=1)
+    with open(tmp_path / "store" / "resume" / "writer.lock", "a") as held:
+        fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)  # as a running sweep would
+        with pytest.raises(ValueError, match="another process is running a sweep into"):
+            _run(tmp_path / "store", seeds=1)
+    _run(tmp_path / "store", seeds=1)
+
+
+def test_a_store_path_holding_something_else_is_refused(tmp_path):
+    (tmp_path / "store").mkdir()
+    (tmp_path / "store" / "notes.txt").write_text("mine")
+    with pytest.raises(ValueError, match="exists and is not a sweep store"):
+        _run(tmp_path / "store", seeds=1)
+    assert (tmp_path / "store" / "notes.txt").read_text() == "mine"
+    assert [p.name for p in tmp_path.iterdir()] == ["store"]  # no building directory left
+
+
+@pytest.mark.slow
+def test_two_processes_creating_one_store_at_once_leave_one_whole_store(tmp_path):
+    """D5: two `jaxicl sweep` commands started together on a new store: one store is created
+    whole; each command either runs (the second resumes what is there) or is refused in one
+    line because the other is running; the store ends complete and equal to one run."""
+    sweep = _file(
+        tmp_path,
+        BASE + "members_per_call = 2\n[fixed]\nd = 9\nhorizon = 2.0\n"
+        "n_records = 4\n[grid]\nheads = [2, 3]\n",
+    )
+    command = [sys.executable, "-m", "jaxicl", "sweep", str(sweep), "--quiet", "--out"]
+    env = {**os.environ, "JAX_ENABLE_X64": "0"}
+    both = [
+        subprocess.Popen(
+            [*command, str(tmp_path / "store")],
+            env=env,
+            text=True,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+        )
+        for _ in range(2)
+    ]
+    results = [(p.communicate(timeout=600)[1], p.returncode)[::-1] for p in both]
+    assert {rc for rc, _ in results} <= {0, 2} and 0 in {rc for rc, _ in results}, results
+    for rc, err in results:
+        assert "Traceback" not in err
+        if rc == 2:
+            assert "another process is running a sweep into" in err
+    subprocess.run([*command, str(tmp_path / "whole")], env=env, check=True, capture_output=True)
+    subprocess.run([*command, str(tmp_path / "store")], env=env, check=True, capture_output=True)
+    assert not list(tmp_path.glob(".store.building-*"))
+    resumed, whole = _arrays(tmp_path / "store"), _arrays(tmp_path / "whole")
+    for name in whole:
+        np.testing.assert_array_equal(resumed[name], whole[name])
+
+
 def test_a_process_runs_every_process_count_th_unit(tmp_path, monkeypatch):
     import jax
 

@@ -201,7 +201,12 @@ def run_plan(plan: SweepPlan, store=None, *, progress=None, on_chunk=None):
     process = jax.process_index()
     time_axis = (groups[0].time, type(plan.study).time_units)
     root = store_io.open_store(store, plan, time_axis, dtypes, layout, create=process == 0)
-    _Run(plan, groups, layout, root, store, progress, on_chunk).run(process, n_processes)
+    run = _Run(plan, groups, layout, root, store, progress, on_chunk)
+    if n_processes > 1:
+        run.run(process, n_processes)
+    else:
+        with store_io.writer_lock(store):
+            run.run(process, n_processes)
     if store is None:
         return store_io.as_dataset(root)
     return store_io.open_sweep(store)

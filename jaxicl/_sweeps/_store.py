@@ -18,11 +18,14 @@ memory cannot cut the same sweep differently. Without a path the store lives in 
 code, no checkpoints).
 """
 
+import contextlib
+import fcntl
 import hashlib
 import json
 import os
 import pathlib
 import shutil
+import tempfile
 import time
 
 import jax
@@ -103,17 +106,49 @@ def open_store(path, plan: SweepPlan, time_axis, dtypes, layout, *, create=True)
         _wait_for(path / "zarr.json")
     if (path / "zarr.json").exists():
         return _reopen(path, description, "a")
-    # Built beside its final path and moved into place, so a kill never leaves half a store.
-    building = path.with_name(f".{path.name}.building")
-    shutil.rmtree(building, ignore_errors=True)
+    # Built beside its final path, in a directory of this process's own, and renamed into
+    # place: a kill never leaves half a store, and of two processes creating it at once one
+    # store wins whole (the other's rename fails and it opens the winner's).
+    path.parent.mkdir(parents=True, exist_ok=True)
+    building = pathlib.Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.building-"))
     root = zarr.open_group(str(building), mode="w")
     _create(root, plan, time_axis, dtypes, layout, description)
     # a group of its own, so Zarr readers take the checkpoints in it for foreign files of a
     # subgroup and leave them alone
     root.create_group(RESUME_DIR)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    os.replace(building, path)
+    try:
+        os.rename(building, path)
+    except OSError:
+        shutil.rmtree(building, ignore_errors=True)
+        if not (path / "zarr.json").exists():
+            raise ValueError(
+                f"{path} exists and is not a sweep store; choose another output path."
+            ) from None
+        return _reopen(path, description, "a")
     return zarr.open_group(str(path), mode="a")
+
+
+@contextlib.contextmanager
+def writer_lock(path):
+    """Hold the store's writer lock while a sweep runs in it (one process; a distributed sweep's
+    processes coordinate through their units instead): a second sweep into the same store is
+    refused instead of racing the first."""
+    if path is None:
+        yield
+        return
+    lock = pathlib.Path(path) / RESUME_DIR / "writer.lock"
+    with open(lock, "a") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise ValueError(
+                f"another process is running a sweep into {path}; wait for it to finish (or "
+                "stop it), then rerun this command to resume."
+            ) from None
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def _create(root, plan: SweepPlan, time_axis, dtypes, layout: dict, description: str) -> None:
