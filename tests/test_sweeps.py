@@ -247,6 +247,48 @@ def test_killed_sweep_resumes_to_the_uninterrupted_store(tmp_path):
         np.testing.assert_array_equal(resumed[name], uninterrupted[name])
 
 
+def _kill_when_flagged(command, env, store, at_least: int) -> None:
+    process = subprocess.Popen(command, env=env)
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline and process.poll() is None:
+        if (store / "chunk_done" / "zarr.json").exists():
+            flags = np.asarray(zarr.open_group(str(store), mode="r")["chunk_done"][:])
+            if flags.sum() >= at_least:
+                break
+        time.sleep(0.02)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+
+
+@pytest.mark.slow
+def test_a_kill_loop_with_auto_members_per_call_gives_the_uninterrupted_store(tmp_path):
+    """Issue 13's loop: SIGKILL an "auto"-sized sweep three times at growing progress, then
+    let it finish: the store equals one uninterrupted run bitwise."""
+    sweep = _file(
+        tmp_path,
+        'study = "reduced-allocation"\nseeds = 600\nmembers_per_call = "auto"\n'
+        "[fixed]\nd = 9\nhorizon = 24.0\nn_records = 8\n"
+        "[grid]\nheads = [2, 3]\ninit_scale = [1e-3, 3e-2]\n",
+    )
+    killed = tmp_path / "killed"
+    command = [sys.executable, "-m", "jaxicl", "sweep", str(sweep), "--out", str(killed), "--quiet"]
+    env = {**os.environ, "JAX_ENABLE_X64": "0"}
+    counts = []
+    for at_least in (1, 3, 5):
+        _kill_when_flagged(command, env, killed, at_least)
+        counts.append(
+            int(np.asarray(zarr.open_group(str(killed), mode="r")["chunk_done"][:]).sum())
+        )
+    total = zarr.open_group(str(killed), mode="r")["chunk_done"].size
+    assert 0 < counts[0] and counts[-1] < total, f"kills must land mid-sweep: {counts} of {total}"
+    subprocess.run(command, env=env, check=True, capture_output=True)
+    whole = [*command[:-3], "--out", str(tmp_path / "whole"), "--quiet"]
+    subprocess.run(whole, env=env, check=True, capture_output=True)
+    resumed, uninterrupted = _arrays(killed), _arrays(tmp_path / "whole")
+    for name in uninterrupted:
+        np.testing.assert_array_equal(resumed[name], uninterrupted[name])
+
+
 def test_inspect_reports_completeness(tmp_path, capsys):
     _run(tmp_path / "store")
     assert _cli.main(["inspect", str(tmp_path / "store")]) == 0
