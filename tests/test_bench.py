@@ -3,10 +3,13 @@
 import json
 import math
 
+import pytest
+
 from jaxicl import _cli
 from jaxicl._bench import WORKLOADS
 
 
+@pytest.mark.slow  # a benchmark
 def test_bench_reports_every_workload(tmp_path, capsys):
     out = tmp_path / "bench.json"
     assert _cli.main(["bench", "--scale", "0.002", "--out", str(out)]) == 0

@@ -3,6 +3,7 @@ import subprocess
 import sys
 
 import numpy as np
+import pytest
 
 
 def _run_on(n_devices, out):
@@ -11,6 +12,7 @@ def _run_on(n_devices, out):
     return np.load(out)
 
 
+@pytest.mark.slow  # a subprocess
 def test_four_host_devices_give_the_same_ensemble_as_one(tmp_path):
     """Members sharded over 4 CPU devices (3 each) match one device, float64, rtol 1e-10."""
     one = _run_on(1, tmp_path / "one.npz")

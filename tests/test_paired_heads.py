@@ -24,6 +24,7 @@ class Interrupt(Exception):
     pass
 
 
+@pytest.mark.slow  # end-to-end runs; the summary test keeps the experiment in the fast lane
 def test_interrupted_run_resumes_to_identical_results(tmp_path):
     config = PairedHeadsConfig(**TINY)
     whole = run_paired_heads(config, tmp_path / "whole", progress=False)
@@ -84,6 +85,7 @@ def test_bad_config_names_the_field(overrides, field):
         PairedHeadsConfig(**dict(TINY, **overrides))
 
 
+@pytest.mark.slow  # end-to-end runs; the summary test keeps the experiment in the fast lane
 def test_cli_runs_and_reports(tmp_path, capsys):
     out = tmp_path / "run"
     args = [

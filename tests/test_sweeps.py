@@ -214,6 +214,7 @@ def test_another_sweep_is_refused_never_overwritten(tmp_path, monkeypatch):
     assert xr.open_zarr(str(tmp_path / "store"), consolidated=False).sizes["seed"] == 5
 
 
+@pytest.mark.slow  # SIGKILL of a subprocess
 def test_killed_sweep_resumes_to_the_uninterrupted_store(tmp_path):
     """SIGKILL a sweep in a subprocess after some units, rerun it, compare with one run."""
     sweep = tmp_path / "sweep.toml"

@@ -7,6 +7,7 @@ import subprocess
 import sys
 
 import numpy as np
+import pytest
 import xarray as xr
 import zarr
 
@@ -42,6 +43,7 @@ def _arrays(path):
     return {name: np.asarray(data[name]) for name in ("loss", "success", "warmup_end")}
 
 
+@pytest.mark.slow  # subprocesses
 def test_four_devices_give_the_store_of_one(tmp_path):
     sweep = tmp_path / "sweep.toml"
     sweep.write_text(SWEEP)
@@ -53,6 +55,7 @@ def test_four_devices_give_the_store_of_one(tmp_path):
         np.testing.assert_allclose(four[name], one[name], rtol=1e-6)
 
 
+@pytest.mark.slow  # subprocesses
 def test_two_processes_write_the_store_of_one(tmp_path):
     sweep = tmp_path / "sweep.toml"
     sweep.write_text(SWEEP)

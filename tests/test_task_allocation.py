@@ -29,6 +29,7 @@ def tiny_run(tmp_path_factory):
     return out, run_task_allocation(TaskAllocationConfig(**TINY), out, progress=False)
 
 
+@pytest.mark.slow  # the end-to-end fixture; smaller runs below stay fast
 def test_outputs_have_the_promised_fields(tiny_run):
     out, summary = tiny_run
     assert set(summary["groups"]) == {"balanced/H3", "random-positive/H3", "random-sign/H3"}
@@ -44,6 +45,7 @@ def test_outputs_have_the_promised_fields(tiny_run):
     assert (out / "task_allocation.png").stat().st_size > 50_000
 
 
+@pytest.mark.slow  # the end-to-end fixture; smaller runs below stay fast
 def test_rerun_resumes_from_stored_groups(tiny_run, monkeypatch):
     """A second run in the same directory computes nothing: every group is stored."""
     import jaxicl._experiments._task_allocation as experiment
@@ -59,6 +61,7 @@ def test_rerun_resumes_from_stored_groups(tiny_run, monkeypatch):
     assert json.dumps(again["groups"]) == json.dumps(summary["groups"])
 
 
+@pytest.mark.slow  # the end-to-end fixture; smaller runs below stay fast
 def test_balanced_init_allocates_head_h_to_task_h(tiny_run):
     out, summary = tiny_run
     assert summary["groups"]["balanced/H3"]["success_rate"] == 1.0
@@ -68,6 +71,7 @@ def test_balanced_init_allocates_head_h_to_task_h(tiny_run):
     assert (strength.argmax(axis=-1) == np.arange(3)).all()
 
 
+@pytest.mark.slow  # the end-to-end fixture; smaller runs below stay fast
 def test_emergence_is_shorter_than_warmup(tiny_run):
     _, summary = tiny_run
     for scheme in ("balanced", "random-positive"):
@@ -75,6 +79,7 @@ def test_emergence_is_shorter_than_warmup(tiny_run):
         assert g["emergence_end_median"] - g["warmup_end_median"] < g["warmup_end_median"]
 
 
+@pytest.mark.slow  # the end-to-end fixture; smaller runs below stay fast
 def test_factorized_warmup_scales_inversely_with_init(tiny_run):
     _, summary = tiny_run
     assert -1.2 < summary["warmup_scaling"]["factorized"]["loglog_slope"] < -0.8
