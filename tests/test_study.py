@@ -6,6 +6,7 @@ import os
 import pathlib
 import subprocess
 import sys
+from typing import ClassVar
 
 import jax.numpy as jnp
 import jax.random as jr
@@ -133,10 +134,56 @@ class _VectorSummary(Quadratic):
 @pytest.mark.parametrize(
     "study, message",
     [
-        (_VectorSeries(), r"_VectorSeries.series\(\)\['w'\] has shape \(3,\) per record"),
+        (
+            _VectorSeries(),
+            r"_VectorSeries.series\(\)\[.w.\] has shape \(3,\) per record, but it is not in `series_dims`",
+        ),
         (_VectorSummary(), r"_VectorSummary.summarize\(\)\['w'\] has shape \(3,\) per member"),
     ],
 )
 def test_records_that_do_not_fit_the_store_are_refused_by_tracing(study, message):
     with pytest.raises(ValueError, match=message):
         jaxicl.sweep(study, seeds=1)
+
+
+class _Trajectories(Quadratic):
+    """Records the whole iterate w_t, one vector per record, under a named dimension."""
+
+    series_dims: ClassVar[dict] = {"w": ("component",)}
+
+    def series(self, trajectory):
+        return {"loss": trajectory.loss, "w": trajectory.observables}
+
+    def observe(self):
+        return lambda model: model.w
+
+    def summarize(self, state, series):
+        # from the stored series: the last record's distance to the optimum
+        return {"last_gap": jnp.abs(series["w"][-1] - 1.0).max()}
+
+
+def test_a_vector_series_is_stored_under_its_named_dimensions_and_resumes(tmp_path):
+    grid = {"learning_rate": [0.05, 0.2]}
+    memory = jaxicl.sweep(_Trajectories(), grid=grid, seeds=3, chunk_records=1)
+    assert memory["w"].dims == ("learning_rate", "seed", "time", "component")
+    for rate in (0.05, 0.2):
+        for seed in range(3):
+            w0 = _initial_w(seed, 3, 1.0)
+            steps = 3.0 * jnp.arange(4.0)
+            expected = 1 + (w0[None, :] - 1) * (1 - 2 * rate) ** steps[:, None]
+            point = dict(learning_rate=rate, seed=seed)
+            np.testing.assert_allclose(memory["w"].sel(point).values, expected, rtol=1e-10)
+            np.testing.assert_allclose(
+                memory["last_gap"].sel(point), np.abs(expected[-1] - 1).max(), rtol=1e-10
+            )
+
+    def interrupt(unit, chunk):
+        if (unit, chunk) == (0, 2):
+            raise KeyboardInterrupt
+
+    kwargs = dict(grid=grid, seeds=3, chunk_records=1, store=tmp_path / "store")
+    with pytest.raises(KeyboardInterrupt):
+        jaxicl.sweep(_Trajectories(), on_chunk=interrupt, **kwargs)
+    resumed = jaxicl.sweep(_Trajectories(), **kwargs).load()
+    for name in ("loss", "w", "last_gap"):
+        np.testing.assert_array_equal(resumed[name].values, memory[name].values)

@@ -68,7 +68,7 @@ class Group:
         return _per_member_hyperparameters(states, type(self.study).member_axes, values)
 
     def advance(self, states, n_records: int):
-        """`(states, {name: (members, n_records) array})`: `n_records` more records."""
+        """`(states, {name: (members, n_records, *dims) array})`: `n_records` more records."""
         states, trajectory = train_ensemble_steps(
             states,
             self.objective,
@@ -88,7 +88,8 @@ class Group:
         return {name: np.asarray(v) for name, v in _summaries(self.study, states, arrays).items()}
 
     def dtypes(self, member_values: dict) -> tuple[dict, dict]:
-        """The dtypes of the series and of the summaries, from tracing alone."""
+        """From tracing alone: the series as `{name: (dtype, shape per record)}` and the
+        summaries as `{name: dtype}`."""
         one = {name: np.asarray(v)[:1] for name, v in member_values.items()}
         states = self.init(one, np.zeros(1, np.int32))
         states, trajectory = ensemble_steps_shapes(
@@ -100,28 +101,46 @@ class Group:
             **self.extra,
         )
         series = jax.eval_shape(jax.vmap(self.study.series), trajectory)
-        self._check_shapes("series", series, (1, 1))
+        self._check_series(series)
         whole = {
-            name: jax.ShapeDtypeStruct((1, self.n_records), s.dtype) for name, s in series.items()
+            name: jax.ShapeDtypeStruct((1, self.n_records, *s.shape[2:]), s.dtype)
+            for name, s in series.items()
         }
         summaries = jax.eval_shape(jax.vmap(self.study.summarize), states, whole)
-        self._check_shapes("summarize", summaries, (1,))
+        self._check_summaries(summaries)
         return (
-            {name: np.dtype(s.dtype) for name, s in series.items()},
+            {name: (np.dtype(s.dtype), tuple(s.shape[2:])) for name, s in series.items()},
             {name: np.dtype(s.dtype) for name, s in summaries.items()},
         )
 
-    def _check_shapes(self, kind: str, out, shape: tuple) -> None:
-        """`series` gives one value per record, `summarize` one scalar, for each member."""
+    def _check_dict(self, kind: str, out) -> str:
         name = type(self.study).__name__
         if not isinstance(out, dict):
             raise ValueError(f"{name}.{kind} must return a dict of arrays, got {out!r}.")
-        for key, s in out.items():
-            if s.shape != shape:
-                each = "record" if kind == "series" else "member"
+        return name
+
+    def _check_series(self, series) -> None:
+        """One value per record, or an array of the rank `series_dims` names."""
+        name = self._check_dict("series", series)
+        dims = type(self.study).series_dims
+        for key, s in series.items():
+            named = dims.get(key, ())
+            if s.ndim != 2 + len(named):
+                said = f"series_dims names {named}" if named else "it is not in `series_dims`"
                 raise ValueError(
-                    f"{name}.{kind}()['{key}'] has shape {s.shape[len(shape) :]} per {each}; "
-                    f"the store holds one scalar per {each}."
+                    f"{name}.series()['{key}'] has shape {s.shape[2:]} per record, but {said}; "
+                    "the store holds one value per record, or an array per record whose "
+                    "dimensions `series_dims` names."
+                )
+
+    def _check_summaries(self, summaries) -> None:
+        """`summarize` gives one scalar per member."""
+        name = self._check_dict("summarize", summaries)
+        for key, s in summaries.items():
+            if s.shape != (1,):
+                raise ValueError(
+                    f"{name}.summarize()['{key}'] has shape {s.shape[1:]} per member; "
+                    "the store holds one scalar per member."
                 )
 
     def memory(self, member_values: dict, n_members: int, n_records: int) -> int:

@@ -30,7 +30,7 @@ def _flag(dataset) -> str | None:
 
 
 def _series(dataset) -> str:
-    over_time = [n for n, v in dataset.data_vars.items() if "time" in v.dims]
+    over_time = [n for n, v in dataset.data_vars.items() if v.dims[-1:] == ("time",)]
     return "loss" if "loss" in over_time else over_time[0]
 
 

@@ -302,17 +302,21 @@ class _Run:
         a, b = record_chunks[c]
         shape = self._member_shape(index)
         writes = [
-            (name, (*index, slice(a, b)), values.reshape(*shape, b - a))
+            (name, (*index, slice(a, b)), values.reshape(*shape, b - a, *values.shape[2:]))
             for name, values in series.items()
         ]
         if c == len(record_chunks) - 1:
             # summaries of the whole series: this unit's records, read back from the store
+            time = len(shape)  # the time axis of a stored series
             written = store_io.read_series(self.root, series, index)
             whole = {
                 name: np.concatenate(
-                    [written[name][..., :a].astype(values.dtype), values.reshape(*shape, b - a)],
-                    axis=-1,
-                ).reshape(-1, written[name].shape[-1])
+                    [
+                        written[name][(slice(None),) * time + (slice(0, a),)].astype(values.dtype),
+                        values.reshape(*shape, b - a, *values.shape[2:]),
+                    ],
+                    axis=time,
+                ).reshape(-1, *written[name].shape[time:])
                 for name, values in series.items()
             }
             summaries = group.summarize(states, whole)

@@ -92,8 +92,8 @@ def stored_layout(path, plan: SweepPlan) -> dict | None:
 
 def open_store(path, plan: SweepPlan, time_axis, dtypes, layout, *, create=True) -> zarr.Group:
     """Create the store of `plan` (in memory when `path` is None), or reopen it if it holds the
-    same sweep. `time_axis` is `(times, units)`; `dtypes` is `(series, summaries)`, name →
-    dtype; `layout` (a dict) gives the units, step chunks, seeds per unit and records per step
+    same sweep. `time_axis` is `(times, units)`; `dtypes` is `(series, summaries)`: name →
+    (dtype, shape per record) and name → dtype; `layout` (a dict) gives the units, step chunks, seeds per unit and records per step
     chunk. With `create=False` (processes other than the first of a distributed sweep) wait for
     the store to appear instead of creating it."""
     description = plan.description(float64())
@@ -170,10 +170,13 @@ def _create(root, plan: SweepPlan, time_axis, dtypes, layout: dict, description:
     n_groups = len(plan.group_axes)
     unit_chunks = (1,) * n_groups + shape[n_groups:-1] + (layout["seed_block"],)
     series, summaries = dtypes
-    arrays = [(name, dtype, True) for name, dtype in series.items()]
-    arrays += [(name, dtype, False) for name, dtype in summaries.items()]
-    for name, dtype, over_time in arrays:
-        extra = (len(times),) if over_time else ()
+    series_dims = type(plan.study).series_dims
+    arrays = [(name, dtype, extra, True) for name, (dtype, extra) in series.items()]
+    arrays += [(name, dtype, (), False) for name, dtype in summaries.items()]
+    for name, dtype, extra, over_time in arrays:
+        after = (
+            ((len(times), *extra), ("time", *series_dims.get(name, ()))) if over_time else ((), ())
+        )
         # A bool fill value would make members not yet run read as False (a failure): flags
         # are stored as 1.0 / 0.0 with NaN for "not run", which means missing to every reader.
         flag = np.dtype(dtype) == np.bool_
@@ -181,11 +184,11 @@ def _create(root, plan: SweepPlan, time_axis, dtypes, layout: dict, description:
             dtype = np.float64 if float64() else np.float32  # integers: NaN marks "not run"
         array = root.create_array(
             name,
-            shape=shape + extra,
-            chunks=unit_chunks + ((layout["chunk_records"],) if over_time else ()),
+            shape=shape + after[0],
+            chunks=unit_chunks + ((layout["chunk_records"], *extra) if over_time else ()),
             dtype="float32" if flag else dtype,
             fill_value=np.nan,
-            dimension_names=[*dims, *(("time",) if over_time else ())],
+            dimension_names=[*dims, *after[1]],
         )
         meaning = type(plan.study).meanings.get(name, FLAG_MEANING if flag else None)
         if meaning is not None:
@@ -272,7 +275,8 @@ def damaged_units(root: zarr.Group) -> list[int]:
                         continue  # summaries come with the last step chunk
                     n_group = layout["group_axes"]
                     position = np.unravel_index(g, array.shape[:n_group]) if n_group else ()
-                    rest = array.ndim - n_group - (2 if over_time else 1)
+                    # member axes between the group axes and `seed`; any record dims after time
+                    rest = array.metadata.dimension_names.index("seed") - n_group
                     index = (*map(int, position), *(slice(None),) * rest, seeds)
                     index += (times,) if over_time else ()
                     pieces.append((name, np.asarray(array[index])))

@@ -36,6 +36,9 @@ class AbstractStudy(eqx.Module):
     - `time_units`: what the record times count.
     - `float64`: the study needs `jax_enable_x64`.
     - `member_chunk`: members vectorized at once inside a call (as in `train_ensemble_steps`).
+    - `series_dims`: for a series whose value at each record is an array (e.g. one value per
+      head and task), the names of its dimensions after `time`: `{series: ("head", "task")}`.
+      Every other series has one value per record.
     - `meanings`: what the values of a series or summary mean, stored with it (e.g. what NaN
       stands for); boolean flags get "1 = true, 0 = false, NaN = not run yet".
 
@@ -48,6 +51,7 @@ class AbstractStudy(eqx.Module):
     time_units: ClassVar[str] = "optimizer steps"
     float64: ClassVar[bool] = False
     member_chunk: ClassVar[int | None | str] = "auto"
+    series_dims: ClassVar[dict[str, tuple[str, ...]]] = {}
     meanings: ClassVar[dict[str, str]] = {}
 
     @abc.abstractmethod
@@ -78,8 +82,9 @@ class AbstractStudy(eqx.Module):
         return None
 
     def series(self, trajectory: Trajectory) -> dict[str, Array]:
-        """The per-record series stored for one member (each of shape `(n_records,)`). By
-        default the mean training loss over each record's block of steps."""
+        """The per-record series stored for one member (each of shape `(n_records,)`, or
+        `(n_records, *shape)` for one named in `series_dims`). By default the mean training loss
+        over each record's block of steps."""
         return {"loss": trajectory.loss_mean}
 
     def summarize(self, state: TrainState, series: dict[str, Array]) -> dict[str, Array]:
