@@ -136,7 +136,8 @@ class _VectorSummary(Quadratic):
     [
         (
             _VectorSeries(),
-            r"_VectorSeries.series\(\)\[.w.\] has shape \(3,\) per record, but it is not in `series_dims`",
+            r"_VectorSeries.series\(\)\[.w.\] has shape \(3,\) per record, but it is not in "
+            "`series_dims`",
         ),
         (_VectorSummary(), r"_VectorSummary.summarize\(\)\['w'\] has shape \(3,\) per member"),
     ],

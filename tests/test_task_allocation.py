@@ -47,15 +47,15 @@ def test_outputs_have_the_promised_fields(tiny_run):
 
 @pytest.mark.slow  # the end-to-end fixture; smaller runs below stay fast
 def test_rerun_resumes_from_stored_groups(tiny_run, monkeypatch):
-    """A second run in the same directory computes nothing: every group is stored."""
-    import jaxicl._experiments._task_allocation as experiment
+    """A second run in the same directory trains nothing: every group's sweep is stored."""
+    from jaxicl._sweeps._group import Group
 
     out, summary = tiny_run
 
     def must_not_run(*args, **kwargs):
         raise AssertionError("a stored group was recomputed")
 
-    monkeypatch.setattr(experiment, "_scheme_group", must_not_run)
+    monkeypatch.setattr(Group, "advance", must_not_run)
     again = run_task_allocation(TaskAllocationConfig(**TINY), out, progress=False)
     # JSON text: NaN (a phase not reached) compares equal to itself there.
     assert json.dumps(again["groups"]) == json.dumps(summary["groups"])

@@ -23,23 +23,23 @@ import dataclasses
 import math
 import pathlib
 
-import equinox as eqx
-import jax
 import jax.numpy as jnp
 import jax.random as jr
 import numpy as np
 
 from .. import _validation as check
-from .._analysis import detect_phases, task_allocation
-from .._checkpoint import cached_arrays, claim_run_directory, save_json
+from .._analysis import detect_phases
+from .._checkpoint import claim_run_directory, save_json
 from .._init_schemes import INIT_SCHEMES, AbstractInitScheme, Balanced, RandomPositive
 from .._reduced import (
     MergedSpectral,
     ReducedLoss,
     balanced_factorization,
 )
+from .._studies import ReducedAllocation
+from .._sweeps._runner import sweep
 from .._tasks import disjoint_blocks
-from .._trainer import sgd, train, train_ensemble
+from .._trainer import sgd, train
 from ._separation import separation
 
 
@@ -138,29 +138,13 @@ def init_scheme(config, name: str) -> AbstractInitScheme:
     return RandomPositive(config.init_spread) if name == "random-positive" else INIT_SCHEMES[name]
 
 
-def _integrate(config, states, dt, *, ensemble, horizon):
+def _integrate(config, state, dt, *, horizon):
+    """One deterministic state (a probe of the horizon or of the warm-up scan); no data is
+    drawn, so the key is unused."""
     objective = ReducedLoss(config.block_sizes, config.context_len)
     steps = round(horizon / dt)
-    kwargs = dict(
-        steps=steps,
-        record_every=steps // config.n_records,
-        observe=lambda s: s.spectral(),
-        key=jr.key(0),
-    )
-    if ensemble:
-        # 64 tiny (H×n) states per chunk: 0.36 µs per member-step, against 0.92 µs for 1024
-        # members in one vmap (cache), measured on a 2-core CPU.
-        return train_ensemble(states, objective, sgd(dt), member_chunk=64, **kwargs)
-    return train(states, objective, sgd(dt), **kwargs)
-
-
-def _initial_states(config, scheme, n_heads, n_seeds):
-    """Seeds 0..n_seeds−1 of a scheme."""
-    root = jr.fold_in(jr.fold_in(jr.key(config.seed), SCHEMES.index(scheme)), n_heads)
-    keys = jr.split(root, config.n_seeds)[:n_seeds]
-    init = init_scheme(config, scheme)
-    make = lambda k: init(n_heads, config.n_tasks, config.init_scale, key=k)  # noqa: E731
-    return eqx.filter_vmap(make)(keys)
+    record_every = steps // config.n_records
+    return train(state, objective, sgd(dt), steps=steps, record_every=record_every, key=jr.key(0))
 
 
 def _on_grid(config, horizon: float, dt: float) -> float:
@@ -184,36 +168,74 @@ def factorized_horizon(config) -> float:
     cap = _on_grid(config, config.horizon_cap, config.dt_factorized)
     ends = []
     for probe in probes:
-        _, traj = _integrate(config, probe, config.dt_factorized, ensemble=False, horizon=cap)
+        _, traj = _integrate(config, probe, config.dt_factorized, horizon=cap)
         ends.append(float(detect_phases(traj.time, traj.loss).warmup_end))
     wanted = 2.5 * max(ends) if all(np.isfinite(ends)) else cap
     return min(cap, _on_grid(config, max(config.horizon, wanted), config.dt_factorized))
 
 
-def _scheme_group(config, scheme, n_heads, horizon):
+# Whole (Ω, M) histories only for a few example seeds: they are large.
+EXAMPLE_SEEDS = 8
+
+
+def _scheme_study(config, scheme: str, horizon: float, heads: int, **changes) -> ReducedAllocation:
+    """One scheme's members: random-sign on the merged flow's step and horizon."""
     merged = scheme == "random-sign"
-    dt = config.dt_merged if merged else config.dt_factorized
-    horizon = config.horizon_merged if merged else horizon
-    n_seeds = 1 if INIT_SCHEMES[scheme].deterministic else config.n_seeds
-    states = _initial_states(config, scheme, n_heads, n_seeds)
-    final, traj = _integrate(config, states, dt, ensemble=True, horizon=horizon)
-    omega, mu = final.spectral()
-    allocation = jax.vmap(task_allocation)(omega, mu)
-    phases = jax.vmap(detect_phases)(traj.time, traj.loss)
+    return ReducedAllocation(
+        d=config.d,
+        n_tasks=config.n_tasks,
+        heads=heads,
+        context_len=config.context_len,
+        scheme=init_scheme(config, scheme),
+        init_scale=config.init_scale,
+        horizon=config.horizon_merged if merged else horizon,
+        dt=config.dt_merged if merged else config.dt_factorized,
+        n_records=config.n_records,
+        **changes,
+    )
+
+
+def _scheme_sweeps(config, scheme: str, horizon: float, out_dir, *, progress, on_chunk) -> dict:
+    """A scheme's groups: one sweep over the head counts × seeds (each member's summaries),
+    and per head count a sweep of the first example seeds with their whole (Ω, M) histories
+    (the same members: seed s starts from the same key in both). Both stream into stores under
+    `out_dir/sweeps/`, so an interrupted run resumes inside a group."""
+    seeds = 1 if INIT_SCHEMES[scheme].deterministic else config.n_seeds
+    run = dict(root_seed=config.seed, progress=progress, on_chunk=on_chunk)
+    members = sweep(
+        _scheme_study(config, scheme, horizon, config.heads[0]),
+        grid={"heads": list(config.heads)},
+        seeds=seeds,
+        store=out_dir / "sweeps" / scheme,
+        members_per_call=seeds,
+        **run,
+    )
+    groups = {}
+    for n_heads in config.heads:
+        examples = min(EXAMPLE_SEEDS, seeds)
+        history = sweep(
+            _scheme_study(config, scheme, horizon, n_heads, history=True),
+            seeds=examples,
+            store=out_dir / "sweeps" / f"{scheme}-H{n_heads}-examples",
+            members_per_call=examples,
+            **run,
+        )
+        groups[(scheme, n_heads)] = _group_arrays(members.sel(heads=n_heads), history)
+    return groups
+
+
+def _group_arrays(members, history) -> dict:
+    """A group's per-seed arrays, as `groups.npz` holds them (flags as booleans: a member
+    without an outcome, NaN in the store, is neither a success nor a stall)."""
+    flag = lambda name: members[name].values == 1  # noqa: E731
     return {
-        "time": np.asarray(traj.time[0]),
-        "loss": np.asarray(traj.loss),
-        # Full (Ω, M) histories only for a few example seeds: they are large.
-        "omega_t": np.asarray(traj.observables[0][:8]),
-        "mu_t": np.asarray(traj.observables[1][:8]),
-        "success": np.asarray(allocation.success),
-        "stalled": np.asarray(allocation.stalled),
-        "diverged": np.asarray(traj.diverged[:, -1]),
-        "left_warmup": np.asarray(phases.left_warmup),
-        "settled": np.asarray(phases.settled),
-        "warmup_end": np.asarray(phases.warmup_end),
-        "emergence_end": np.asarray(phases.emergence_end),
-        "convergence": np.asarray(phases.convergence),
+        "time": members["time"].values,
+        "loss": members["loss"].values,
+        "omega_t": history["omega"].values,
+        "mu_t": history["mu"].values,
+        **{name: flag(name) for name in ("success", "stalled", "diverged")},
+        **{name: flag(name) for name in ("left_warmup", "settled")},
+        **{name: members[name].values for name in ("warmup_end", "emergence_end", "convergence")},
     }
 
 
@@ -238,7 +260,7 @@ def warmup_scaling(config, horizon) -> dict:
             state = Balanced()(config.n_tasks, config.n_tasks, scale, key=jr.key(0))
             if flow == "merged":
                 state = MergedSpectral(*state.spectral())
-            _, traj = _integrate(config, state, dt, ensemble=False, horizon=length)
+            _, traj = _integrate(config, state, dt, horizon=length)
             times.append(float(detect_phases(traj.time, traj.loss).warmup_end))
         times = np.asarray(times)
         finite = np.isfinite(times)
@@ -260,36 +282,32 @@ def warmup_scaling(config, horizon) -> dict:
 
 def run_task_allocation(config: TaskAllocationConfig, out_dir, *, progress=None, on_chunk=None):
     """Run (or resume) the experiment into `out_dir`: `groups.npz`, `summary.json`,
-    `task_allocation.png`. Each finished group is stored under `groups/`,
-    so an interrupted run resumes at the first unfinished group."""
+    `task_allocation.png`. The groups stream into sweep stores under `sweeps/`, so an
+    interrupted run resumes at the first step chunk it had not stored. `on_chunk(unit, chunk)`
+    is called after each stored step chunk of every sweep."""
     from .._plots_allocation import plot_task_allocation
     from .._progress import progress_bar
 
     out_dir = pathlib.Path(out_dir)
     claim_run_directory(out_dir, config.as_dict())
-    seeds = {s: 1 if INIT_SCHEMES[s].deterministic else config.n_seeds for s in SCHEMES}
     # Seeds as the unit: the rate and ETA are in member terms; the stage is the postfix.
-    bar = progress_bar(
-        sum(seeds.values()) * len(config.heads),
-        description="task-allocation",
-        unit="seed",
-        enabled=progress,
-    )
+    # the deterministic probes, the warm-up scan and the separation: one bar of stages; each
+    # scheme's sweeps show their own member-step bars
+    bar = progress_bar(3, description="task-allocation", unit="stage", enabled=progress)
     bar.set_postfix_str("horizon from deterministic probes")
     horizon = factorized_horizon(config)
+    bar.update(1)
     groups = {}
     for scheme in SCHEMES:
-        for n_heads in config.heads:
-            bar.set_postfix_str(f"reduced flow: {scheme}, H = {n_heads}")
-            groups[(scheme, n_heads)] = cached_arrays(
-                out_dir / "groups" / f"{scheme}_H{n_heads}.npz",
-                lambda: _scheme_group(config, scheme, n_heads, horizon),  # noqa: B023
-            )
-            bar.update(seeds[scheme])
+        groups.update(
+            _scheme_sweeps(config, scheme, horizon, out_dir, progress=progress, on_chunk=on_chunk)
+        )
     bar.set_postfix_str("warm-up against init scale")
     scaling = warmup_scaling(config, horizon)
+    bar.update(1)
     bar.set_postfix_str("separation ratio (Monte Carlo of the full model)")
     separation_rows = separation(config)
+    bar.update(1)
     bar.close()
     summary = {
         "config": config.as_dict(),

@@ -2,8 +2,10 @@
 disjoint tasks (the `task-allocation` experiment's dynamics) from one init scheme; SGD steps
 of `dt` on the flow's clock. Records the population loss; per member, whether the heads
 allocate the tasks at the end (no outcome, NaN, while the member is still in warm-up at the
-horizon, as in `task-allocation`, or diverged), whether it left warm-up, the warm-up end and the
-divergence flag."""
+horizon, as in `task-allocation`, or diverged), whether it stalled, left warm-up and settled,
+the warm-up end, emergence end and convergence time, and the divergence flag. With
+`history = True` it also records the whole state (series `omega` and `mu`, one value per head
+and task at each record)."""
 
 from typing import ClassVar
 
@@ -33,13 +35,22 @@ class ReducedAllocation(AbstractStudy):
     horizon: float = 20.0
     dt: float = 0.005
     n_records: int = eqx.field(static=True, default=40)
+    history: bool = eqx.field(static=True, default=False)
 
     member_axes: ClassVar[tuple[str, ...]] = ("init_scale",)
     variants: ClassVar[dict] = {"scheme": INIT_SCHEMES}
     time_units: ClassVar[str] = "gradient-flow time"
+    series_dims: ClassVar[dict] = {"omega": ("head", "task"), "mu": ("head", "task")}
     meanings: ClassVar[dict[str, str]] = {
         "success": "1 = the heads allocate the tasks, 0 = they do not, NaN = no outcome: still "
-        "in warm-up at the horizon (see left_warmup), diverged, or not run yet"
+        "in warm-up at the horizon (see left_warmup), diverged, or not run yet",
+        "stalled": "1 = not allocated, with a dead head and a live head split between tasks, "
+        "0 = not stalled, NaN = no outcome (as for success)",
+        "warmup_end": "time the loss fell by 10% of what can be learned; NaN = never, diverged "
+        "or not run",
+        "emergence_end": "time of 90% of the total drop; NaN = not settled at the horizon, "
+        "diverged or not run",
+        "convergence": "time of 99% of the total drop; NaN as for emergence_end",
     }
 
     def __check_init__(self):
@@ -49,6 +60,7 @@ class ReducedAllocation(AbstractStudy):
         check.variant("scheme", self.scheme, AbstractInitScheme, INIT_SCHEMES)
         for name in ("init_scale", "horizon", "dt"):
             check.finite_positive(name, getattr(self, name))
+        check.one_of("history", self.history, (False, True))
         check.whole_record_blocks(
             "`horizon` / `dt`", self.horizon / self.dt, self.n_records, "`n_records`"
         )
@@ -71,18 +83,30 @@ class ReducedAllocation(AbstractStudy):
         n_records, record_every = self.schedule()
         return self.dt * record_every * np.arange(n_records)
 
+    def observe(self):
+        return (lambda state: state.spectral()) if self.history else None
+
     def series(self, trajectory):
-        return {"loss": trajectory.loss.astype(jnp.float32)}
+        out = {"loss": trajectory.loss}
+        if self.history:
+            out["omega"], out["mu"] = trajectory.observables
+        return out
 
     def summarize(self, state, series):
         omega, mu = state.model.spectral()
         time = jnp.asarray(self.time(), series["loss"].dtype)
-        phases = detect_phases(time, series["loss"], window=1)
+        phases = detect_phases(time, series["loss"])
+        allocation = task_allocation(omega, mu)
         healthy = ~state.diverged
+        # a member still on its plateau has no allocation outcome yet, not a failure
+        decided = phases.left_warmup & healthy
         return {
-            # a member still on its plateau has no allocation outcome yet, not a failure
-            "success": outcome(task_allocation(omega, mu).success, phases.left_warmup & healthy),
+            "success": outcome(allocation.success, decided),
+            "stalled": outcome(allocation.stalled, decided),
             "left_warmup": phases.left_warmup,
+            "settled": phases.settled,
             "warmup_end": outcome(phases.warmup_end, healthy),
+            "emergence_end": outcome(phases.emergence_end, healthy),
+            "convergence": outcome(phases.convergence, healthy),
             "diverged": state.diverged,
         }

@@ -93,8 +93,8 @@ def stored_layout(path, plan: SweepPlan) -> dict | None:
 def open_store(path, plan: SweepPlan, time_axis, dtypes, layout, *, create=True) -> zarr.Group:
     """Create the store of `plan` (in memory when `path` is None), or reopen it if it holds the
     same sweep. `time_axis` is `(times, units)`; `dtypes` is `(series, summaries)`: name →
-    (dtype, shape per record) and name → dtype; `layout` (a dict) gives the units, step chunks, seeds per unit and records per step
-    chunk. With `create=False` (processes other than the first of a distributed sweep) wait for
+    (dtype, shape per record) and name → dtype; `layout` (a dict) gives the units, step
+    chunks, seeds per unit and records per step chunk. With `create=False` (processes other than the first of a distributed sweep) wait for
     the store to appear instead of creating it."""
     description = plan.description(float64())
     if path is None:
