@@ -25,7 +25,7 @@ import jax.random as jr  # noqa: E402
 import numpy as np  # noqa: E402
 
 import jaxicl as ji  # noqa: E402
-from jaxicl._devices import use_all_cpu_cores  # noqa: E402
+from jaxicl._host._devices import use_all_cpu_cores  # noqa: E402
 
 
 D, K = 20, 5

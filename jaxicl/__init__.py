@@ -5,88 +5,43 @@ See ARCHITECTURE.md for how the pieces fit together.
 
 import importlib.metadata
 
-from ._analysis import (
+from ._attention._analysis import (
     Allocation as Allocation,
     Phases as Phases,
     detect_phases as detect_phases,
     task_allocation as task_allocation,
 )
-from ._ansatz_monte_carlo import (
+from ._attention._ansatz_monte_carlo import (
     AnsatzEstimate as AnsatzEstimate,
     AnsatzICLLoss as AnsatzICLLoss,
     ansatz_monte_carlo_loss as ansatz_monte_carlo_loss,
 )
-from ._attention import (
-    AbstractAttention as AbstractAttention,
-    FactorizedAttention as FactorizedAttention,
-    MergedAttention as MergedAttention,
-)
-from ._decomposable import (
+from ._attention._decomposable import (
     decomposable_attention as decomposable_attention,
     reduced_time_scales as reduced_time_scales,
 )
-from ._feature_attention import (
-    FeatureAttention as FeatureAttention,
-    init_feature_attention as init_feature_attention,
-)
-from ._feature_regression import (
-    FeatureRegression as FeatureRegression,
-    feature_regression as feature_regression,
-)
-from ._init import (
+from ._attention._init import (
     init_balanced as init_balanced,
     init_identity as init_identity,
     init_normal as init_normal,
 )
-from ._init_schemes import (
+from ._attention._init_schemes import (
     AbstractInitScheme as AbstractInitScheme,
     Balanced as Balanced,
     RandomPositive as RandomPositive,
     RandomSign as RandomSign,
 )
-from ._meanfield_loss import (
-    first_variation as first_variation,
-    optimal_attention as optimal_attention,
-    transformer_loss as transformer_loss,
-    two_timescale_loss as two_timescale_loss,
+from ._attention._models import (
+    AbstractAttention as AbstractAttention,
+    FactorizedAttention as FactorizedAttention,
+    MergedAttention as MergedAttention,
 )
-from ._meanfield_objectives import (
-    FeatureICLLoss as FeatureICLLoss,
-    MeanFieldLoss as MeanFieldLoss,
-)
-from ._meanfield_solver import (
-    MeanFieldObservables as MeanFieldObservables,
-    ParticleSolver as ParticleSolver,
-    particle_solver as particle_solver,
-)
-from ._neurons import (
-    NeuronMeasure as NeuronMeasure,
-    random_measure as random_measure,
-    symmetric_measure as symmetric_measure,
-    uniform_measure as uniform_measure,
-)
-from ._objectives import (
-    AbstractObjective as AbstractObjective,
-    ICLLoss as ICLLoss,
-    monte_carlo_loss as monte_carlo_loss,
-)
-from ._observables import (
+from ._attention._observables import (
     HeadStructure as HeadStructure,
     head_structure as head_structure,
     semi_singular_values as semi_singular_values,
 )
-from ._particle_flow import (
-    AttentionFlow as AttentionFlow,
-    StaticAttention as StaticAttention,
-    particle_flow as particle_flow,
-)
-from ._particle_moves import (
-    AfterSteps as AfterSteps,
-    BirthDeath as BirthDeath,
-    HessianPerturbation as HessianPerturbation,
-    IsotropicPerturbation as IsotropicPerturbation,
-)
-from ._predictors import (
+from ._attention._predictors import (
     debiased_gd_prediction as debiased_gd_prediction,
     debiased_gd_risk as debiased_gd_risk,
     gd_prediction as gd_prediction,
@@ -97,8 +52,7 @@ from ._predictors import (
     ridge_prediction as ridge_prediction,
     ridge_risk_given_inputs as ridge_risk_given_inputs,
 )
-from ._prompt import Prompt as Prompt, context_tokens as context_tokens, query_token as query_token
-from ._reduced import (
+from ._attention._reduced import (
     AbstractSpectral as AbstractSpectral,
     AllocationOptimum as AllocationOptimum,
     FactorizedSpectral as FactorizedSpectral,
@@ -107,6 +61,46 @@ from ._reduced import (
     balanced_factorization as balanced_factorization,
     optimal_allocation_losses as optimal_allocation_losses,
     reduced_loss as reduced_loss,
+)
+from ._meanfield._flow import (
+    AttentionFlow as AttentionFlow,
+    StaticAttention as StaticAttention,
+    particle_flow as particle_flow,
+)
+from ._meanfield._loss import (
+    first_variation as first_variation,
+    optimal_attention as optimal_attention,
+    transformer_loss as transformer_loss,
+    two_timescale_loss as two_timescale_loss,
+)
+from ._meanfield._model import (
+    FeatureAttention as FeatureAttention,
+    init_feature_attention as init_feature_attention,
+)
+from ._meanfield._moves import (
+    AfterSteps as AfterSteps,
+    BirthDeath as BirthDeath,
+    HessianPerturbation as HessianPerturbation,
+    IsotropicPerturbation as IsotropicPerturbation,
+)
+from ._meanfield._neurons import (
+    NeuronMeasure as NeuronMeasure,
+    random_measure as random_measure,
+    symmetric_measure as symmetric_measure,
+    uniform_measure as uniform_measure,
+)
+from ._meanfield._objectives import (
+    FeatureICLLoss as FeatureICLLoss,
+    MeanFieldLoss as MeanFieldLoss,
+)
+from ._meanfield._solver import (
+    MeanFieldObservables as MeanFieldObservables,
+    ParticleSolver as ParticleSolver,
+    particle_solver as particle_solver,
+)
+from ._meanfield._task import (
+    FeatureRegression as FeatureRegression,
+    feature_regression as feature_regression,
 )
 from ._studies._feature_learning import FeatureLearning as FeatureLearning
 from ._studies._full_allocation import (
@@ -119,7 +113,12 @@ from ._sweeps._plan import SweepPlan as SweepPlan
 from ._sweeps._runner import run_plan as run_plan, sweep as sweep
 from ._sweeps._store import open_sweep as open_sweep, plot_sweep as plot_sweep
 from ._sweeps._study import AbstractStudy as AbstractStudy
-from ._tasks import (
+from ._tasks._prompt import (
+    Prompt as Prompt,
+    context_tokens as context_tokens,
+    query_token as query_token,
+)
+from ._tasks._regression import (
     AbstractTask as AbstractTask,
     LinearRegression as LinearRegression,
     MultiTaskRegression as MultiTaskRegression,
@@ -127,13 +126,18 @@ from ._tasks import (
     overlapping_two_task as overlapping_two_task,
     sample_prompts as sample_prompts,
 )
-from ._train_state import (
+from ._train._objectives import (
+    AbstractObjective as AbstractObjective,
+    ICLLoss as ICLLoss,
+    monte_carlo_loss as monte_carlo_loss,
+)
+from ._train._state import (
     TrainState as TrainState,
     Trajectory as Trajectory,
     init_ensemble_state as init_ensemble_state,
     init_train_state as init_train_state,
 )
-from ._trainer import (
+from ._train._trainer import (
     preconditioned_sgd as preconditioned_sgd,
     sgd as sgd,
     train as train,

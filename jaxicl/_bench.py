@@ -15,16 +15,16 @@ import jax.numpy as jnp
 import jax.random as jr
 import optax
 
-from ._feature_attention import init_feature_attention
-from ._feature_regression import feature_regression
-from ._init import init_normal
-from ._init_schemes import RandomPositive
-from ._meanfield_solver import particle_solver
-from ._objectives import ICLLoss
-from ._reduced import ReducedLoss
-from ._tasks import LinearRegression
-from ._train_state import init_ensemble_state
-from ._trainer import compile_ensemble_steps, sgd, train_ensemble_steps
+from ._attention._init import init_normal
+from ._attention._init_schemes import RandomPositive
+from ._attention._reduced import ReducedLoss
+from ._meanfield._model import init_feature_attention
+from ._meanfield._solver import particle_solver
+from ._meanfield._task import feature_regression
+from ._tasks._regression import LinearRegression
+from ._train._objectives import ICLLoss
+from ._train._state import init_ensemble_state
+from ._train._trainer import compile_ensemble_steps, sgd, train_ensemble_steps
 
 
 def matmul_peak(n: int = 2048, repeats: int = 5) -> float:

@@ -8,7 +8,6 @@ import sys
 
 import jax
 
-from ._devices import use_all_cpu_cores
 from ._experiments._feature_learning import FeatureLearningConfig, run_feature_learning
 from ._experiments._feature_learning_summary import format_feature_learning_summary
 from ._experiments._field_help import FIELD_HELP
@@ -33,6 +32,7 @@ from ._experiments._task_allocation import (
     format_allocation_summary,
     run_task_allocation,
 )
+from ._host._devices import use_all_cpu_cores
 
 
 EXPERIMENTS = {

@@ -9,17 +9,17 @@ import optax
 import pytest
 
 from jaxicl import FeatureLearning, FullAllocation, ReducedAllocation, sweep
-from jaxicl._feature_attention import init_feature_attention
-from jaxicl._feature_regression import feature_regression
-from jaxicl._init import init_normal
-from jaxicl._init_schemes import Balanced, RandomSign
-from jaxicl._meanfield_loss import optimal_attention
-from jaxicl._meanfield_solver import particle_solver
-from jaxicl._objectives import ICLLoss
+from jaxicl._attention._init import init_normal
+from jaxicl._attention._init_schemes import Balanced, RandomSign
+from jaxicl._meanfield._loss import optimal_attention
+from jaxicl._meanfield._model import init_feature_attention
+from jaxicl._meanfield._solver import particle_solver
+from jaxicl._meanfield._task import feature_regression
 from jaxicl._sweeps import _store as sweep_store
-from jaxicl._tasks import MultiTaskRegression, disjoint_blocks
-from jaxicl._train_state import init_train_state
-from jaxicl._trainer import train_steps
+from jaxicl._tasks._regression import MultiTaskRegression, disjoint_blocks
+from jaxicl._train._objectives import ICLLoss
+from jaxicl._train._state import init_train_state
+from jaxicl._train._trainer import train_steps
 
 
 INIT_KEY, DATA_KEY = jr.fold_in(jr.key(0), 0), jr.fold_in(jr.key(0), 1)  # the runner's streams
@@ -97,7 +97,7 @@ def test_float64_studies_refuse_float32(tmp_path, monkeypatch):
 def test_a_variant_that_is_not_a_module_is_refused_naming_the_choices():
     # what a study's __check_init__ runs (the test suite's type checker refuses a str earlier)
     from jaxicl import _validation as check
-    from jaxicl._init_schemes import INIT_SCHEMES, AbstractInitScheme
+    from jaxicl._attention._init_schemes import INIT_SCHEMES, AbstractInitScheme
     from jaxicl._studies._full_allocation import FULL_INITS, NormalWeights
 
     with pytest.raises(ValueError, match="`init` must be a .*NormalWeights.*'random-sign'"):

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 import jaxicl as ji
-from jaxicl._meanfield_loss import moments
+from jaxicl._meanfield._loss import moments
 
 
 D, K, M = 6, 3, 40

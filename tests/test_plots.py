@@ -9,7 +9,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
-from jaxicl._plots import histogram  # noqa: E402
+from jaxicl._host._figures import histogram  # noqa: E402
 
 
 def test_histograms_of_degenerate_or_non_finite_values_draw_without_error():

@@ -160,7 +160,7 @@ def test_full_model_layout_optima_approach_the_reduced_optima_as_context_grows()
     layout's optimal loss shrinks from L = 100 to 1600 (measured at 8192 prompts: one head per
     task 17% → 2.5%, one head 6.5% → 1%), and at L = 100 its loss agrees with
     `ansatz_monte_carlo_loss` at the same (ω, μ) within 4 combined standard errors."""
-    from jaxicl._ansatz_monte_carlo import layout_optimum_monte_carlo
+    from jaxicl._attention._ansatz_monte_carlo import layout_optimum_monte_carlo
 
     r = 5
     sizes = (r,) * 3

@@ -6,7 +6,7 @@ import os
 import pytest
 
 from jaxicl import _cli
-from jaxicl._checkpoint import claim_run_directory
+from jaxicl._host._checkpoint import claim_run_directory
 
 
 CONFIG = {"d": 5, "seed": 0}
@@ -79,7 +79,7 @@ def test_an_interrupt_prints_how_to_resume_not_a_traceback(monkeypatch, capsys):
 def test_a_truncated_stored_group_names_the_file_and_the_fix(tmp_path):
     import numpy as np
 
-    from jaxicl._checkpoint import cached_arrays, load_checkpoint
+    from jaxicl._host._checkpoint import cached_arrays, load_checkpoint
 
     path = tmp_path / "group.npz"
     cached_arrays(path, lambda: {"x": np.arange(1000.0)})

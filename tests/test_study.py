@@ -151,6 +151,7 @@ class _Trajectories(Quadratic):
     """Records the whole iterate w_t, one vector per record, under a named dimension."""
 
     series_dims: ClassVar[dict] = {"w": ("component",)}
+    summary_dims: ClassVar[dict] = {"w_final": ("component",)}
 
     def series(self, trajectory):
         return {"loss": trajectory.loss, "w": trajectory.observables}
@@ -160,13 +161,16 @@ class _Trajectories(Quadratic):
 
     def summarize(self, state, series):
         # from the stored series: the last record's distance to the optimum
-        return {"last_gap": jnp.abs(series["w"][-1] - 1.0).max()}
+        return {"last_gap": jnp.abs(series["w"][-1] - 1.0).max(), "w_final": state.model.w}
 
 
-def test_a_vector_series_is_stored_under_its_named_dimensions_and_resumes(tmp_path):
+def test_vector_series_and_summaries_are_stored_under_their_named_dimensions_and_resume(
+    tmp_path,
+):
     grid = {"learning_rate": [0.05, 0.2]}
     memory = jaxicl.sweep(_Trajectories(), grid=grid, seeds=3, chunk_records=1)
     assert memory["w"].dims == ("learning_rate", "seed", "time", "component")
+    assert memory["w_final"].dims == ("learning_rate", "seed", "component")
     for rate in (0.05, 0.2):
         for seed in range(3):
             w0 = _initial_w(seed, 3, 1.0)
@@ -177,6 +181,8 @@ def test_a_vector_series_is_stored_under_its_named_dimensions_and_resumes(tmp_pa
             np.testing.assert_allclose(
                 memory["last_gap"].sel(point), np.abs(expected[-1] - 1).max(), rtol=1e-10
             )
+            final = 1 + (w0 - 1) * (1 - 2 * rate) ** 12.0
+            np.testing.assert_allclose(memory["w_final"].sel(point).values, final, rtol=1e-10)
 
     def interrupt(unit, chunk):
         if (unit, chunk) == (0, 2):
@@ -186,5 +192,5 @@ def test_a_vector_series_is_stored_under_its_named_dimensions_and_resumes(tmp_pa
     with pytest.raises(KeyboardInterrupt):
         jaxicl.sweep(_Trajectories(), on_chunk=interrupt, **kwargs)
     resumed = jaxicl.sweep(_Trajectories(), **kwargs).load()
-    for name in ("loss", "w", "last_gap"):
+    for name in ("loss", "w", "last_gap", "w_final"):
         np.testing.assert_array_equal(resumed[name].values, memory[name].values)

@@ -14,10 +14,10 @@ import xarray as xr
 import zarr
 
 from jaxicl import RandomPositive, ReducedAllocation, _cli, sweep
-from jaxicl._reduced import ReducedLoss
+from jaxicl._attention._reduced import ReducedLoss
 from jaxicl._sweeps import _group as group_module, _store as sweep_store
 from jaxicl._sweeps._file import load_sweep
-from jaxicl._trainer import sgd, train
+from jaxicl._train._trainer import sgd, train
 
 
 STUDY = ReducedAllocation(d=9, horizon=2.0, n_records=4)

@@ -26,16 +26,15 @@ import jax.random as jr
 import numpy as np
 
 from .. import _validation as check
-from .._checkpoint import cached_arrays, claim_run_directory, save_json
-from .._feature_attention import FeatureAttention, init_feature_attention
-from .._feature_regression import INPUT_LAWS, feature_regression
-from .._meanfield_loss import with_optimal_attention
-from .._meanfield_solver import particle_solver
-from .._neurons import ACTIVATIONS, symmetric_measure
-from .._progress import progress_bar
-
-
-SADDLE_VARIANTS = ("none", "isotropic", "isotropic+birth-death", "hessian")
+from .._host._checkpoint import cached_arrays, claim_run_directory, save_json
+from .._host._progress import progress_bar
+from .._meanfield._loss import with_optimal_attention
+from .._meanfield._model import FeatureAttention, init_feature_attention
+from .._meanfield._neurons import ACTIVATIONS, symmetric_measure
+from .._meanfield._solver import particle_solver
+from .._meanfield._task import INPUT_LAWS, feature_regression
+from ._feature_learning_figure import plot_feature_learning
+from ._feature_learning_summary import SADDLE_VARIANTS, summarize
 
 
 @dataclasses.dataclass(frozen=True)
@@ -247,8 +246,6 @@ def check_precision() -> None:
 
 def run_feature_learning(config: FeatureLearningConfig, out_dir, *, progress=None):
     """Run (or resume) into `out_dir`: `groups/*.npz`, `summary.json`, `feature_learning.png`."""
-    from .._plots_meanfield import plot_feature_learning
-    from ._feature_learning_summary import summarize
 
     check_precision()
     out_dir = pathlib.Path(out_dir)

@@ -5,8 +5,11 @@ import math
 
 import numpy as np
 
-from .._meanfield_loss import constant_feature_loss
-from ._feature_learning import SADDLE_VARIANTS
+from .._meanfield._loss import constant_feature_loss
+
+
+# The saddle-escape variants, in the order the table and figure show them.
+SADDLE_VARIANTS = ("none", "isotropic", "isotropic+birth-death", "hessian")
 
 
 def _constant_feature_loss(setting) -> float:

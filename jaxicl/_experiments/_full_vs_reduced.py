@@ -26,16 +26,18 @@ import jax.random as jr
 import numpy as np
 
 from .. import _validation as check
-from .._analysis import detect_phases, task_allocation
-from .._ansatz_monte_carlo import AnsatzICLLoss, ansatz_monte_carlo_loss
-from .._checkpoint import cached_arrays, claim_run_directory, save_json
-from .._decomposable import decomposable_attention, reduced_time_scales
-from .._init_schemes import RandomPositive
-from .._objectives import ICLLoss, monte_carlo_loss
-from .._observables import semi_singular_values
-from .._reduced import MergedSpectral, ReducedLoss
-from .._tasks import MultiTaskRegression, disjoint_blocks
-from .._trainer import preconditioned_sgd, sgd, train_ensemble
+from .._attention._analysis import detect_phases, task_allocation
+from .._attention._ansatz_monte_carlo import AnsatzICLLoss, ansatz_monte_carlo_loss
+from .._attention._decomposable import decomposable_attention, reduced_time_scales
+from .._attention._init_schemes import RandomPositive
+from .._attention._observables import semi_singular_values
+from .._attention._reduced import MergedSpectral, ReducedLoss
+from .._host._checkpoint import cached_arrays, claim_run_directory, save_json
+from .._host._progress import progress_bar
+from .._tasks._regression import MultiTaskRegression, disjoint_blocks
+from .._train._objectives import ICLLoss, monte_carlo_loss
+from .._train._trainer import preconditioned_sgd, sgd, train_ensemble
+from ._full_vs_reduced_figure import plot_full_vs_reduced
 
 
 FLOWS = ("factorized", "merged")
@@ -254,8 +256,6 @@ def trajectory_gap(a: dict, b: dict) -> np.ndarray:
 def run_full_vs_reduced(config: FullVsReducedConfig, out_dir, *, progress=None):
     """Run (or resume) the experiment into `out_dir`: `units/` (one `.npz` per unit),
     `summary.json`, `full_vs_reduced.png`."""
-    from .._plots_full_vs_reduced import plot_full_vs_reduced
-    from .._progress import progress_bar
 
     out_dir = pathlib.Path(out_dir)
     claim_run_directory(out_dir, config.as_dict())

@@ -8,14 +8,14 @@ import jax
 import jax.numpy as jnp
 import jax.random as jr
 
-from .._predictors import (
+from .._attention._predictors import (
     debiased_gd_risk,
     gd_risk,
     optimal_gd_step,
     ridge_risk_given_inputs,
 )
-from .._tasks import LinearRegression, sample_prompts
-from ._chunked_training import population_losses
+from .._tasks._regression import LinearRegression, sample_prompts
+from ._attention_groups import population_losses
 
 
 def _task(d, context_len, noise_var):

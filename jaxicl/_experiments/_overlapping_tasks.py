@@ -19,10 +19,11 @@ import jax.random as jr
 import numpy as np
 
 from .. import _validation as check
-from .._analysis import task_allocation
-from .._checkpoint import claim_run_directory, save_json
-from .._tasks import overlapping_two_task
-from ._chunked_training import check_training_config, population_losses, train_group
+from .._attention._analysis import task_allocation
+from .._host._checkpoint import claim_run_directory, save_json
+from .._tasks._regression import overlapping_two_task
+from ._attention_groups import check_training_config, population_losses, train_group
+from ._overlapping_tasks_figure import plot_overlapping_tasks
 
 
 PURITY_THRESHOLD = 0.9
@@ -89,9 +90,8 @@ def _split_statistics(omega, mu) -> dict:
 
 
 def run_overlapping_tasks(config: OverlappingTasksConfig, out_dir, *, progress=None, on_chunk=None):
-    """Run (or resume) into `out_dir`: `records_H{h}.npz`, `summary.json`,
-    `overlapping_tasks.png`."""
-    from .._plots_overlapping import plot_overlapping_tasks
+    """Run (or resume) into `out_dir`: the sweep stores `sweeps/H{h}`, `records_H{h}.npz`,
+    `summary.json`, `overlapping_tasks.png`."""
 
     out_dir = pathlib.Path(out_dir)
     claim_run_directory(out_dir, config.as_dict())
@@ -100,8 +100,8 @@ def run_overlapping_tasks(config: OverlappingTasksConfig, out_dir, *, progress=N
     summary = {"config": config.as_dict(), "groups": {}}
     results = {}
     for n_heads in config.heads:
-        models, records, _ = train_group(
-            config, task, n_heads, out_dir / f"H{n_heads}", progress=progress, on_chunk=on_chunk
+        models, records = train_group(
+            config, task, n_heads, out_dir, progress=progress, on_chunk=on_chunk
         )
         stats = _split_statistics(*jax.vmap(own_semi_singular_values)(models))
         loss = np.asarray(population_losses(models, task, config.eval_prompts, eval_key)[0])

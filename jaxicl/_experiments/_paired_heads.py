@@ -2,9 +2,9 @@
 trained on in-context linear regression (the single-task setting of He et al., ICML 2025),
 for several head counts, compared with the reference predictors.
 
-Training is `train_group` (one compiled program per head count, checkpointed chunks, so a
-killed run resumes to the same numbers); evaluation adds the learned-structure statistics and
-the loss against context length.
+Training is `train_group` (one sweep of `AttentionRegression` per head count, streamed into a
+store, so a killed run resumes to the same numbers); evaluation of the trained models rebuilt
+from the stores adds the learned-structure statistics and the loss against context length.
 """
 
 import dataclasses
@@ -17,11 +17,12 @@ import jax.random as jr
 import numpy as np
 
 from .. import _validation as check
-from .._checkpoint import claim_run_directory, save_json
-from .._observables import head_structure
-from .._tasks import LinearRegression
-from ._chunked_training import check_training_config, population_losses, train_group
+from .._attention._observables import head_structure
+from .._host._checkpoint import claim_run_directory, save_json
+from .._tasks._regression import LinearRegression
+from ._attention_groups import check_training_config, population_losses, train_group
 from ._length_generalization import model_losses_by_length, predictor_risks
+from ._paired_heads_figure import plot_paired_heads
 
 
 @dataclasses.dataclass(frozen=True)
@@ -94,12 +95,11 @@ def run_paired_heads(
 ) -> dict:
     """Run (or resume) the experiment into `out_dir`; returns the summary that is also saved.
 
-    Writes `config.json`, `records_H{h}.npz` (loss and (ω, μ) per member over training, final
-    population losses, losses at every evaluation length), `summary.json` and
-    `paired_heads.png`. `on_chunk(n_heads, steps_done)` is
-    called after every checkpoint.
+    Writes `config.json`, the sweep stores `sweeps/H{h}`, `records_H{h}.npz` (loss and (ω, μ)
+    per member over training, final population losses, losses at every evaluation length),
+    `summary.json` and `paired_heads.png`. `on_chunk(n_heads, steps_done)` is called after
+    every stored step chunk.
     """
-    from .._plots import plot_paired_heads
 
     out_dir = pathlib.Path(out_dir)
     claim_run_directory(out_dir, config.as_dict())
@@ -121,8 +121,8 @@ def run_paired_heads(
     sigma = math.sqrt(config.noise_var)
     task = LinearRegression(config.d, config.context_len, context_noise=sigma, query_noise=sigma)
     for n_heads in config.heads:
-        models, records, timings = train_group(
-            config, task, n_heads, out_dir / f"H{n_heads}", progress=progress, on_chunk=on_chunk
+        models, records = train_group(
+            config, task, n_heads, out_dir, progress=progress, on_chunk=on_chunk
         )
         # One task: keep (members, records, H) rather than a trailing task axis of size 1.
         records = dict(records, omega=records["omega"][..., 0], mu=records["mu"][..., 0])
@@ -141,7 +141,7 @@ def run_paired_heads(
         # Diverged members are frozen where they blew up: counted, left out of every statistic.
         healthy = ~records["diverged"][:, -1]
         summary["groups"][str(n_heads)] = dict(
-            _group_summary(config, records, timings), **_structure_summary(models, healthy)
+            _group_summary(records), **_structure_summary(models, healthy)
         )
         summary["by_length"]["models_median"][str(n_heads)] = (
             np.median(records["loss_by_length"][healthy], axis=0).tolist()
@@ -190,7 +190,7 @@ def _structure_summary(models, healthy) -> dict:
     return out
 
 
-def _group_summary(config, records, timings) -> dict:
+def _group_summary(records) -> dict:
     final = records["final_loss"]
     healthy = final[~records["diverged"][:, -1]]
     mu = records["mu"][:, -1][~records["diverged"][:, -1]]
@@ -212,12 +212,6 @@ def _group_summary(config, records, timings) -> dict:
         group["mixed_sign_mu_fraction"] = float(
             np.mean((mu > 0).any(axis=1) & (mu < 0).any(axis=1))
         )
-    if len(timings) > 1:
-        # The first chunk of a fresh process includes compilation; later chunks do not.
-        group["member_steps_per_s"] = (
-            config.n_members * config.chunk_steps / float(np.median(timings[1:]))
-        )
-        group["first_chunk_s"] = float(timings[0])
     return group
 
 
@@ -263,10 +257,4 @@ def format_paired_heads_summary(summary: dict) -> str:
     rows += [(name, v) for name, v in by_length["predictors"].items()]
     for name, values in rows:
         lines.append(f"  {name:<29}" + "  ".join(_or_dash(v, "6.3f") for v in values))
-    for h, g in summary["groups"].items():
-        if "member_steps_per_s" in g:
-            lines.append(
-                f"H={h}: {g['member_steps_per_s']:.0f} member-steps/s after compilation "
-                f"(first chunk incl. compile {g['first_chunk_s']:.1f} s)"
-            )
     return "\n".join(lines)

@@ -13,8 +13,8 @@ import math
 import jax.numpy as jnp
 import jax.random as jr
 
-from .._ansatz_monte_carlo import layout_optimum_monte_carlo, ratio_with_stderr
-from .._reduced import optimal_allocation_losses
+from .._attention._ansatz_monte_carlo import layout_optimum_monte_carlo, ratio_with_stderr
+from .._attention._reduced import optimal_allocation_losses
 
 
 GRID = (0.6, 1.5, 13)  # ω from 0.6× to 1.5× the reduced optimum: the full model's is larger

@@ -28,19 +28,21 @@ import jax.random as jr
 import numpy as np
 
 from .. import _validation as check
-from .._analysis import detect_phases
-from .._checkpoint import claim_run_directory, save_json
-from .._init_schemes import INIT_SCHEMES, AbstractInitScheme, Balanced, RandomPositive
-from .._reduced import (
+from .._attention._analysis import detect_phases
+from .._attention._init_schemes import INIT_SCHEMES, AbstractInitScheme, Balanced, RandomPositive
+from .._attention._reduced import (
     MergedSpectral,
     ReducedLoss,
     balanced_factorization,
 )
+from .._host._checkpoint import claim_run_directory, save_json
+from .._host._progress import progress_bar
 from .._studies import ReducedAllocation
 from .._sweeps._runner import sweep
-from .._tasks import disjoint_blocks
-from .._trainer import sgd, train
+from .._tasks._regression import disjoint_blocks
+from .._train._trainer import sgd, train
 from ._separation import separation
+from ._task_allocation_figure import plot_task_allocation
 
 
 SCHEMES = tuple(INIT_SCHEMES)
@@ -285,8 +287,6 @@ def run_task_allocation(config: TaskAllocationConfig, out_dir, *, progress=None,
     `task_allocation.png`. The groups stream into sweep stores under `sweeps/`, so an
     interrupted run resumes at the first step chunk it had not stored. `on_chunk(unit, chunk)`
     is called after each stored step chunk of every sweep."""
-    from .._plots_allocation import plot_task_allocation
-    from .._progress import progress_bar
 
     out_dir = pathlib.Path(out_dir)
     claim_run_directory(out_dir, config.as_dict())

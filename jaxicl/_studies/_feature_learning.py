@@ -16,11 +16,11 @@ import equinox as eqx
 import jax.random as jr
 
 from .. import _validation as check
-from .._feature_attention import init_feature_attention
-from .._feature_regression import feature_regression
-from .._meanfield_loss import constant_feature_loss, with_optimal_attention
-from .._meanfield_solver import PERTURBATIONS, ParticleSolver, particle_solver
-from .._neurons import ACTIVATIONS
+from .._meanfield._loss import constant_feature_loss, with_optimal_attention
+from .._meanfield._model import init_feature_attention
+from .._meanfield._neurons import ACTIVATIONS
+from .._meanfield._solver import PERTURBATIONS, ParticleSolver, particle_solver
+from .._meanfield._task import feature_regression
 from .._sweeps._study import AbstractStudy
 from ._outcome import outcome
 

@@ -17,14 +17,14 @@ import jax.numpy as jnp
 import optax
 
 from .. import _validation as check
-from .._analysis import detect_phases, task_allocation
-from .._decomposable import decomposable_attention
-from .._init import init_normal
-from .._init_schemes import INIT_SCHEMES, AbstractInitScheme
-from .._objectives import ICLLoss
-from .._observables import semi_singular_values
+from .._attention._analysis import detect_phases, task_allocation
+from .._attention._decomposable import decomposable_attention
+from .._attention._init import init_normal
+from .._attention._init_schemes import INIT_SCHEMES, AbstractInitScheme
+from .._attention._observables import semi_singular_values
 from .._sweeps._study import AbstractStudy
-from .._tasks import MultiTaskRegression, disjoint_blocks
+from .._tasks._regression import MultiTaskRegression, disjoint_blocks
+from .._train._objectives import ICLLoss
 from ._outcome import outcome
 
 

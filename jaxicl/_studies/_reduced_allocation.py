@@ -14,12 +14,12 @@ import jax.numpy as jnp
 import numpy as np
 
 from .. import _validation as check
-from .._analysis import detect_phases, task_allocation
-from .._init_schemes import INIT_SCHEMES, AbstractInitScheme, RandomPositive
-from .._reduced import ReducedLoss
+from .._attention._analysis import detect_phases, task_allocation
+from .._attention._init_schemes import INIT_SCHEMES, AbstractInitScheme, RandomPositive
+from .._attention._reduced import ReducedLoss
 from .._sweeps._study import AbstractStudy
-from .._tasks import disjoint_blocks
-from .._trainer import sgd
+from .._tasks._regression import disjoint_blocks
+from .._train._trainer import sgd
 from ._outcome import outcome
 
 

@@ -13,8 +13,8 @@ import jax.random as jr
 import numpy as np
 import optax
 
-from .._train_state import init_ensemble_state
-from .._trainer import compile_ensemble_steps, ensemble_steps_shapes, train_ensemble_steps
+from .._train._state import init_ensemble_state
+from .._train._trainer import compile_ensemble_steps, ensemble_steps_shapes, train_ensemble_steps
 from ._study import AbstractStudy
 
 
@@ -89,7 +89,7 @@ class Group:
 
     def dtypes(self, member_values: dict) -> tuple[dict, dict]:
         """From tracing alone: the series as `{name: (dtype, shape per record)}` and the
-        summaries as `{name: dtype}`."""
+        summaries as `{name: (dtype, shape per member)}`."""
         one = {name: np.asarray(v)[:1] for name, v in member_values.items()}
         states = self.init(one, np.zeros(1, np.int32))
         states, trajectory = ensemble_steps_shapes(
@@ -110,7 +110,7 @@ class Group:
         self._check_summaries(summaries)
         return (
             {name: (np.dtype(s.dtype), tuple(s.shape[2:])) for name, s in series.items()},
-            {name: np.dtype(s.dtype) for name, s in summaries.items()},
+            {name: (np.dtype(s.dtype), tuple(s.shape[1:])) for name, s in summaries.items()},
         )
 
     def _check_dict(self, kind: str, out) -> str:
@@ -121,26 +121,23 @@ class Group:
 
     def _check_series(self, series) -> None:
         """One value per record, or an array of the rank `series_dims` names."""
-        name = self._check_dict("series", series)
-        dims = type(self.study).series_dims
-        for key, s in series.items():
-            named = dims.get(key, ())
-            if s.ndim != 2 + len(named):
-                said = f"series_dims names {named}" if named else "it is not in `series_dims`"
-                raise ValueError(
-                    f"{name}.series()['{key}'] has shape {s.shape[2:]} per record, but {said}; "
-                    "the store holds one value per record, or an array per record whose "
-                    "dimensions `series_dims` names."
-                )
+        self._check_ranks("series", series, type(self.study).series_dims, "per record", 2)
 
     def _check_summaries(self, summaries) -> None:
-        """`summarize` gives one scalar per member."""
-        name = self._check_dict("summarize", summaries)
-        for key, s in summaries.items():
-            if s.shape != (1,):
+        """One scalar per member, or an array of the rank `summary_dims` names."""
+        self._check_ranks("summarize", summaries, type(self.study).summary_dims, "per member", 1)
+
+    def _check_ranks(self, kind: str, out, dims: dict, per: str, leading: int) -> None:
+        name = self._check_dict(kind, out)
+        where = "series_dims" if kind == "series" else "summary_dims"
+        for key, s in out.items():
+            named = dims.get(key, ())
+            if s.ndim != leading + len(named):
+                said = f"`{where}` names {named}" if named else f"it is not in `{where}`"
                 raise ValueError(
-                    f"{name}.summarize()['{key}'] has shape {s.shape[1:]} per member; "
-                    "the store holds one scalar per member."
+                    f"{name}.{kind}()['{key}'] has shape {s.shape[leading:]} {per}, but {said}; "
+                    f"the store holds one value {per}, or an array {per} whose dimensions "
+                    f"`{where}` names."
                 )
 
     def memory(self, member_values: dict, n_members: int, n_records: int) -> int:

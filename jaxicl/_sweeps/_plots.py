@@ -4,7 +4,7 @@ over seeds) for every grid point."""
 
 import numpy as np
 
-from .._plots import _pyplot
+from .._host._figures import _pyplot
 
 
 def _label(value) -> str:

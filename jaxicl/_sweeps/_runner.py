@@ -22,7 +22,7 @@ import jax
 import jax.random as jr
 import numpy as np
 
-from .._progress import progress_bar
+from .._host._progress import progress_bar
 from . import _store as store_io
 from ._group import Group
 from ._plan import SweepPlan, chunk_bounds
@@ -321,7 +321,7 @@ class _Run:
             }
             summaries = group.summarize(states, whole)
             writes += [
-                (name, index, np.asarray(values).reshape(shape))
+                (name, index, np.asarray(values).reshape(*shape, *np.shape(values)[1:]))
                 for name, values in summaries.items()
             ]
         store_io.write_chunk(self.root, u, c, writes)

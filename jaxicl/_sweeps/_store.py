@@ -30,11 +30,17 @@ import time
 
 import jax
 import numpy as np
-import zarr
-import zarr.storage
 
-from .._checkpoint import load_checkpoint, save_checkpoint
+from .._host._checkpoint import load_checkpoint, save_checkpoint
 from ._plan import SweepPlan, label
+
+
+def _zarr():
+    """Zarr, imported on the first store opened, so that `import jaxicl` stays light."""
+    import zarr
+    import zarr.storage
+
+    return zarr
 
 
 RESUME_DIR = "resume"
@@ -68,10 +74,10 @@ def _check_metadata(path) -> None:
         ) from None
 
 
-def _reopen(path: pathlib.Path, description: str, mode: str) -> zarr.Group:
+def _reopen(path: pathlib.Path, description: str, mode: str):
     """The store at `path`, refused unless it holds the sweep of `description`."""
     _check_metadata(path)
-    root = zarr.open_group(str(path), mode=mode)
+    root = _zarr().open_group(str(path), mode=mode)
     stored = root.attrs.get("sweep")
     if stored != description:
         raise ValueError(
@@ -90,15 +96,16 @@ def stored_layout(path, plan: SweepPlan) -> dict | None:
     return dict(root.attrs["layout"])
 
 
-def open_store(path, plan: SweepPlan, time_axis, dtypes, layout, *, create=True) -> zarr.Group:
+def open_store(path, plan: SweepPlan, time_axis, dtypes, layout, *, create=True):
     """Create the store of `plan` (in memory when `path` is None), or reopen it if it holds the
     same sweep. `time_axis` is `(times, units)`; `dtypes` is `(series, summaries)`: name →
-    (dtype, shape per record) and name → dtype; `layout` (a dict) gives the units, step
-    chunks, seeds per unit and records per step chunk. With `create=False` (processes other than the first of a distributed sweep) wait for
-    the store to appear instead of creating it."""
+    (dtype, shape per record) and name → (dtype, shape per member); `layout` (a dict) gives
+    the units, step chunks, seeds per unit and records per step chunk. With `create=False`
+    (processes other than the first of a distributed sweep) wait for the store to appear
+    instead of creating it."""
     description = plan.description(float64())
     if path is None:
-        root = zarr.open_group(zarr.storage.MemoryStore(), mode="w")
+        root = _zarr().open_group(_zarr().storage.MemoryStore(), mode="w")
         _create(root, plan, time_axis, dtypes, layout, description)
         return root
     path = pathlib.Path(path)
@@ -111,7 +118,7 @@ def open_store(path, plan: SweepPlan, time_axis, dtypes, layout, *, create=True)
     # store wins whole (the other's rename fails and it opens the winner's).
     path.parent.mkdir(parents=True, exist_ok=True)
     building = pathlib.Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.building-"))
-    root = zarr.open_group(str(building), mode="w")
+    root = _zarr().open_group(str(building), mode="w")
     _create(root, plan, time_axis, dtypes, layout, description)
     # a group of its own, so Zarr readers take the checkpoints in it for foreign files of a
     # subgroup and leave them alone
@@ -125,7 +132,7 @@ def open_store(path, plan: SweepPlan, time_axis, dtypes, layout, *, create=True)
                 f"{path} exists and is not a sweep store; choose another output path."
             ) from None
         return _reopen(path, description, "a")
-    return zarr.open_group(str(path), mode="a")
+    return _zarr().open_group(str(path), mode="a")
 
 
 @contextlib.contextmanager
@@ -170,12 +177,14 @@ def _create(root, plan: SweepPlan, time_axis, dtypes, layout: dict, description:
     n_groups = len(plan.group_axes)
     unit_chunks = (1,) * n_groups + shape[n_groups:-1] + (layout["seed_block"],)
     series, summaries = dtypes
-    series_dims = type(plan.study).series_dims
+    series_dims, summary_dims = type(plan.study).series_dims, type(plan.study).summary_dims
     arrays = [(name, dtype, extra, True) for name, (dtype, extra) in series.items()]
-    arrays += [(name, dtype, (), False) for name, dtype in summaries.items()]
+    arrays += [(name, dtype, extra, False) for name, (dtype, extra) in summaries.items()]
     for name, dtype, extra, over_time in arrays:
         after = (
-            ((len(times), *extra), ("time", *series_dims.get(name, ()))) if over_time else ((), ())
+            ((len(times), *extra), ("time", *series_dims.get(name, ())))
+            if over_time
+            else (extra, summary_dims.get(name, ()))
         )
         # A bool fill value would make members not yet run read as False (a failure): flags
         # are stored as 1.0 / 0.0 with NaN for "not run", which means missing to every reader.
@@ -185,7 +194,7 @@ def _create(root, plan: SweepPlan, time_axis, dtypes, layout: dict, description:
         array = root.create_array(
             name,
             shape=shape + after[0],
-            chunks=unit_chunks + ((layout["chunk_records"], *extra) if over_time else ()),
+            chunks=unit_chunks + ((layout["chunk_records"], *extra) if over_time else extra),
             dtype="float32" if flag else dtype,
             fill_value=np.nan,
             dimension_names=[*dims, *after[1]],
@@ -224,7 +233,7 @@ def _wait_for(marker: pathlib.Path, timeout: float = 600.0) -> None:
         time.sleep(0.1)
 
 
-def done_chunks(root: zarr.Group) -> np.ndarray:
+def done_chunks(root) -> np.ndarray:
     """(units, step chunks) flags."""
     return np.asarray(root["chunk_done"][:])
 
@@ -238,7 +247,7 @@ def _digest(pieces) -> np.uint64:
     return np.uint64(int.from_bytes(h.digest(), "little"))
 
 
-def write_chunk(root: zarr.Group, unit: int, step_chunk: int, writes: list) -> None:
+def write_chunk(root, unit: int, step_chunk: int, writes: list) -> None:
     """Write `(name, index, values)` records of one unit's step chunk, then their checksum,
     then its flag."""
     for name, index, values in writes:
@@ -248,7 +257,7 @@ def write_chunk(root: zarr.Group, unit: int, step_chunk: int, writes: list) -> N
     root["chunk_done"][unit, step_chunk] = True
 
 
-def damaged_units(root: zarr.Group) -> list[int]:
+def damaged_units(root) -> list[int]:
     """Units whose flagged step chunks do not read back as written (a chunk file deleted,
     truncated or altered): their records are not what the flags claim."""
     layout = root.attrs["layout"]
@@ -289,7 +298,7 @@ def damaged_units(root: zarr.Group) -> list[int]:
     return damaged
 
 
-def reset_units(root: zarr.Group, path, units) -> None:
+def reset_units(root, path, units) -> None:
     """Clear the flags (and checkpoints) of `units`, so the sweep runs them again."""
     for u in units:
         root["chunk_done"][u, :] = False
@@ -297,7 +306,7 @@ def reset_units(root: zarr.Group, path, units) -> None:
             drop_unit_state(path, u)
 
 
-def read_series(root: zarr.Group, names, index: tuple) -> dict:
+def read_series(root, names, index: tuple) -> dict:
     return {name: np.asarray(root[name][index]) for name in names}
 
 
@@ -329,7 +338,7 @@ def drop_unit_state(store, unit: int) -> None:
 def describe_store(path) -> str:
     """What a sweep store holds and how complete it is."""
     dataset = open_sweep(path)
-    root = zarr.open_group(str(path), mode="r")
+    root = _zarr().open_group(str(path), mode="r")
     sweep = json.loads(root.attrs["sweep"])
     done = done_chunks(root)
     damaged = damaged_units(root)
@@ -359,7 +368,7 @@ def open_sweep(path):
     return xr.open_zarr(str(path), consolidated=False)
 
 
-def as_dataset(root: zarr.Group):
+def as_dataset(root):
     """An open store as a labelled xarray dataset, loaded into memory (for in-memory sweeps)."""
     import xarray as xr
 

@@ -15,7 +15,7 @@ import numpy as np
 import optax
 from jaxtyping import Array, PRNGKeyArray, PyTree
 
-from .._train_state import TrainState, Trajectory
+from .._train._state import TrainState, Trajectory
 
 
 class AbstractStudy(eqx.Module):
@@ -39,6 +39,8 @@ class AbstractStudy(eqx.Module):
     - `series_dims`: for a series whose value at each record is an array (e.g. one value per
       head and task), the names of its dimensions after `time`: `{series: ("head", "task")}`.
       Every other series has one value per record.
+    - `summary_dims`: the same for a summary whose value per member is an array (e.g. the
+      final weights, `{"Q": ("head", "rank", "token")}`); every other summary is a scalar.
     - `meanings`: what the values of a series or summary mean, stored with it (e.g. what NaN
       stands for); boolean flags get "1 = true, 0 = false, NaN = not run yet".
 
@@ -52,6 +54,7 @@ class AbstractStudy(eqx.Module):
     float64: ClassVar[bool] = False
     member_chunk: ClassVar[int | None | str] = "auto"
     series_dims: ClassVar[dict[str, tuple[str, ...]]] = {}
+    summary_dims: ClassVar[dict[str, tuple[str, ...]]] = {}
     meanings: ClassVar[dict[str, str]] = {}
 
     @abc.abstractmethod
@@ -88,8 +91,9 @@ class AbstractStudy(eqx.Module):
         return {"loss": trajectory.loss_mean}
 
     def summarize(self, state: TrainState, series: dict[str, Array]) -> dict[str, Array]:
-        """Per-member scalars from the final state and the member's whole series (traceable:
-        the runner vmaps and compiles it). By default the divergence flag."""
+        """Per-member values (scalars, or arrays named in `summary_dims`) from the final state
+        and the member's whole series (traceable: the runner vmaps and compiles it). By default
+        the divergence flag."""
         return {"diverged": state.diverged}
 
     def time(self) -> np.ndarray:

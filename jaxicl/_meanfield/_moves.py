@@ -12,10 +12,10 @@ import jax.numpy as jnp
 import jax.random as jr
 from jaxtyping import PRNGKeyArray
 
-from . import _validation as check
-from ._feature_attention import FeatureAttention
-from ._meanfield_loss import first_variation, two_timescale_loss
-from ._particle_flow import inverse_mass
+from .. import _validation as check
+from ._flow import inverse_mass
+from ._loss import first_variation, two_timescale_loss
+from ._model import FeatureAttention
 
 
 def _move(model: FeatureAttention, da, dw) -> FeatureAttention:

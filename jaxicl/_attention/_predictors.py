@@ -10,7 +10,7 @@ import jax
 import jax.numpy as jnp
 from jaxtyping import Array, Float
 
-from ._prompt import Prompt
+from .._tasks._prompt import Prompt
 
 
 def ridge_prediction(prompt: Prompt, *, ridge: float) -> Float[Array, " n_out"]:

@@ -2,7 +2,7 @@
 
 import numpy as np
 
-from ._plots import _pyplot, histogram, legend, save_figure
+from .._host._figures import _pyplot, histogram, legend, save_figure
 
 
 def plot_task_allocation(groups, summary, config, path) -> None:

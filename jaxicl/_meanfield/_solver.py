@@ -12,15 +12,15 @@ import jax.numpy as jnp
 import optax
 from jaxtyping import Array, Float, PRNGKeyArray
 
-from . import _validation as check
-from ._feature_attention import FeatureAttention
-from ._feature_regression import FeatureRegression
-from ._meanfield_loss import losses_from_moments, moments
-from ._meanfield_objectives import MeanFieldLoss
-from ._particle_flow import AttentionFlow, StaticAttention, particle_flow
-from ._particle_moves import AfterSteps, BirthDeath, HessianPerturbation, IsotropicPerturbation
-from ._train_state import TrainState, Trajectory, init_ensemble_state
-from ._trainer import train_ensemble_steps
+from .. import _validation as check
+from .._train._state import TrainState, Trajectory, init_ensemble_state
+from .._train._trainer import train_ensemble_steps
+from ._flow import AttentionFlow, StaticAttention, particle_flow
+from ._loss import losses_from_moments, moments
+from ._model import FeatureAttention
+from ._moves import AfterSteps, BirthDeath, HessianPerturbation, IsotropicPerturbation
+from ._objectives import MeanFieldLoss
+from ._task import FeatureRegression
 
 
 PERTURBATIONS = ("none", "isotropic", "hessian")

@@ -10,8 +10,8 @@ import jax.random as jr
 import numpy as np
 from jaxtyping import PRNGKeyArray
 
-from . import _validation as check
-from ._custom_types import Blocks, default_float_dtype
+from .. import _validation as check
+from .._custom_types import Blocks, default_float_dtype
 from ._prompt import Prompt
 
 

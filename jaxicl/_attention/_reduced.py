@@ -55,9 +55,9 @@ import equinox as eqx
 import jax.numpy as jnp
 from jaxtyping import Array, Float, PRNGKeyArray
 
-from . import _validation as check
-from ._custom_types import default_float_dtype
-from ._objectives import AbstractObjective
+from .. import _validation as check
+from .._custom_types import default_float_dtype
+from .._train._objectives import AbstractObjective
 
 
 class AbstractSpectral(eqx.Module):

@@ -14,10 +14,10 @@ import jax.numpy as jnp
 import optax
 from jaxtyping import Array, Float, PRNGKeyArray
 
-from . import _validation as check
-from ._feature_attention import FeatureAttention
-from ._meanfield_loss import moments, with_optimal_attention
-from ._trainer import sgd
+from .. import _validation as check
+from .._train._trainer import sgd
+from ._loss import moments, with_optimal_attention
+from ._model import FeatureAttention
 
 
 def inverse_mass(mass: Float[Array, " n_particles"]) -> Float[Array, " n_particles"]:

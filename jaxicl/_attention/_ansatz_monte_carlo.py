@@ -29,12 +29,12 @@ import jax.numpy as jnp
 import jax.random as jr
 from jaxtyping import Array, Float, PRNGKeyArray
 
-from . import _validation as check
+from .. import _validation as check
+from .._tasks._prompt import Prompt
+from .._tasks._regression import MultiTaskRegression, block_mask, disjoint_blocks, sample_prompts
+from .._train._objectives import AbstractObjective
 from ._decomposable import decomposable_attention
-from ._objectives import AbstractObjective
-from ._prompt import Prompt
 from ._reduced import AbstractSpectral
-from ._tasks import MultiTaskRegression, block_mask, disjoint_blocks, sample_prompts
 
 
 FRAMES = ("rotated", "direct")

@@ -2,7 +2,7 @@
 
 import numpy as np
 
-from ._plots import _pyplot
+from .._host._figures import _pyplot
 
 
 def plot_overlapping_tasks(results, summary, path) -> None:

@@ -4,12 +4,12 @@ sample or fresh batches, and the finite-n in-context loss."""
 import equinox as eqx
 from jaxtyping import Array, Float, PRNGKeyArray
 
-from . import _validation as check
-from ._feature_attention import FeatureAttention
-from ._feature_regression import FeatureRegression
-from ._meanfield_loss import transformer_loss, two_timescale_loss
-from ._objectives import AbstractObjective, ICLLoss
-from ._prompt import Prompt
+from .. import _validation as check
+from .._tasks._prompt import Prompt
+from .._train._objectives import AbstractObjective, ICLLoss
+from ._loss import transformer_loss, two_timescale_loss
+from ._model import FeatureAttention
+from ._task import FeatureRegression
 
 
 ATTENTION_MODES = ("static", "attention")

@@ -10,8 +10,8 @@ import equinox as eqx
 import jax.numpy as jnp
 from jaxtyping import Array, Float
 
-from ._attention import AbstractAttention
-from ._custom_types import Blocks
+from .._custom_types import Blocks
+from ._models import AbstractAttention
 
 
 def semi_singular_values(

@@ -19,9 +19,9 @@ import numpy as np
 import optax
 from jaxtyping import Array, Bool, Float, PRNGKeyArray, PyTree
 
-from . import _validation as check
+from .. import _validation as check
 from ._objectives import AbstractObjective
-from ._train_state import (
+from ._state import (
     TrainState,
     Trajectory,
     init_ensemble_state,

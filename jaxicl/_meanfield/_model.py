@@ -10,8 +10,8 @@ import jax
 import jax.numpy as jnp
 from jaxtyping import Array, Float, PRNGKeyArray
 
+from .._tasks._prompt import Prompt
 from ._neurons import NeuronMeasure, random_measure
-from ._prompt import Prompt
 
 
 class FeatureAttention(eqx.Module):

@@ -7,9 +7,9 @@ import jax.numpy as jnp
 import jax.random as jr
 from jaxtyping import PRNGKeyArray
 
-from . import _validation as check
-from ._attention import ATTENTION_KINDS, FactorizedAttention, MergedAttention
-from ._custom_types import default_float_dtype
+from .. import _validation as check
+from .._custom_types import default_float_dtype
+from ._models import ATTENTION_KINDS, FactorizedAttention, MergedAttention
 
 
 PARAMETRIZATIONS = ("factorized", "merged")

@@ -18,7 +18,7 @@ import jax.numpy as jnp
 import jax.random as jr
 from jaxtyping import Array, PRNGKeyArray
 
-from . import _validation as check
+from .. import _validation as check
 from ._reduced import AbstractSpectral, MergedSpectral, balanced_factorization
 
 

@@ -17,9 +17,9 @@ import math
 import jax.numpy as jnp
 from jaxtyping import Array, Float
 
-from ._attention import AbstractAttention, FactorizedAttention, MergedAttention
-from ._custom_types import Blocks
-from ._tasks import block_mask
+from .._custom_types import Blocks
+from .._tasks._regression import block_mask
+from ._models import AbstractAttention, FactorizedAttention, MergedAttention
 
 
 def decomposable_attention(

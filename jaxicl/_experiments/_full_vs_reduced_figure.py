@@ -2,7 +2,7 @@
 
 import numpy as np
 
-from ._plots import _pyplot, save_figure
+from .._host._figures import _pyplot, save_figure
 
 
 def _rows(summary, dynamics, length):

@@ -8,9 +8,9 @@ import jax
 import jax.numpy as jnp
 from jaxtyping import Array, Float, PRNGKeyArray, PyTree
 
-from . import _validation as check
-from ._prompt import Prompt
-from ._tasks import AbstractTask, sample_prompts
+from .. import _validation as check
+from .._tasks._prompt import Prompt
+from .._tasks._regression import AbstractTask, sample_prompts
 
 
 def squared_error(prediction: Float[Array, " n_out"], prompt: Prompt) -> Float[Array, ""]:

@@ -20,8 +20,8 @@ import jax
 import jax.numpy as jnp
 from jaxtyping import Array, Float
 
-from . import _validation as check
-from ._prompt import Prompt, context_tokens, query_token
+from .. import _validation as check
+from .._tasks._prompt import Prompt, context_tokens, query_token
 
 
 ATTENTION_KINDS = ("softmax", "linear")

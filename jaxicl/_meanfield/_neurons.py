@@ -12,8 +12,8 @@ import jax.numpy as jnp
 import jax.random as jr
 from jaxtyping import Array, Float, PRNGKeyArray
 
-from . import _validation as check
-from ._custom_types import default_float_dtype
+from .. import _validation as check
+from .._custom_types import default_float_dtype
 
 
 OUTPUT_LAWS = ("coupled", "independent")

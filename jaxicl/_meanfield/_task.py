@@ -10,10 +10,10 @@ import jax.numpy as jnp
 import jax.random as jr
 from jaxtyping import Array, Float, PRNGKeyArray
 
-from . import _validation as check
+from .. import _validation as check
+from .._tasks._prompt import Prompt
+from .._tasks._regression import AbstractTask
 from ._neurons import NeuronMeasure, random_measure
-from ._prompt import Prompt
-from ._tasks import AbstractTask
 
 
 INPUT_LAWS = ("gaussian", "sphere")

@@ -2,7 +2,7 @@
 
 import numpy as np
 
-from ._plots import _pyplot, histogram
+from .._host._figures import _pyplot, histogram
 
 
 def _band(ax, time, curves, label, color=None):

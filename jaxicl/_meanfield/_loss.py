@@ -17,7 +17,7 @@ import jax
 import jax.numpy as jnp
 from jaxtyping import Array, Float
 
-from ._feature_attention import FeatureAttention
+from ._model import FeatureAttention
 from ._neurons import ACTIVATIONS, NeuronMeasure
 
 

@@ -1,0 +1,87 @@
+"""The head-count groups of the attention experiments (`paired-heads`, `overlapping-tasks`):
+one sweep of `AttentionRegression` per head count, streamed into a store under `sweeps/`, so a
+killed run resumes at the first step chunk it had not stored and finishes with the same
+numbers; the trained models are rebuilt from each store's final weights.
+"""
+
+import equinox as eqx
+
+from .. import _validation as check
+from .._studies._attention_regression import AttentionRegression, trained_models
+from .._sweeps._runner import sweep
+from .._train._objectives import monte_carlo_loss
+
+
+def train_group(config, task, n_heads: int, out_dir, *, progress, on_chunk):
+    """Train (or resume) `config.n_members` random inits with `n_heads` heads on `task`.
+
+    Adam at `config.learning_rate`, `config.batch_size` fresh prompts a step (shared by the
+    members), `config.steps` steps in chunks of `config.chunk_steps`, each stored in
+    `out_dir/sweeps/H{n_heads}` (keys from `config.seed`, as every sweep derives them).
+    `on_chunk(n_heads, steps_done)` is called after each stored chunk.
+
+    **Returns:** `(models, records)`: the stacked trained models and, per member, the records
+    every `config.record_every` steps (`step`, block-mean `loss_mean`, (ω, μ) of shape
+    (H, n_tasks), `diverged`).
+    """
+    study = AttentionRegression(
+        task=task,
+        heads=n_heads,
+        batch_size=config.batch_size,
+        init_scale=config.init_scale,
+        learning_rate=config.learning_rate,
+        steps=config.steps,
+        n_records=config.steps // config.record_every,
+    )
+    chunk_records = config.chunk_steps // config.record_every
+    report = None
+    if on_chunk is not None:
+        report = lambda unit, chunk: on_chunk(n_heads, (chunk + 1) * config.chunk_steps)  # noqa: E731
+    dataset = sweep(
+        study,
+        seeds=config.n_members,
+        store=out_dir / "sweeps" / f"H{n_heads}",
+        root_seed=config.seed,
+        members_per_call=config.n_members,
+        chunk_records=chunk_records,
+        progress=progress,
+        on_chunk=report,
+    ).load()
+    records = {
+        "step": dataset["time"].values,
+        "loss_mean": dataset["loss"].values,
+        "omega": dataset["omega"].values,
+        "mu": dataset["mu"].values,
+        "diverged": dataset["diverged"].values == 1,
+    }
+    return trained_models(dataset), records
+
+
+@eqx.filter_jit
+def population_losses(models, task, n_prompts: int, key):
+    """Each stacked member's population loss on `task` by Monte Carlo, all members on the
+    same prompts (paired comparisons); returns `(estimates, standard_errors)`."""
+    per_member = lambda model: monte_carlo_loss(model, task, n_prompts, key=key)  # noqa: E731
+    return eqx.filter_vmap(per_member)(models)
+
+
+def check_training_config(config) -> None:
+    """Validate the fields `train_group` reads (and `heads`, `noise_var`, `eval_prompts`),
+    naming the field, before anything compiles."""
+    for name in ("n_members", "steps", "record_every", "chunk_steps", "batch_size", "eval_prompts"):
+        check.positive_int(name, getattr(config, name))
+    check.finite_nonnegative("noise_var", config.noise_var)
+    check.finite_positive("learning_rate", config.learning_rate)
+    # At scale 0 every weight stays 0: no gradient moves it and the statistics are 0/0.
+    check.finite_positive("init_scale", config.init_scale)
+    check.seed("seed", config.seed)
+    if not config.heads:
+        raise ValueError("`heads` must list at least one head count, got ().")
+    for h in config.heads:
+        check.positive_int("heads", h)
+    check.distinct("heads", config.heads)
+    if config.chunk_steps % config.record_every or config.steps % config.chunk_steps:
+        raise ValueError(
+            f"`record_every` ({config.record_every}) must divide `chunk_steps` "
+            f"({config.chunk_steps}), which must divide `steps` ({config.steps})."
+        )

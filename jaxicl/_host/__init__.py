@@ -1,0 +1,1 @@
+"""Host-side helpers: run directories and checkpoints, devices, progress bars, figure helpers."""

@@ -1,0 +1,1 @@
+"""The study interface, the one runner, its plan, store, sweep files and figures."""

@@ -1,0 +1,1 @@
+"""In-context regression prompts and the distributions they are drawn from."""
