@@ -66,7 +66,7 @@ def test_feature_learning_members_equal_the_solver_alone(tmp_path):
     inputs = task.inputs(64, key=jr.fold_in(key, 1))
     eval_inputs = task.inputs(64, key=jr.fold_in(key, 2))
     model = init_feature_attention(
-        n_particles=16, k=2, d=4, a_scale=0.5, key=jr.fold_in(INIT_KEY, seed)
+        n_particles=16, k=2, d=4, a_scale=0.5, key=jr.fold_in(jr.fold_in(INIT_KEY, seed), 16)
     )
     attention = optimal_attention(model.particles, inputs, task.target_features(inputs))
     model = eqx.tree_at(lambda m: m.W, model, attention)

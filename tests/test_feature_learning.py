@@ -7,6 +7,7 @@ import pytest
 from jaxicl import _cli
 from jaxicl._experiments import _feature_learning as experiment
 from jaxicl._experiments._feature_learning import FeatureLearningConfig, run_feature_learning
+from jaxicl._sweeps import _group as sweep_group
 
 
 TINY = dict(
@@ -37,7 +38,7 @@ def finished(tmp_path_factory):
 
 def test_runs_writes_results_and_resumes_without_recomputing(finished, monkeypatch):
     config, out, summary = finished
-    for name in ("summary.json", "feature_learning.png", "groups/static.npz"):
+    for name in ("summary.json", "feature_learning.png", "sweeps/static/zarr.json"):
         assert (out / name).exists(), name
     stored = json.loads((out / "summary.json").read_text())
     assert stored["static"]["seeds"] == 3
@@ -50,7 +51,7 @@ def test_runs_writes_results_and_resumes_without_recomputing(finished, monkeypat
     def no_work(*args, **kwargs):
         raise AssertionError("a stored group was recomputed")
 
-    monkeypatch.setattr(experiment, "_solve", no_work)
+    monkeypatch.setattr(sweep_group, "train_ensemble_steps", no_work)
     again = run_feature_learning(config, out, progress=False)
     assert again["static"] == summary["static"]
 

@@ -13,28 +13,29 @@
   largest M's mean curve against M on log-log axes, with the fitted rate.
 
 All runs share one fixed training sample (a deterministic flow) and are recorded on a held-out
-sample. Each finished group is stored, so an interrupted run resumes at the next group.
+sample. Every group is a sweep of the `FeatureLearning` study, streamed into a store under
+`sweeps/`: an interrupted run resumes at the first step chunk it had not stored.
 """
 
 import dataclasses
 import pathlib
 
-import equinox as eqx
 import jax
-import jax.numpy as jnp
-import jax.random as jr
 import numpy as np
 
 from .. import _validation as check
-from .._host._checkpoint import cached_arrays, claim_run_directory, save_json
-from .._host._progress import progress_bar
-from .._meanfield._loss import with_optimal_attention
-from .._meanfield._model import FeatureAttention, init_feature_attention
-from .._meanfield._neurons import ACTIVATIONS, symmetric_measure
-from .._meanfield._solver import particle_solver
-from .._meanfield._task import INPUT_LAWS, feature_regression
+from .._host._checkpoint import claim_run_directory, save_json
+from .._meanfield._neurons import ACTIVATIONS
+from .._meanfield._task import INPUT_LAWS
+from .._studies._feature_learning import FeatureLearning, SymmetricPoint
+from .._sweeps._runner import sweep
 from ._feature_learning_figure import plot_feature_learning
 from ._feature_learning_summary import SADDLE_VARIANTS, summarize
+
+
+# the stored series every group's summary and figure read
+_RECORDS = ("loss", "transformer_loss", "train_loss", "condition", "teacher_singular_values")
+_RECORDS += ("a_norm", "w_norm", "w_spread")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -110,129 +111,75 @@ class FeatureLearningConfig:
         return out
 
 
-def _records(trajectory) -> dict:
-    out = {k: np.asarray(v) for k, v in trajectory.observables.items()}
-    out["time"] = np.asarray(trajectory.time)
-    out["train_loss"] = np.asarray(trajectory.loss)  # the flow's own objective, at each record
-    return out
-
-
-class _Setting(eqx.Module):
-    """The task and the two input samples every group shares."""
-
-    task: object
-    inputs: jax.Array
-    eval_inputs: jax.Array
-
-
-def _setting(config) -> _Setting:
-    key = jr.key(config.seed)
-    task = feature_regression(
+def _study(config) -> FeatureLearning:
+    """The static runs' study; every group changes a few of its settings."""
+    return FeatureLearning(
         d=config.d,
         k=config.k,
+        particles=config.n_particles,
+        activation=config.activation,
         teacher_neurons=config.teacher_neurons,
         teacher_scale=config.teacher_scale,
-        activation=config.activation,
         input_law=config.input_law,
-        key=jr.fold_in(key, 0),
-    )
-    return _Setting(
-        task=task,
-        inputs=task.inputs(config.n_inputs, key=jr.fold_in(key, 1)),
-        eval_inputs=task.inputs(config.n_eval_inputs, key=jr.fold_in(key, 2)),
-    )
-
-
-def _generic_models(config, setting, n_members, n_particles, key):
-    """Seeds of the coupled initial law, with W = W_µ0 (so static and joint runs start alike)."""
-    x, f = setting.inputs, setting.task.target_features(setting.inputs)
-
-    def make(k):
-        model = init_feature_attention(
-            n_particles=n_particles,
-            k=config.k,
-            d=config.d,
-            a_scale=config.a_scale,
-            activation=config.activation,
-            key=k,
-        )
-        return with_optimal_attention(model, x, f)
-
-    return eqx.filter_vmap(make)(jr.split(key, n_members))
-
-
-def _solve(config, setting, models, *, steps, **solver_kwargs):
-    solver = particle_solver(
-        setting.task,
+        n_inputs=config.n_inputs,
+        n_eval_inputs=config.n_eval_inputs,
         learning_rate=config.learning_rate,
-        inputs=setting.inputs,
-        eval_inputs=setting.eval_inputs,
-        **solver_kwargs,
+        a_scale=config.a_scale,
+        steps=config.steps,
+        n_records=config.steps // config.record_every,
+        success_threshold=config.success_threshold,
+        perturbation_size=config.perturbation_size,
+        perturb_every=config.perturb_every,
+        problem_seed=config.seed,
     )
-    _, trajectory = solver.run(
-        solver.init(models),
-        steps=steps,
-        record_every=config.record_every,
-        key=jr.fold_in(jr.key(config.seed), 3),
-    )
-    return _records(trajectory)
 
 
-def _saddle_kwargs(config, variant) -> dict:
-    size = dict(perturbation_size=config.perturbation_size, perturb_every=config.perturb_every)
+def _saddle_changes(config, variant) -> dict:
+    changes = dict(init=SymmetricPoint())
     if variant == "none":
-        return {}
-    if variant == "isotropic":
-        return dict(perturbation="isotropic", **size)
+        return changes
     if variant == "hessian":
-        return dict(perturbation="hessian", **size)
-    return dict(perturbation="isotropic", birth_death_rate=config.birth_death_rate, **size)
+        return dict(changes, perturbation="hessian")
+    if variant == "isotropic":
+        return dict(changes, perturbation="isotropic")
+    return dict(changes, perturbation="isotropic", birth_death_rate=config.birth_death_rate)
 
 
-def _groups(config, setting):
-    """(name, member-steps, compute) for every group, in run order."""
-    seeds_key = jr.fold_in(jr.key(config.seed), 4)
-    groups = []
-
-    def generic(n_seeds, **kwargs):
-        # the first `attention_seeds` static seeds are the joint runs' seeds too
-        models = _generic_models(config, setting, config.n_seeds, config.n_particles, seeds_key)
-        models = jax.tree.map(lambda a: a[:n_seeds], models)
-        return lambda: _solve(config, setting, models, steps=config.steps, **kwargs)
-
-    groups.append(("static", config.steps * config.n_seeds, generic(config.n_seeds)))
-    for ratio in config.attention_ratios:
-        compute = generic(config.attention_seeds, attention="attention", attention_ratio=ratio)
-        groups.append((f"attention_r{ratio:g}", config.steps * config.attention_seeds, compute))
-
-    symmetric = symmetric_measure(
-        n_particles=config.n_particles,
-        k=config.k,
-        d=config.d,
-        activation=config.activation,
-        key=jr.fold_in(jr.key(config.seed), 5),
+def _sweeps(config) -> list:
+    """(name, study, grid, seeds) of every sweep, in run order. Seed s starts from the same
+    particles in the static and the joint runs (the runner's keys), so they pair up."""
+    base = _study(config)
+    mean_field = dict(
+        steps=config.mean_field_steps, n_records=config.mean_field_steps // config.record_every
     )
-    symmetric = jax.tree.map(
-        lambda a: a[None], FeatureAttention(particles=symmetric, W=jnp.eye(config.k))
-    )
-    for variant in SADDLE_VARIANTS:
-        kwargs = _saddle_kwargs(config, variant)
+    return [
+        ("static", base, {}, config.n_seeds),
+        (
+            "attention",
+            dataclasses.replace(base, attention="attention"),
+            {"attention_ratio": list(config.attention_ratios)},
+            config.attention_seeds,
+        ),
+        *(
+            (f"saddle_{v}", dataclasses.replace(base, **_saddle_changes(config, v)), {}, 1)
+            for v in SADDLE_VARIANTS
+        ),
+        (
+            "mean_field",
+            dataclasses.replace(base, **mean_field),
+            {"particles": list(config.mean_field_sizes)},
+            config.mean_field_seeds,
+        ),
+    ]
 
-        def saddle(kwargs=kwargs):
-            return _solve(config, setting, symmetric, steps=config.steps, **kwargs)
 
-        groups.append((f"saddle_{variant}", config.steps, saddle))
-
-    for m in config.mean_field_sizes:
-        key = jr.fold_in(jr.key(config.seed), 1000 + m)
-
-        def mean_field(m=m, key=key):
-            models = _generic_models(config, setting, config.mean_field_seeds, m, key)
-            return _solve(config, setting, models, steps=config.mean_field_steps)
-
-        work = config.mean_field_steps * config.mean_field_seeds
-        groups.append((f"mean_field_M{m}", work, mean_field))
-    return groups
+def _records(dataset, learning_rate: float) -> dict:
+    """A group's arrays, members first (as `groups` of the summary and figure read them);
+    `time` is flow time (learning rate × Euler steps)."""
+    out = {name: dataset[name].transpose("seed", ...).values for name in _RECORDS}
+    steps = dataset["time"].values
+    out["time"] = np.broadcast_to(learning_rate * steps, out["loss"].shape)
+    return out
 
 
 def check_precision() -> None:
@@ -245,22 +192,35 @@ def check_precision() -> None:
 
 
 def run_feature_learning(config: FeatureLearningConfig, out_dir, *, progress=None):
-    """Run (or resume) into `out_dir`: `groups/*.npz`, `summary.json`, `feature_learning.png`."""
+    """Run (or resume) into `out_dir`: the sweep stores under `sweeps/`, `summary.json`,
+    `feature_learning.png`. Each group streams into its store, so an interrupted run resumes
+    at the first step chunk it had not stored."""
 
     check_precision()
     out_dir = pathlib.Path(out_dir)
     claim_run_directory(out_dir, config.as_dict())
-    setting = _setting(config)
-    groups = _groups(config, setting)
-    total = sum(work for _, work, _ in groups)
-    bar = progress_bar(total, description="feature-learning", unit="member-step", enabled=progress)
     results = {}
-    for name, work, compute in groups:
-        bar.set_postfix_str(name)
-        results[name] = cached_arrays(out_dir / "groups" / f"{name}.npz", compute)
-        bar.update(work)
-    bar.close()
-    summary = summarize(config, setting, results)
+    for name, study, grid, seeds in _sweeps(config):
+        dataset = sweep(
+            study,
+            grid=grid,
+            seeds=seeds,
+            store=out_dir / "sweeps" / name,
+            root_seed=config.seed,
+            progress=progress,
+        )
+        if name == "attention":
+            for ratio in config.attention_ratios:
+                one = dataset.sel(attention_ratio=ratio)
+                results[f"attention_r{ratio:g}"] = _records(one, config.learning_rate)
+        elif name == "mean_field":
+            for m in config.mean_field_sizes:
+                results[f"mean_field_M{m}"] = _records(
+                    dataset.sel(particles=m), config.learning_rate
+                )
+        else:
+            results[name] = _records(dataset, config.learning_rate)
+    summary = summarize(config, _study(config), results)
     save_json(out_dir / "summary.json", summary)
     plot_feature_learning(results, summary, out_dir / "feature_learning.png")
     return summary

@@ -5,15 +5,9 @@ import math
 
 import numpy as np
 
-from .._meanfield._loss import constant_feature_loss
-
 
 # The saddle-escape variants, in the order the table and figure show them.
 SADDLE_VARIANTS = ("none", "isotropic", "isotropic+birth-death", "hessian")
-
-
-def _constant_feature_loss(setting) -> float:
-    return float(constant_feature_loss(setting.task.target_features(setting.eval_inputs)))
 
 
 def _escape_time(time, loss, level):
@@ -55,8 +49,10 @@ def _saddle(results, scale) -> dict:
     return out
 
 
-def summarize(config, setting, results) -> dict:
-    scale = _constant_feature_loss(setting)
+def summarize(config, study, results) -> dict:
+    """The summary of the groups' `results`; `study` (any of the groups') gives the problem
+    instance, whose loss of constant features L_c every loss is reported relative to."""
+    scale = float(study.constant_feature_loss())
     static = results["static"]
     final = static["loss"][:, -1] / scale
     success = final < config.success_threshold

@@ -1,26 +1,30 @@
-"""Study `feature-learning`: the mean-field particle solver on the feature-regression task from
-the coupled initial law, with W = W_µ after every step (`attention = "static"`, the
-two-timescale limit) or trained `attention_ratio` times faster (`"attention"`), and optional
-isotropic or Hessian-guided perturbations. W starts at W_µ0 either way.
+"""Study `feature-learning`: the mean-field particle solver on the feature-regression task, with
+W = W_µ after every step (`attention = "static"`, the two-timescale limit) or trained
+`attention_ratio` times faster (`"attention"`), optional isotropic or Hessian-guided
+perturbations and birth–death. Particles start from the coupled initial law (`init =
+CoupledLaw()`, W = W_µ0) or all at one point (`SymmetricPoint()`, W = I: a saddle).
 
 The teacher, the training sample and the held-out sample are the problem instance, drawn from
 `problem_seed` and shared by every member; members differ by their initial particles. Per
-member it records L(µ) on the held-out sample, and at the end L/L_c (L_c: the loss of
-constant features), whether it fell below `success_threshold` (both NaN for a member that
-diverged), and the divergence flag. Runs in float64.
+record it stores every observable of the held-out sample (L(µ), L_TF, cond Σµµ, the singular
+values of Σµ°µ, particle statistics) and the flow's own objective on the training sample; at
+the end L/L_c (L_c: the loss of constant features), whether it fell below
+`success_threshold` (both NaN for a member that diverged), and the divergence flag. Runs in
+float64.
 """
 
 from typing import ClassVar, NamedTuple
 
 import equinox as eqx
+import jax.numpy as jnp
 import jax.random as jr
 
 from .. import _validation as check
 from .._meanfield._loss import constant_feature_loss, with_optimal_attention
-from .._meanfield._model import init_feature_attention
-from .._meanfield._neurons import ACTIVATIONS
+from .._meanfield._model import FeatureAttention, init_feature_attention
+from .._meanfield._neurons import ACTIVATIONS, symmetric_measure
 from .._meanfield._solver import PERTURBATIONS, ParticleSolver, particle_solver
-from .._meanfield._task import feature_regression
+from .._meanfield._task import INPUT_LAWS, feature_regression
 from .._sweeps._study import AbstractStudy
 from ._outcome import outcome
 
@@ -32,6 +36,23 @@ class _Problem(NamedTuple):
     constant_loss: object
 
 
+class CoupledLaw(eqx.Module):
+    """Generic particles of the coupled initial law (output weights tied to the first k input
+    weights), with W = W_µ0 on the training sample."""
+
+    name: ClassVar[str] = "coupled"
+
+
+class SymmetricPoint(eqx.Module):
+    """All particles at one random point (rank-1 features), W = I: a saddle the noiseless flow
+    never leaves."""
+
+    name: ClassVar[str] = "symmetric"
+
+
+FEATURE_INITS = {"coupled": CoupledLaw(), "symmetric": SymmetricPoint()}
+
+
 class FeatureLearning(AbstractStudy):
     """mean-field particle solver (W = W_µ or trained) on feature regression"""
 
@@ -41,6 +62,8 @@ class FeatureLearning(AbstractStudy):
     activation: str = "sigmoid"
     teacher_neurons: int = eqx.field(static=True, default=5)
     teacher_scale: float = 3.0
+    input_law: str = "gaussian"
+    init: CoupledLaw | SymmetricPoint = CoupledLaw()
     n_inputs: int = eqx.field(static=True, default=500)
     n_eval_inputs: int = eqx.field(static=True, default=1000)
     learning_rate: float = 0.02
@@ -53,11 +76,16 @@ class FeatureLearning(AbstractStudy):
     perturbation: str = "none"
     perturbation_size: float = 0.01
     perturb_every: int = 10
+    birth_death_rate: float = 0.0
     problem_seed: int = 0
 
     member_axes: ClassVar[tuple[str, ...]] = ("learning_rate", "a_scale")
     time_units: ClassVar[str] = "Euler steps (flow time: learning_rate × step)"
     float64: ClassVar[bool] = True
+    variants: ClassVar[dict] = {"init": FEATURE_INITS}
+    series_dims: ClassVar[dict[str, tuple[str, ...]]] = {
+        "teacher_singular_values": ("singular_value",)
+    }
     meanings: ClassVar[dict[str, str]] = {
         "success": "1 = L/L_c below success_threshold at the end, 0 = not, NaN = diverged or "
         "not run"
@@ -79,6 +107,9 @@ class FeatureLearning(AbstractStudy):
         for name in ("teacher_scale", "learning_rate", "a_scale", "attention_ratio"):
             check.finite_positive(name, getattr(self, name))
         check.finite_nonnegative("perturbation_size", self.perturbation_size)
+        check.finite_nonnegative("birth_death_rate", self.birth_death_rate)
+        check.one_of("input_law", self.input_law, INPUT_LAWS)
+        check.variant("init", self.init, CoupledLaw | SymmetricPoint, FEATURE_INITS)
         check.in_open_interval("success_threshold", self.success_threshold, 0.0, 1.0)
         check.one_of("activation", self.activation, ACTIVATIONS)
         check.one_of("attention", self.attention, ("static", "attention"))
@@ -110,6 +141,7 @@ class FeatureLearning(AbstractStudy):
             teacher_neurons=self.teacher_neurons,
             teacher_scale=self.teacher_scale,
             activation=self.activation,
+            input_law=self.input_law,
             key=jr.fold_in(key, 0),
         )
         inputs = task.inputs(self.n_inputs, key=jr.fold_in(key, 1))
@@ -124,11 +156,24 @@ class FeatureLearning(AbstractStudy):
             perturbation=self.perturbation,
             perturbation_size=self.perturbation_size,
             perturb_every=self.perturb_every,
+            birth_death_rate=self.birth_death_rate,
         )
         constant = constant_feature_loss(task.target_features(eval_inputs))
         return _Problem(inputs, task.target_features(inputs), solver, constant)
 
+    def constant_feature_loss(self):
+        """L_c: the held-out loss of constant features, the scale of every relative loss."""
+        return self._problem().constant_loss
+
     def initial_model(self, values, key):
+        # Independent draws at every M: one key would give nested particle sets (the first M
+        # particles of a larger draw), coupling the sizes a mean-field comparison sets apart.
+        key = jr.fold_in(key, self.particles)
+        if isinstance(self.init, SymmetricPoint):
+            particles = symmetric_measure(
+                n_particles=self.particles, k=self.k, d=self.d, activation=self.activation, key=key
+            )
+            return FeatureAttention(particles=particles, W=jnp.eye(self.k, dtype=particles.a.dtype))
         # the coupled law is linear in a_scale: draw at 1 and scale the output weights
         problem = self._problem()
         model = init_feature_attention(
@@ -153,7 +198,8 @@ class FeatureLearning(AbstractStudy):
         return self.n_records, self.steps // self.n_records
 
     def series(self, trajectory):
-        return {"loss": trajectory.observables["loss"]}
+        # the held-out observables, and the flow's own objective on the training sample
+        return {**trajectory.observables, "train_loss": trajectory.loss}
 
     def summarize(self, state, series):
         problem = self._problem()
