@@ -147,15 +147,14 @@ def test_the_gap_splits_into_expansion_error_and_sampling_noise(tiny_run):
 
 @pytest.mark.slow
 def test_rerun_resumes_from_stored_units(tiny_run, monkeypatch):
-    import jaxicl._experiments._full_vs_reduced as experiment
+    from jaxicl._sweeps import _group as sweep_group
 
     out, config, summary = tiny_run
 
     def must_not_run(*args, **kwargs):
         raise AssertionError("a stored unit was recomputed")
 
-    for name in ("_reduced_unit", "_exact_unit", "_ansatz_unit", "_full_unit"):
-        monkeypatch.setattr(experiment, name, must_not_run)
+    monkeypatch.setattr(sweep_group, "train_ensemble_steps", must_not_run)
     again = run_full_vs_reduced(config, out, progress=False)
     assert json.dumps(again) == json.dumps(summary)
 

@@ -76,15 +76,14 @@ def test_an_interrupt_prints_how_to_resume_not_a_traceback(monkeypatch, capsys):
     assert "rerun the same command to resume" in err and "Traceback" not in err
 
 
-def test_a_truncated_stored_group_names_the_file_and_the_fix(tmp_path):
+def test_a_truncated_checkpoint_names_the_file_and_the_fix(tmp_path):
     import numpy as np
 
-    from jaxicl._host._checkpoint import cached_arrays, load_checkpoint
+    from jaxicl._host._checkpoint import load_checkpoint, save_checkpoint
 
-    path = tmp_path / "group.npz"
-    cached_arrays(path, lambda: {"x": np.arange(1000.0)})
-    path.write_bytes(path.read_bytes()[:100])
-    with pytest.raises(ValueError, match="group.npz is damaged .* delete it and rerun"):
-        cached_arrays(path, lambda: {"x": np.zeros(3)})
-    with pytest.raises(ValueError, match="group.npz is damaged"):
-        load_checkpoint(path, like=np.zeros(3))
+    path = tmp_path / "unit"
+    save_checkpoint(path, np.arange(1000.0), {"x": np.arange(1000.0)})
+    (stored,) = tmp_path.glob("unit*")
+    stored.write_bytes(stored.read_bytes()[:100])
+    with pytest.raises(ValueError, match=f"{stored.name} is damaged .* delete it and rerun"):
+        load_checkpoint(path, like=np.zeros(1000))

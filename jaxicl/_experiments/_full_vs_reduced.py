@@ -13,13 +13,13 @@ dynamics run on the reduced flow's clock over the same horizon, for each context
 So the gap (4)–(1) splits into (2)–(1), the expansion error, which does not depend on B and
 shrinks with L, and (4)–(2), sampling noise (and whatever leaves the ansatz), which shrinks
 like 1/√B; (3)–(2) beside (4)–(2) tells how much of the latter stays on the ansatz.
-Each unit (L, dynamics, B) is stored when done, so an interrupted run resumes.
+Each dynamics is a sweep of the `AnsatzDynamics` study over L (and B), streamed into a store,
+so an interrupted run resumes.
 """
 
 import dataclasses
 import pathlib
 
-import equinox as eqx
 import jax
 import jax.numpy as jnp
 import jax.random as jr
@@ -27,16 +27,14 @@ import numpy as np
 
 from .. import _validation as check
 from .._attention._analysis import detect_phases, task_allocation
-from .._attention._ansatz_monte_carlo import AnsatzICLLoss, ansatz_monte_carlo_loss
-from .._attention._decomposable import decomposable_attention, reduced_time_scales
-from .._attention._init_schemes import RandomPositive
-from .._attention._observables import semi_singular_values
-from .._attention._reduced import MergedSpectral, ReducedLoss
-from .._host._checkpoint import cached_arrays, claim_run_directory, save_json
-from .._host._progress import progress_bar
+from .._attention._ansatz_monte_carlo import ansatz_monte_carlo_loss
+from .._attention._decomposable import decomposable_attention
+from .._attention._models import MergedAttention
+from .._host._checkpoint import claim_run_directory, save_json
+from .._studies._ansatz_dynamics import DYNAMICS as VARIANTS, AnsatzDynamics
+from .._sweeps._runner import sweep
 from .._tasks._regression import MultiTaskRegression, disjoint_blocks
-from .._train._objectives import ICLLoss, monte_carlo_loss
-from .._train._trainer import preconditioned_sgd, sgd, train_ensemble
+from .._train._objectives import monte_carlo_loss
 from ._full_vs_reduced_figure import plot_full_vs_reduced
 
 
@@ -99,147 +97,100 @@ class FullVsReducedConfig:
         return {k: list(v) if isinstance(v, tuple) else v for k, v in out.items()}
 
 
-def _initial_states(config):
-    """The seeds' initial states, stacked: balanced factorized or merged (Ω, M)."""
-    keys = jr.split(jr.key(config.seed), config.n_seeds)
-    init = RandomPositive(config.init_spread)
-    make = lambda k: init(config.heads, config.n_tasks, config.init_scale, key=k)  # noqa: E731
-    states = eqx.filter_vmap(make)(keys)
-    if config.flow == "merged":
-        states = MergedSpectral(*jax.vmap(lambda s: s.spectral())(states))
-    return states
+# the phase detection's moving-median window: sampled losses are noisy
+_WINDOW = {"reduced": 1, "exact": 5, "ansatz": 9, "full": 9}
 
 
-def _schedule(config, key):
-    return dict(steps=config.steps, record_every=config.steps // config.n_records, key=key)
+def _sweeps(config):
+    """(dynamics, study, grid) of the four sweeps, cheapest first; every sweep has the same
+    seeds (so every dynamics starts from the same (Ω, M) at seed s)."""
+    base = AnsatzDynamics(
+        d=config.d,
+        n_tasks=config.n_tasks,
+        heads=config.heads,
+        context_len=config.context_lens[0],
+        flow=config.flow,
+        init_scale=config.init_scale,
+        init_spread=config.init_spread,
+        dt=config.dt,
+        horizon=config.horizon,
+        n_records=config.n_records,
+    )
+    lengths = {"context_len": list(config.context_lens)}
+    batches = dict(lengths, batch_size=list(config.batches))
+    yield "reduced", dataclasses.replace(base, dynamics=VARIANTS["reduced"]), lengths
+    exact = dataclasses.replace(base, dynamics=VARIANTS["exact"], batch_size=config.exact_batch)
+    yield "exact", exact, lengths
+    for dynamics in ("ansatz", "full"):
+        yield dynamics, dataclasses.replace(base, dynamics=VARIANTS[dynamics]), batches
 
 
-def _arrays(traj, loss, final_loss, *, window=1):
-    """One run's stored arrays; (Ω, M) are the trajectory's observables."""
-    phases = jax.vmap(lambda t, l: detect_phases(t, l, window=window))(traj.time, loss)
-    omega, mu = traj.observables
-    return {
-        "time": np.asarray(traj.time[0]),
-        "loss": np.asarray(loss),
-        "omega_t": np.asarray(omega),
-        "mu_t": np.asarray(mu),
-        "final_loss": np.asarray(final_loss),
+def _final_loss(config, dynamics, run, length):
+    """Each seed's loss at the end: the reduced flow's own; the full model's on the ansatz by
+    Monte Carlo for the (Ω, M) dynamics; the full model's population loss (summed over tasks
+    like ℓ) by Monte Carlo."""
+    key = jr.key(7)  # the same evaluation prompts for every dynamics: paired comparisons
+    if dynamics == "reduced":
+        return run["loss"][:, -1]
+    if dynamics != "full":
+        estimate = ansatz_monte_carlo_loss(
+            jnp.asarray(run["omega_final"]),
+            jnp.asarray(run["mu_final"]),
+            d=config.d,
+            context_len=length,
+            n_prompts=config.eval_prompts,
+            key=key,
+        )
+        return np.asarray(estimate.loss)
+    task = MultiTaskRegression(config.d, length, disjoint_blocks(config.d, config.n_tasks))
+
+    def population_loss(weights):
+        model = MergedAttention(W=weights[0], U=weights[1], kind="softmax")
+        return config.n_tasks * monte_carlo_loss(model, task, config.eval_prompts, key=key)[0]
+
+    return np.asarray(jax.lax.map(population_loss, (run["W"], run["U"])))
+
+
+def _arrays(config, dynamics, dataset, length) -> dict:
+    """One run's arrays (seeds first): records, phases, allocation, final loss."""
+    run = {
+        name: array.transpose("seed", ...).values
+        for name, array in dataset.data_vars.items()
+        if "seed" in array.dims
+    }
+    time = dataset["time"].values
+    loss = run["loss"]
+    window = _WINDOW[dynamics]
+    phases = jax.vmap(lambda l: detect_phases(jnp.asarray(time), l, window=window))(
+        jnp.asarray(loss)
+    )
+    omega, mu = run["omega"], run["mu"]
+    out = {
+        "time": time,
+        "loss": loss,
+        "omega_t": omega,
+        "mu_t": mu,
+        "final_loss": _final_loss(config, dynamics, run, length),
         "success": np.asarray(jax.vmap(task_allocation)(omega[:, -1], mu[:, -1]).success),
         "left_warmup": np.asarray(phases.left_warmup),
         "warmup_end": np.asarray(phases.warmup_end),
         "emergence_end": np.asarray(phases.emergence_end),
-        "diverged": np.asarray(traj.diverged[:, -1]),
+        "diverged": run["diverged"] == 1,
     }
-
-
-def _ansatz_final_loss(config, length, omega, mu):
-    """The full model's loss at each final (Ω, M), by Monte Carlo on the ansatz."""
-    estimate = ansatz_monte_carlo_loss(
-        omega, mu, d=config.d, context_len=length, n_prompts=config.eval_prompts, key=jr.key(7)
-    )
-    return estimate.loss
-
-
-def _run_on_ansatz(config, length, objective, key, *, window):
-    states = _initial_states(config)
-    final, traj = train_ensemble(
-        states,
-        objective,
-        sgd(config.dt),
-        observe=lambda s: s.spectral(),
-        shared_data=False,
-        **_schedule(config, key),
-    )
-    omega, mu = jax.vmap(lambda s: s.spectral())(final)
-    return _arrays(
-        traj,
-        traj.loss,
-        _ansatz_final_loss(config, length, omega, mu),
-        window=window,
-    )
-
-
-def _reduced_unit(config, length):
-    states = _initial_states(config)
-    final, traj = train_ensemble(
-        states,
-        ReducedLoss(config.block_sizes, length),
-        sgd(config.dt),
-        observe=lambda s: s.spectral(),
-        **_schedule(config, jr.key(0)),
-    )
-    return _arrays(traj, traj.loss, traj.loss[:, -1])
-
-
-def _exact_unit(config, length):
-    objective = AnsatzICLLoss(config.block_sizes, length, config.exact_batch, control_variates=True)
-    return _run_on_ansatz(config, length, objective, jr.key(config.seed + 1), window=5)
-
-
-def _ansatz_unit(config, length, batch):
-    objective = AnsatzICLLoss(config.block_sizes, length, batch)
-    return _run_on_ansatz(config, length, objective, jr.key(config.seed + 2), window=9)
-
-
-def _full_unit(config, length, batch):
-    blocks = disjoint_blocks(config.d, config.n_tasks)
-    factorized = config.flow == "factorized"
-
-    def build(state):
-        return decomposable_attention(*state.spectral(), blocks, config.d, factorized=factorized)
-
-    states = _initial_states(config)
-    models = eqx.filter_vmap(build)(states)
-    scales = reduced_time_scales(build(jax.tree.map(lambda x: x[0], states)), blocks)
-    task = MultiTaskRegression(config.d, length, blocks)
-    observe = lambda model: semi_singular_values(model, blocks)  # noqa: E731
-    final, traj = train_ensemble(
-        models,
-        ICLLoss(task, batch),
-        preconditioned_sgd(config.dt, scales),
-        observe=observe,
-        shared_data=False,
-        **_schedule(config, jr.key(config.seed + 3)),
-    )
-
-    def population_loss(model):
-        # The ICL loss averages the n outputs; ℓ sums them.
-        mean, _ = monte_carlo_loss(model, task, config.eval_prompts, key=jr.key(7))
-        return config.n_tasks * mean
-
-    final_loss = jax.lax.map(population_loss, final)
-    arrays = _arrays(traj, config.n_tasks * traj.loss, final_loss, window=9)
-    off = jax.vmap(lambda m: _off_ansatz(m, blocks, config.d))(final)
-    return dict(arrays, off_ansatz=np.asarray(off))
-
-
-def _off_ansatz(model, blocks, d):
-    """‖W − W_ansatz‖ / ‖W‖ of the merged weights (the part of W off the ansatz)."""
-    merged = model.merged()
-    on = decomposable_attention(*semi_singular_values(model, blocks), blocks, d)
-    return jnp.linalg.norm(merged.W - on.W) / jnp.linalg.norm(merged.W)
-
-
-def _units(config):
-    """(file stem, dynamics, L, B, compute) for every unit, cheapest first."""
-    for length in config.context_lens:
-        yield (
-            f"L{length}_reduced",
-            "reduced",
-            length,
-            None,
-            lambda l=length: _reduced_unit(config, l),
+    if dynamics == "full":
+        blocks = disjoint_blocks(config.d, config.n_tasks)
+        out["off_ansatz"] = np.asarray(
+            jax.vmap(lambda w, u, o, m: _off_ansatz(w, u, o, m, blocks, config.d))(
+                run["W"], run["U"], run["omega_final"], run["mu_final"]
+            )
         )
-        yield f"L{length}_exact", "exact", length, None, lambda l=length: _exact_unit(config, l)
-        for batch in config.batches:
-            for dynamics, unit in (("ansatz", _ansatz_unit), ("full", _full_unit)):
-                yield (
-                    f"L{length}_{dynamics}_B{batch}",
-                    dynamics,
-                    length,
-                    batch,
-                    lambda l=length, b=batch, u=unit: u(config, l, b),
-                )
+    return out
+
+
+def _off_ansatz(W, U, omega, mu, blocks, d):
+    """‖W − W_ansatz‖ / ‖W‖ of the merged weights (the part of W off the ansatz)."""
+    on = decomposable_attention(omega, mu, blocks, d)
+    return jnp.linalg.norm(W - on.W) / jnp.linalg.norm(W)
 
 
 def trajectory_gap(a: dict, b: dict) -> np.ndarray:
@@ -254,24 +205,27 @@ def trajectory_gap(a: dict, b: dict) -> np.ndarray:
 
 
 def run_full_vs_reduced(config: FullVsReducedConfig, out_dir, *, progress=None):
-    """Run (or resume) the experiment into `out_dir`: `units/` (one `.npz` per unit),
-    `summary.json`, `full_vs_reduced.png`."""
+    """Run (or resume) the experiment into `out_dir`: one sweep store per dynamics under
+    `sweeps/` (streamed, so an interrupted run resumes inside a sweep), `summary.json`,
+    `full_vs_reduced.png`."""
 
     out_dir = pathlib.Path(out_dir)
     claim_run_directory(out_dir, config.as_dict())
-    units = list(_units(config))
-    bar = progress_bar(
-        len(units),
-        description="reduced, exact, ansatz and full-model runs",
-        unit="run",
-        enabled=progress,
-    )
     runs = {}
-    for stem, dynamics, length, batch, compute in units:
-        bar.set_postfix_str(stem)
-        runs[(dynamics, length, batch)] = cached_arrays(out_dir / "units" / f"{stem}.npz", compute)
-        bar.update(1)
-    bar.close()
+    for dynamics, study, grid in _sweeps(config):
+        dataset = sweep(
+            study,
+            grid=grid,
+            seeds=config.n_seeds,
+            store=out_dir / "sweeps" / dynamics,
+            root_seed=config.seed,
+            progress=progress,
+        ).load()
+        for length in config.context_lens:
+            at_length = dataset.sel(context_len=length)
+            for batch in config.batches if "batch_size" in grid else (None,):
+                one = at_length if batch is None else at_length.sel(batch_size=batch)
+                runs[(dynamics, length, batch)] = _arrays(config, dynamics, one, length)
     summary = summarize(config, runs)
     save_json(out_dir / "summary.json", summary)
     plot_full_vs_reduced(runs, summary, config, out_dir / "full_vs_reduced.png")

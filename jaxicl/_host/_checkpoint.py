@@ -115,16 +115,5 @@ def _readable(path: pathlib.Path, redo: str):
         ) from None
 
 
-def cached_arrays(path: pathlib.Path, compute) -> dict:
-    """The dict of NumPy arrays stored at `path` (`.npz`), or `compute()`'s, saved atomically
-    first: an experiment made of independent groups resumes at the first missing group."""
-    if path.exists():
-        with _readable(path, "that group"), open(path, "rb") as f, np.load(f) as stored:
-            return {k: stored[k] for k in stored.files}
-    arrays = {k: np.asarray(v) for k, v in compute().items()}
-    _atomic_write(path, lambda f: np.savez(f, **arrays))
-    return arrays
-
-
 def save_json(path: pathlib.Path, payload: dict) -> None:
     _atomic_write(path, lambda f: f.write(json.dumps(payload, indent=2).encode()))

@@ -65,6 +65,8 @@ class Group:
         values = {name: jnp.asarray(v) for name, v in member_values.items()}
         models = eqx.filter_vmap(self.study.initial_model)(values, keys)
         states = init_ensemble_state(models, self.optimizer)
+        # a member's own data stream (per-member data) is its seed's, wherever it runs
+        states = eqx.tree_at(lambda s: s.member, states, jnp.asarray(seeds, jnp.int32))
         return _per_member_hyperparameters(states, type(self.study).member_axes, values)
 
     def advance(self, states, n_records: int):
@@ -76,6 +78,7 @@ class Group:
             steps=n_records * self.record_every,
             record_every=self.record_every,
             member_chunk=type(self.study).member_chunk,
+            shared_data=type(self.study).shared_data,
             key=self.data_key,
             **self.extra,
         )
@@ -98,6 +101,7 @@ class Group:
             self.optimizer,
             steps=self.record_every,
             record_every=self.record_every,
+            shared_data=type(self.study).shared_data,
             **self.extra,
         )
         series = jax.eval_shape(jax.vmap(self.study.series), trajectory)
@@ -151,6 +155,7 @@ class Group:
             self.objective,
             self.optimizer,
             steps=n_records * self.record_every,
+            shared_data=type(self.study).shared_data,
             **self.extra,
         )
         analysis = compiled.memory_analysis()

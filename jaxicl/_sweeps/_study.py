@@ -36,6 +36,8 @@ class AbstractStudy(eqx.Module):
     - `time_units`: what the record times count.
     - `float64`: the study needs `jax_enable_x64`.
     - `member_chunk`: members vectorized at once inside a call (as in `train_ensemble_steps`).
+    - `shared_data`: every member of a call sees the same data at each step (True), or each
+      member its own stream, chosen by its seed (False; as in `train_ensemble_steps`).
     - `series_dims`: for a series whose value at each record is an array (e.g. one value per
       head and task), the names of its dimensions after `time`: `{series: ("head", "task")}`.
       Every other series has one value per record.
@@ -53,6 +55,7 @@ class AbstractStudy(eqx.Module):
     time_units: ClassVar[str] = "optimizer steps"
     float64: ClassVar[bool] = False
     member_chunk: ClassVar[int | None | str] = "auto"
+    shared_data: ClassVar[bool] = True
     series_dims: ClassVar[dict[str, tuple[str, ...]]] = {}
     summary_dims: ClassVar[dict[str, tuple[str, ...]]] = {}
     meanings: ClassVar[dict[str, str]] = {}

@@ -272,11 +272,12 @@ def compile_ensemble_steps(
     steps: int,
     observe: Callable[[PyTree], PyTree] = _no_observables,
     after_step: AfterStep | None = None,
+    shared_data: bool = True,
 ):
     """The compiled single-device program of `steps` steps for these stacked states, all members
     at once (no chunking, no sharding), for XLA's analyses: `.memory_analysis()`,
     `.cost_analysis()`. Its math is that of `train_ensemble_steps`."""
-    config = (steps, steps, observe, True, None, after_step)
+    config = (steps, steps, observe, shared_data, None, after_step)
     start = jnp.asarray(0, jnp.int32)
     lowered = _run_jit.lower(states, objective, optimizer, jr.key(0), start, config)
     return lowered.compile().compiled  # equinox wraps the jax.stages.Compiled
@@ -291,11 +292,12 @@ def ensemble_steps_shapes(
     record_every: int,
     observe: Callable[[PyTree], PyTree] = _no_observables,
     after_step: AfterStep | None = None,
+    shared_data: bool = True,
 ):
     """The shapes and dtypes of what `train_ensemble_steps` would return, from tracing alone
     (nothing compiles or runs): `(states, trajectory)` of `jax.ShapeDtypeStruct`s."""
     _check_schedule(steps, record_every)
-    config = (steps, record_every, observe, True, None, after_step)
+    config = (steps, record_every, observe, shared_data, None, after_step)
     start = jnp.asarray(0, jnp.int32)
     return eqx.filter_eval_shape(_run, states, objective, optimizer, jr.key(0), start, config)
 
