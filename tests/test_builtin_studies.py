@@ -10,13 +10,16 @@ import pytest
 
 from jaxicl import FeatureLearning, FullAllocation, ReducedAllocation, sweep
 from jaxicl._attention._init import init_normal
-from jaxicl._attention._init_schemes import Balanced, RandomSign
+from jaxicl._attention._init_schemes import Balanced, RandomPositive, RandomSign
+from jaxicl._attention._observables import semi_singular_values
 from jaxicl._meanfield._loss import optimal_attention
 from jaxicl._meanfield._model import init_feature_attention
 from jaxicl._meanfield._solver import particle_solver
 from jaxicl._meanfield._task import feature_regression
+from jaxicl._studies._ansatz_dynamics import DYNAMICS, AnsatzDynamics
+from jaxicl._studies._attention_regression import AttentionRegression, trained_models
 from jaxicl._sweeps import _store as sweep_store
-from jaxicl._tasks._regression import MultiTaskRegression, disjoint_blocks
+from jaxicl._tasks._regression import LinearRegression, MultiTaskRegression, disjoint_blocks
 from jaxicl._train._objectives import ICLLoss
 from jaxicl._train._state import init_train_state
 from jaxicl._train._trainer import train_steps
@@ -167,3 +170,71 @@ def test_full_model_allocates_from_the_ansatz_init_not_from_random_signs(tmp_pat
     success = data["success"].squeeze()
     assert success.sel(init="balanced").values.all()
     assert not success.sel(init="normal").values.any()
+
+
+def test_attention_regression_members_equal_plain_adam_alone(tmp_path):
+    """The study behind paired-heads and overlapping-tasks is the experiments' old training:
+    init_normal at the init scale, plain Adam, shared prompts; its stored final weights are
+    the trained model's."""
+    task = LinearRegression(3, 6, context_noise=0.3, query_noise=0.3)
+    study = AttentionRegression(task=task, heads=2, batch_size=8, steps=30, n_records=3)
+    grid = dict(init_scale=[0.1, 0.4], learning_rate=[0.01])
+    data = _sweep(tmp_path, study, grid)
+    seed = 1
+    model = init_normal(d=3, n_out=1, n_heads=2, scale=0.4, key=jr.fold_in(INIT_KEY, seed))
+    optimizer = optax.adam(0.01)
+    final, alone = train_steps(
+        init_train_state(model, optimizer),
+        ICLLoss(task, 8),
+        optimizer,
+        steps=30,
+        record_every=10,
+        observe=lambda m: semi_singular_values(m, ((0, 3),)),
+        key=DATA_KEY,
+    )
+    member = data.sel(init_scale=0.4, learning_rate=0.01, seed=seed)
+    np.testing.assert_allclose(member["loss"].values, alone.loss_mean, rtol=1e-10)
+    np.testing.assert_allclose(member["omega"].values, alone.observables[0], rtol=1e-10)
+    for name in ("Q", "K", "V", "O"):
+        np.testing.assert_allclose(member[name].values, getattr(final.model, name), rtol=1e-10)
+    models = trained_models(data.sel(init_scale=0.4, learning_rate=0.01))
+    np.testing.assert_array_equal(models.Q[seed], member["Q"].values)
+
+
+@pytest.mark.parametrize("dynamics", ["exact", "full"])
+def test_ansatz_dynamics_members_draw_their_own_prompts_by_seed(tmp_path, dynamics):
+    """Per-member data: member s trains on the stream of its seed, as a run alone whose data
+    key is fold_in(data key, s), whatever else shares its call."""
+    study = AnsatzDynamics(
+        dynamics=DYNAMICS[dynamics],
+        d=6,
+        n_tasks=2,
+        heads=2,
+        context_len=10,
+        batch_size=8,
+        horizon=0.2,
+        dt=0.01,
+        n_records=4,
+    )
+    data = _sweep(tmp_path, study, dict(init_scale=[0.05, 0.1]))
+    seed = 2
+    state = RandomPositive(0.1)(2, 2, 0.1, key=jr.fold_in(INIT_KEY, seed))
+    model = study._attention(state) if dynamics == "full" else state
+    optimizer = study.optimizer()
+    final, alone = train_steps(
+        init_train_state(model, optimizer),
+        study.objective(),
+        optimizer,
+        steps=20,
+        record_every=5,
+        observe=study.observe(),
+        key=jr.fold_in(DATA_KEY, seed),
+    )
+    member = data.sel(init_scale=0.1, seed=seed)
+    scale = 2 if dynamics == "full" else 1  # the full model's loss summed over the tasks
+    np.testing.assert_allclose(member["loss"].values, scale * alone.loss, rtol=1e-10)
+    np.testing.assert_allclose(
+        member["mu_final"].values, study._spectral(final.model)[1], rtol=1e-10
+    )
+    others = data.sel(init_scale=0.1)["loss"].values
+    assert np.abs(others[0, 1:] - others[seed, 1:]).min() > 0  # seeds draw different prompts
