@@ -1,7 +1,13 @@
+import signal
+import subprocess
+import time
+
 import equinox as eqx
 import jax
 import jax.numpy as jnp
 import jax.random as jr
+import numpy as np
+import zarr
 
 import jaxicl as ji
 
@@ -62,3 +68,17 @@ def all_model_cases(d=3, n_out=2, n_heads=2):
 
             cases.append((f"{kind}-{parametrization}", make))
     return cases
+
+
+def kill_when_flagged(command, env, store, at_least: int) -> None:
+    """Start a sweep command and SIGKILL it once its store flags `at_least` step chunks."""
+    process = subprocess.Popen(command, env=env)
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline and process.poll() is None:
+        if (store / "chunk_done" / "zarr.json").exists():
+            flags = np.asarray(zarr.open_group(str(store), mode="r")["chunk_done"][:])
+            if flags.sum() >= at_least:
+                break
+        time.sleep(0.02)
+    process.send_signal(signal.SIGKILL)
+    process.wait()

@@ -12,6 +12,8 @@ import jax.numpy as jnp
 import jax.random as jr
 import numpy as np
 import pytest
+import zarr
+from helpers import kill_when_flagged
 from own_study import Quadratic, closed_form_loss
 
 import jaxicl
@@ -194,3 +196,26 @@ def test_vector_series_and_summaries_are_stored_under_their_named_dimensions_and
     resumed = jaxicl.sweep(_Trajectories(), **kwargs).load()
     for name in ("loss", "w", "last_gap", "w_final"):
         np.testing.assert_array_equal(resumed[name].values, memory[name].values)
+
+
+@pytest.mark.slow  # SIGKILL of a subprocess
+def test_own_study_killed_mid_sweep_resumes_to_the_uninterrupted_store(tmp_path):
+    """A user's own study, named by import path on the command line, SIGKILLed once some step
+    chunks are stored, then rerun: the store equals one uninterrupted run bitwise."""
+    sweep = tmp_path / "sweep.toml"
+    sweep.write_text(
+        'study = "own_study:Quadratic"\nseeds = 16\nmembers_per_call = 2\nchunk_records = 1\n'
+        "[fixed]\nd = 200000\nsteps = 4000\nn_records = 8\n"
+        "[grid]\nlearning_rate = [0.0001, 0.0002]\n"
+    )
+    env = {**os.environ, "PYTHONPATH": str(pathlib.Path(__file__).parent)}
+    killed = tmp_path / "killed"
+    command = [sys.executable, "-m", "jaxicl", "sweep", str(sweep), "--quiet", "--out"]
+    kill_when_flagged([*command, str(killed)], env, killed, 3)
+    flags = np.asarray(zarr.open_group(str(killed), mode="r")["chunk_done"][:])
+    assert 0 < flags.sum() < flags.size, "the kill must land mid-sweep"
+    subprocess.run([*command, str(killed)], env=env, check=True)
+    subprocess.run([*command, str(tmp_path / "whole")], env=env, check=True)
+    resumed, whole = (jaxicl.open_sweep(tmp_path / n).load() for n in ("killed", "whole"))
+    for name in ("loss", "w0", "final_w0", "converged"):
+        np.testing.assert_array_equal(resumed[name].values, whole[name].values)

@@ -2,16 +2,15 @@
 chunking, resume after SIGKILL, refusal of another sweep's store, the stored layout."""
 
 import os
-import signal
 import subprocess
 import sys
-import time
 
 import jax.random as jr
 import numpy as np
 import pytest
 import xarray as xr
 import zarr
+from helpers import kill_when_flagged
 
 from jaxicl import RandomPositive, ReducedAllocation, _cli, sweep
 from jaxicl._attention._reduced import ReducedLoss
@@ -226,17 +225,7 @@ def test_killed_sweep_resumes_to_the_uninterrupted_store(tmp_path):
     killed = tmp_path / "killed"
     command = [sys.executable, "-m", "jaxicl", "sweep", str(sweep), "--out", str(killed), "--quiet"]
     env = {**os.environ, "JAX_ENABLE_X64": "0"}
-    process = subprocess.Popen(command, env=env)
-    deadline = time.monotonic() + 300
-    flags = None
-    while time.monotonic() < deadline:
-        if (killed / "chunk_done" / "zarr.json").exists():
-            flags = np.asarray(zarr.open_group(str(killed), mode="r")["chunk_done"][:])
-            if flags.sum() >= 3:
-                break
-        time.sleep(0.05)
-    process.send_signal(signal.SIGKILL)
-    process.wait()
+    kill_when_flagged(command, env, killed, 3)
     flags = np.asarray(zarr.open_group(str(killed), mode="r")["chunk_done"][:])
     assert 0 < flags.sum() < flags.size, "the kill must land mid-sweep"
     # resumed and uninterrupted runs in fresh processes too: the same (float32) precision
@@ -246,19 +235,6 @@ def test_killed_sweep_resumes_to_the_uninterrupted_store(tmp_path):
     resumed, uninterrupted = _arrays(killed), _arrays(tmp_path / "whole")
     for name in uninterrupted:
         np.testing.assert_array_equal(resumed[name], uninterrupted[name])
-
-
-def _kill_when_flagged(command, env, store, at_least: int) -> None:
-    process = subprocess.Popen(command, env=env)
-    deadline = time.monotonic() + 300
-    while time.monotonic() < deadline and process.poll() is None:
-        if (store / "chunk_done" / "zarr.json").exists():
-            flags = np.asarray(zarr.open_group(str(store), mode="r")["chunk_done"][:])
-            if flags.sum() >= at_least:
-                break
-        time.sleep(0.02)
-    process.send_signal(signal.SIGKILL)
-    process.wait()
 
 
 @pytest.mark.slow
@@ -276,7 +252,7 @@ def test_a_kill_loop_with_auto_members_per_call_gives_the_uninterrupted_store(tm
     env = {**os.environ, "JAX_ENABLE_X64": "0"}
     counts = []
     for at_least in (1, 3, 5):
-        _kill_when_flagged(command, env, killed, at_least)
+        kill_when_flagged(command, env, killed, at_least)
         counts.append(
             int(np.asarray(zarr.open_group(str(killed), mode="r")["chunk_done"][:]).sum())
         )
