@@ -102,7 +102,22 @@ from ._meanfield._task import (
     FeatureRegression as FeatureRegression,
     feature_regression as feature_regression,
 )
-from ._studies._feature_learning import FeatureLearning as FeatureLearning
+from ._studies._ansatz_dynamics import (
+    AnsatzDynamics as AnsatzDynamics,
+    AnsatzSampled as AnsatzSampled,
+    ExactFlow as ExactFlow,
+    FullModel as FullModel,
+    ReducedFlow as ReducedFlow,
+)
+from ._studies._attention_regression import (
+    AttentionRegression as AttentionRegression,
+    trained_models as trained_models,
+)
+from ._studies._feature_learning import (
+    CoupledLaw as CoupledLaw,
+    FeatureLearning as FeatureLearning,
+    SymmetricPoint as SymmetricPoint,
+)
 from ._studies._full_allocation import (
     FullAllocation as FullAllocation,
     NormalWeights as NormalWeights,
