@@ -3,6 +3,7 @@
 
 import argparse
 import dataclasses
+import errno
 import math
 import sys
 
@@ -33,6 +34,7 @@ from ._experiments._task_allocation import (
     run_task_allocation,
 )
 from ._host._devices import use_all_cpu_cores
+from ._host._distributed import join_processes
 
 
 EXPERIMENTS = {
@@ -131,6 +133,12 @@ def _build_parser() -> argparse.ArgumentParser:
     )
     sweep.add_argument("--num-processes", type=int, help="processes in the distributed sweep")
     sweep.add_argument("--process-id", type=int, help="this process's index (0 creates the store)")
+    sweep.add_argument(
+        "--connect-timeout",
+        type=float,
+        default=300.0,
+        help="seconds to wait for every process to connect (default: 300)",
+    )
     inspect = commands.add_parser("inspect", help="what a sweep store holds, how complete")
     inspect.add_argument("store", help="Zarr store written by `jaxicl sweep`")
     bench = commands.add_parser("bench", help="standard workloads on the devices JAX sees")
@@ -168,10 +176,11 @@ def _sweep(args) -> int:
         if type(plan.study).float64:
             jax.config.update("jax_enable_x64", True)
         if args.coordinator is not None:
-            jax.distributed.initialize(
-                coordinator_address=args.coordinator,
-                num_processes=args.num_processes,
-                process_id=args.process_id,
+            join_processes(
+                args.coordinator,
+                args.num_processes,
+                args.process_id,
+                timeout=args.connect_timeout,
             )
         run_plan(plan, args.out, progress=False if args.quiet else None)
     except (ValueError, FileNotFoundError) as error:
@@ -188,6 +197,17 @@ def main(argv=None) -> int:
         # Every run and sweep resumes from its last stored chunk: say so instead of a traceback.
         print("\njaxicl: interrupted; rerun the same command to resume.", file=sys.stderr)
         return 130
+    except OSError as error:
+        if error.errno not in (errno.ENOSPC, errno.EDQUOT):
+            raise
+        # What was stored before the write that failed is whole (atomic writes, flags last).
+        where = f" writing {error.filename}" if error.filename else ""
+        print(
+            f"jaxicl: error: no space left on the device{where}; free some space and rerun the "
+            "same command to resume.",
+            file=sys.stderr,
+        )
+        return 1
 
 
 def _main(argv) -> int:

@@ -51,10 +51,9 @@ def test_interrupted_run_resumes_to_identical_results(tmp_path):
         b = np.load(tmp_path / "resumed" / f"records_H{h}.npz")
         assert set(a.files) == set(b.files)
         for name in a.files:
-            np.testing.assert_allclose(a[name], b[name], rtol=1e-6)
-    assert whole["groups"]["2"]["final_loss_median"] == pytest.approx(
-        resumed["groups"]["2"]["final_loss_median"], rel=1e-6
-    )
+            np.testing.assert_array_equal(a[name], b[name])
+    # the resumed summary is the uninterrupted one, line for line (D22)
+    assert json.dumps(resumed) == json.dumps(whole)
     assert (tmp_path / "resumed" / "paired_heads.png").stat().st_size > 10_000
 
 

@@ -1,5 +1,6 @@
 """The run directory an experiment claims: never another's files, one clear line on bad paths."""
 
+import errno
 import json
 import os
 
@@ -87,3 +88,41 @@ def test_a_truncated_checkpoint_names_the_file_and_the_fix(tmp_path):
     stored.write_bytes(stored.read_bytes()[:100])
     with pytest.raises(ValueError, match=f"{stored.name} is damaged .* delete it and rerun"):
         load_checkpoint(path, like=np.zeros(1000))
+
+
+@pytest.mark.parametrize("code", [errno.ENOSPC, errno.EDQUOT])
+def test_a_full_disk_prints_how_to_resume_not_a_traceback(monkeypatch, capsys, code):
+    def full(argv):
+        raise OSError(code, os.strerror(code), "results/sweeps/H1/loss/c/0/0/0")
+
+    monkeypatch.setattr(_cli, "_main", full)
+    assert _cli.main(["run", "paired-heads"]) == 1
+    err = capsys.readouterr().err
+    assert "no space left on the device writing results/sweeps/H1/loss/c/0/0/0" in err
+    assert "rerun the same command to resume" in err and "Traceback" not in err
+
+
+def test_other_os_errors_are_not_disguised_as_a_full_disk(monkeypatch):
+    def broken(argv):
+        raise OSError(errno.EIO, "I/O error")
+
+    monkeypatch.setattr(_cli, "_main", broken)
+    with pytest.raises(OSError, match="I/O error"):
+        _cli.main(["run", "paired-heads"])
+
+
+@pytest.mark.parametrize(
+    "flags",
+    [
+        ["--heads", "1000000"],
+        ["--batch-size", "1000000000"],
+        ["--n-members", "1000000000"],
+    ],
+)
+def test_sizes_that_cannot_fit_are_refused_with_the_estimate(tmp_path, capsys, flags):
+    """Before anything compiles or allocates: one line with the memory a call needs at least."""
+    args = ["run", "paired-heads", "--out", str(tmp_path / "run"), "--quiet", "--heads", "2"]
+    assert _cli.main([*args, *flags]) == 2
+    err = capsys.readouterr().err
+    assert "needs at least" in err and "GiB" in err and "more than this device's" in err
+    assert "Traceback" not in err and "RESOURCE_EXHAUSTED" not in err

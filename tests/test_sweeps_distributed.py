@@ -89,3 +89,32 @@ def test_two_processes_write_the_store_of_one(tmp_path):
     two, one = _arrays(shared), _arrays(tmp_path / "one")
     for name in one:
         np.testing.assert_array_equal(two[name], one[name])
+
+
+@pytest.mark.slow  # a subprocess that waits for a peer
+def test_a_missing_peer_ends_the_wait_with_one_line(tmp_path):
+    """One of two processes started: it says what it waits for, then gives up cleanly at the
+    timeout (exit 2, no traceback or C++ abort), and leaves no store behind."""
+    sweep = tmp_path / "sweep.toml"
+    sweep.write_text(SWEEP)
+    with socket.socket() as s:
+        s.bind(("localhost", 0))
+        port = s.getsockname()[1]
+    command = _command(sweep, tmp_path / "store", "--coordinator", f"localhost:{port}")
+    command += ["--num-processes", "2", "--process-id", "0", "--connect-timeout", "5"]
+    done = subprocess.run(command, env=_env(1), capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2, done.stderr
+    assert "waiting up to 5 s for all 2 processes" in done.stderr
+    assert "not all 2 processes connected" in done.stderr and "--connect-timeout" in done.stderr
+    assert "Traceback" not in done.stderr and "Check failed" not in done.stderr
+    assert not (tmp_path / "store").exists()
+
+
+def test_a_process_id_out_of_range_is_refused(tmp_path, capsys):
+    from jaxicl import _cli
+
+    sweep = tmp_path / "sweep.toml"
+    sweep.write_text(SWEEP)
+    args = ["sweep", str(sweep), "--out", str(tmp_path / "s"), "--coordinator", "localhost:1"]
+    assert _cli.main([*args, "--num-processes", "2", "--process-id", "2"]) == 2
+    assert "`process_id` must be below `num_processes` (2), got 2" in capsys.readouterr().err

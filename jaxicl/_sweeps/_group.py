@@ -13,6 +13,7 @@ import jax.random as jr
 import numpy as np
 import optax
 
+from .._train._objectives import AbstractObjective
 from .._train._state import init_ensemble_state
 from .._train._trainer import compile_ensemble_steps, ensemble_steps_shapes, train_ensemble_steps
 from ._study import AbstractStudy
@@ -58,9 +59,9 @@ class Group:
         moves = {"observe": study.observe(), "after_step": study.after_step()}
         self.extra = {name: f for name, f in moves.items() if f is not None}
 
-    def init(self, member_values: dict, seeds: np.ndarray):
+    def init(self, member_values: dict, seeds):
         """Stacked states of these members (`member_values`: every member axis → one value per
-        member; `seeds`: each member's seed)."""
+        member; `seeds`: each member's seed, an integer array)."""
         keys = jax.vmap(lambda s: jr.fold_in(self.init_key, s))(jnp.asarray(seeds))
         values = {name: jnp.asarray(v) for name, v in member_values.items()}
         models = eqx.filter_vmap(self.study.initial_model)(values, keys)
@@ -144,14 +145,20 @@ class Group:
                     f"`{where}` names."
                 )
 
+    def _abstract_states(self, member_values: dict, n_members: int):
+        """The stacked states of `n_members` members as shapes only (nothing allocated, not
+        even their seeds)."""
+        values = {
+            name: jax.ShapeDtypeStruct((n_members,), np.asarray(v).dtype)
+            for name, v in member_values.items()
+        }
+        seeds = jax.ShapeDtypeStruct((n_members,), np.int32)
+        return jax.eval_shape(self.init, values, seeds)
+
     def memory(self, member_values: dict, n_members: int, n_records: int) -> int:
         """XLA's memory analysis (bytes) of one call of `n_members` members, all at once."""
-        values = {
-            name: np.repeat(np.asarray(v)[:1], n_members) for name, v in member_values.items()
-        }
-        states = self.init(values, np.arange(n_members))
         compiled = compile_ensemble_steps(
-            states,
+            self._abstract_states(member_values, n_members),
             self.objective,
             self.optimizer,
             steps=n_records * self.record_every,
@@ -164,3 +171,15 @@ class Group:
             + analysis.output_size_in_bytes
             + analysis.temp_size_in_bytes
         )
+
+    def minimum_bytes(self, member_values: dict, n_members: int) -> int:
+        """A lower bound on the memory of one call of `n_members` members, from shapes alone
+        (no compilation): their states twice (a call's input states stay alive beside its
+        results) and one step's data (every member's, when each draws its own)."""
+        one = self._abstract_states(member_values, 1)  # every leaf has the member axis
+        total = 2 * n_members * sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(one))
+        if isinstance(self.objective, AbstractObjective):
+            data = jax.eval_shape(self.objective.draw, self.data_key)
+            per_draw = sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(data))
+            total += per_draw * (1 if type(self.study).shared_data else n_members)
+        return int(total)

@@ -88,6 +88,23 @@ def _layout(plan: SweepPlan, groups: list) -> dict:
     )
 
 
+def _check_memory(plan: SweepPlan, groups: list, layout: dict) -> None:
+    """Refuse, before anything runs, a call that cannot fit: its members' states and one step's
+    data alone (a lower bound, from shapes) exceed the device's memory."""
+    members = layout["seed_block"] * len(plan.member_points())
+    values = _member_values(plan, 0, 1)[0]
+    needed = max(g.minimum_bytes(values, members) for g in groups)
+    available = device_memory_bytes()
+    if needed > available:
+        raise ValueError(
+            f"one call of {members} members needs at least {needed / 2**30:.3g} GiB (its members' "
+            f"states, in and out, and one step's data), more than this device's "
+            f"{available / 2**30:.3g} GiB: "
+            "lower the members per call (`members_per_call`, or an experiment's member count) "
+            "or the sizes that make a member or a step large (heads, batch size, particles)."
+        )
+
+
 def _resumed_layout(plan: SweepPlan, groups: list, stored: dict) -> dict:
     """A store's own layout (auto sizes may differ on this machine), refusing explicit sizes
     that would cut the sweep differently."""
@@ -198,6 +215,7 @@ def run_plan(plan: SweepPlan, store=None, *, progress=None, on_chunk=None):
     stored = store_io.stored_layout(store, plan)
     # the same layout in every process: same groups, same kind of device
     layout = _layout(plan, groups) if stored is None else _resumed_layout(plan, groups, stored)
+    _check_memory(plan, groups, layout)
     process = jax.process_index()
     time_axis = (groups[0].time, type(plan.study).time_units)
     root = store_io.open_store(store, plan, time_axis, dtypes, layout, create=process == 0)

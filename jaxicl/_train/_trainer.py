@@ -276,11 +276,18 @@ def compile_ensemble_steps(
 ):
     """The compiled single-device program of `steps` steps for these stacked states, all members
     at once (no chunking, no sharding), for XLA's analyses: `.memory_analysis()`,
-    `.cost_analysis()`. Its math is that of `train_ensemble_steps`."""
+    `.cost_analysis()`. Its math is that of `train_ensemble_steps`. `states` may be abstract
+    (`jax.ShapeDtypeStruct` leaves, e.g. from `jax.eval_shape`): nothing is allocated."""
     config = (steps, steps, observe, shared_data, None, after_step)
-    start = jnp.asarray(0, jnp.int32)
-    lowered = _run_jit.lower(states, objective, optimizer, jr.key(0), start, config)
-    return lowered.compile().compiled  # equinox wraps the jax.stages.Compiled
+    leaf = lambda x: isinstance(x, jax.Array | np.ndarray | jax.ShapeDtypeStruct)  # noqa: E731
+    dynamic, static = eqx.partition(states, leaf)
+
+    def run(dynamic, start):
+        out = _run(eqx.combine(dynamic, static), objective, optimizer, jr.key(0), start, config)
+        return eqx.filter(out, eqx.is_array)
+
+    start = jax.ShapeDtypeStruct((), jnp.int32)
+    return jax.jit(run).lower(dynamic, start).compile()
 
 
 def ensemble_steps_shapes(
