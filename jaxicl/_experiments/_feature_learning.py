@@ -207,6 +207,8 @@ def run_feature_learning(config: FeatureLearningConfig, out_dir, *, progress=Non
             seeds=seeds,
             store=out_dir / "sweeps" / name,
             root_seed=config.seed,
+            # a group's seeds in one call: no memory probe to compile, as few calls as can be
+            members_per_call=seeds,
             progress=progress,
         )
         if name == "attention":

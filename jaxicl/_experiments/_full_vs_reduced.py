@@ -219,6 +219,7 @@ def run_full_vs_reduced(config: FullVsReducedConfig, out_dir, *, progress=None):
             seeds=config.n_seeds,
             store=out_dir / "sweeps" / dynamics,
             root_seed=config.seed,
+            members_per_call=config.n_seeds,  # a few seeds: one call, no memory probe
             progress=progress,
         ).load()
         for length in config.context_lens:

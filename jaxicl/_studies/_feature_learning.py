@@ -36,6 +36,27 @@ class _Problem(NamedTuple):
     constant_loss: object
 
 
+@eqx.filter_jit
+def _instance(
+    d, k, teacher_neurons, teacher_scale, activation, input_law, n_inputs, n_eval, problem_seed
+):
+    """The problem instance (teacher task, training and held-out inputs) of these settings:
+    one compiled draw, reused by every group and method that asks (drawn eagerly, its many
+    small operations would each compile)."""
+    key = jr.key(problem_seed)
+    task = feature_regression(
+        d=d,
+        k=k,
+        teacher_neurons=teacher_neurons,
+        teacher_scale=teacher_scale,
+        activation=activation,
+        input_law=input_law,
+        key=jr.fold_in(key, 0),
+    )
+    inputs = task.inputs(n_inputs, key=jr.fold_in(key, 1))
+    return task, inputs, task.inputs(n_eval, key=jr.fold_in(key, 2))
+
+
 class CoupledLaw(eqx.Module):
     """Generic particles of the coupled initial law (output weights tied to the first k input
     weights), with W = W_µ0 on the training sample."""
@@ -134,18 +155,17 @@ class FeatureLearning(AbstractStudy):
             )
 
     def _problem(self) -> _Problem:
-        key = jr.key(self.problem_seed)
-        task = feature_regression(
-            d=self.d,
-            k=self.k,
-            teacher_neurons=self.teacher_neurons,
-            teacher_scale=self.teacher_scale,
-            activation=self.activation,
-            input_law=self.input_law,
-            key=jr.fold_in(key, 0),
+        task, inputs, eval_inputs = _instance(
+            self.d,
+            self.k,
+            self.teacher_neurons,
+            self.teacher_scale,
+            self.activation,
+            self.input_law,
+            self.n_inputs,
+            self.n_eval_inputs,
+            self.problem_seed,
         )
-        inputs = task.inputs(self.n_inputs, key=jr.fold_in(key, 1))
-        eval_inputs = task.inputs(self.n_eval_inputs, key=jr.fold_in(key, 2))
         solver = particle_solver(
             task,
             learning_rate=self.learning_rate,

@@ -37,6 +37,18 @@ def _per_member_hyperparameters(states, member_axes, values: dict):
 
 
 @eqx.filter_jit
+def _init_states(study: AbstractStudy, optimizer, init_key, values: dict, seeds):
+    """One compiled program per group draws every member's initial state (drawn eagerly, an
+    init of many small operations would compile each one)."""
+    keys = jax.vmap(lambda s: jr.fold_in(init_key, s))(seeds)
+    models = eqx.filter_vmap(study.initial_model)(values, keys)
+    states = init_ensemble_state(models, optimizer)
+    # a member's own data stream (per-member data) is its seed's, wherever it runs
+    states = eqx.tree_at(lambda s: s.member, states, seeds)
+    return _per_member_hyperparameters(states, type(study).member_axes, values)
+
+
+@eqx.filter_jit
 def _series(study: AbstractStudy, trajectory):
     return jax.vmap(study.series)(trajectory)
 
@@ -62,13 +74,9 @@ class Group:
     def init(self, member_values: dict, seeds):
         """Stacked states of these members (`member_values`: every member axis → one value per
         member; `seeds`: each member's seed, an integer array)."""
-        keys = jax.vmap(lambda s: jr.fold_in(self.init_key, s))(jnp.asarray(seeds))
         values = {name: jnp.asarray(v) for name, v in member_values.items()}
-        models = eqx.filter_vmap(self.study.initial_model)(values, keys)
-        states = init_ensemble_state(models, self.optimizer)
-        # a member's own data stream (per-member data) is its seed's, wherever it runs
-        states = eqx.tree_at(lambda s: s.member, states, jnp.asarray(seeds, jnp.int32))
-        return _per_member_hyperparameters(states, type(self.study).member_axes, values)
+        seeds = jnp.asarray(seeds, jnp.int32)
+        return _init_states(self.study, self.optimizer, self.init_key, values, seeds)
 
     def advance(self, states, n_records: int):
         """`(states, {name: (members, n_records, *dims) array})`: `n_records` more records."""
@@ -94,8 +102,7 @@ class Group:
     def dtypes(self, member_values: dict) -> tuple[dict, dict]:
         """From tracing alone: the series as `{name: (dtype, shape per record)}` and the
         summaries as `{name: (dtype, shape per member)}`."""
-        one = {name: np.asarray(v)[:1] for name, v in member_values.items()}
-        states = self.init(one, np.zeros(1, np.int32))
+        states = self._abstract_states(member_values, 1)
         states, trajectory = ensemble_steps_shapes(
             states,
             self.objective,

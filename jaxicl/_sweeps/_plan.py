@@ -58,7 +58,7 @@ class SweepPlan:
     - `members_per_call`: members trained in one compiled call (every member point of a block of
       seeds), or `"auto"` to size it from XLA's memory analysis.
     - `chunk_records`: records per step chunk (the sweep streams and checkpoints after each), or
-      `"auto"` for a quarter of the records.
+      `"auto"` for about a quarter of the records (a divisor of their count: equal chunks).
     - `study_name`: how a sweep file names the study (a built-in name or `module:Class`).
     """
 

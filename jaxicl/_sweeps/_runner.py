@@ -57,6 +57,14 @@ def auto_members_per_call(plan: SweepPlan, groups: list, budget: int, chunk_reco
     return int(min(MAX_MEMBERS_PER_CALL, max(1, budget // per_member)))
 
 
+def auto_chunk_records(n_records: int) -> int:
+    """Records per step chunk for "auto": the divisor of `n_records` nearest a quarter of it
+    (the larger on a tie), so every step chunk has one size and compiles once."""
+    target = n_records / AUTO_STEP_CHUNKS
+    divisors = [k for k in range(1, n_records + 1) if n_records % k == 0]
+    return min(divisors, key=lambda k: (abs(k - target), -k))
+
+
 def _explicit_sizes(plan: SweepPlan, n_records: int) -> dict:
     """Seeds per unit and records per step chunk that explicit sizes ask for (None: "auto")."""
     n_points = len(plan.member_points())
@@ -71,7 +79,7 @@ def _explicit_sizes(plan: SweepPlan, n_records: int) -> dict:
 def _layout(plan: SweepPlan, groups: list) -> dict:
     n_records = groups[0].n_records
     sizes = _explicit_sizes(plan, n_records)
-    chunk_records = sizes["chunk_records"] or math.ceil(n_records / AUTO_STEP_CHUNKS)
+    chunk_records = sizes["chunk_records"] or auto_chunk_records(n_records)
     seed_block = sizes["seed_block"]
     if seed_block is None:
         budget = int(MEMORY_FRACTION * device_memory_bytes())
@@ -176,7 +184,8 @@ def sweep(
     - `root_seed`: the seed every random stream derives from.
     - `members_per_call`: members trained in one compiled call, or `"auto"` (from XLA's memory
       analysis: a quarter of the device's memory).
-    - `chunk_records`: records per step chunk (a checkpoint after each), or `"auto"` (4 chunks).
+    - `chunk_records`: records per step chunk (a checkpoint after each), or `"auto"` (about 4
+      equal chunks: the divisor of the record count nearest a quarter of it).
     - `progress`: a progress bar (None: only on a terminal).
     - `on_chunk(unit, step_chunk)`: called after each step chunk is stored.
 
