@@ -1,4 +1,5 @@
 import os
+import pathlib
 
 import jax
 import pytest
@@ -8,6 +9,19 @@ from equinox.internal import GetKey
 jax.config.update("jax_enable_x64", True)
 jax.config.update("jax_numpy_rank_promotion", "raise")
 jax.config.update("jax_numpy_dtype_promotion", "strict")
+
+# Most of the suite's time is XLA compilation: keep compiled programs between runs (and for the
+# subprocesses the tests start), so a second run of the edit-test loop compiles only what
+# changed. JAXICL_TEST_COMPILATION_CACHE="" turns it off; a path moves it.
+_CACHE = os.environ.get(
+    "JAXICL_TEST_COMPILATION_CACHE",
+    str(pathlib.Path(__file__).parents[1] / ".pytest_cache" / "jax-compilation"),
+)
+if _CACHE:
+    os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", _CACHE)
+    os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.5")
+    jax.config.update("jax_compilation_cache_dir", _CACHE)
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
 
 
 @pytest.fixture
