@@ -93,7 +93,8 @@ def torch_batched(n_members, steps, repeat, *, chunk=None, compile=False):
     loss_fn = _torch_members_loss
     if compile:
         loss_fn = torch.compile(_torch_members_loss, dynamic=False)
-    blocks = [(a, min(n_members, a + chunk)) for a in range(0, n_members, chunk or n_members)]
+    size = chunk or n_members
+    blocks = [(a, min(n_members, a + size)) for a in range(0, n_members, size)]
 
     def run(n_steps):
         for _ in range(n_steps):

@@ -9,6 +9,7 @@ import sys
 
 import jax
 
+from ._bench import format_bench, run_bench
 from ._experiments._feature_learning import FeatureLearningConfig, run_feature_learning
 from ._experiments._feature_learning_summary import format_feature_learning_summary
 from ._experiments._field_help import FIELD_HELP
@@ -35,6 +36,10 @@ from ._experiments._task_allocation import (
 )
 from ._host._devices import use_all_cpu_cores
 from ._host._distributed import join_processes
+from ._studies import STUDIES
+from ._sweeps._file import load_sweep, study_fields
+from ._sweeps._runner import run_plan
+from ._sweeps._store import describe_store, plot_sweep
 
 
 EXPERIMENTS = {
@@ -70,8 +75,6 @@ def _parse_field(field_type, text: str):
 
 
 def _studies_help() -> str:
-    from ._studies import STUDIES
-    from ._sweeps._file import study_fields
 
     lines = [
         "studies: a built-in name below, or your own AbstractStudy as",
@@ -153,9 +156,6 @@ def _build_parser() -> argparse.ArgumentParser:
 
 
 def _sweep(args) -> int:
-    from ._sweeps._file import load_sweep
-    from ._sweeps._runner import run_plan
-    from ._sweeps._store import describe_store, plot_sweep
 
     try:
         if args.command == "inspect":
@@ -223,8 +223,6 @@ def _main(argv) -> int:
     if args.command in ("sweep", "inspect", "plot"):
         return _sweep(args)
     if args.command == "bench":
-        from ._bench import format_bench, run_bench
-
         if not (math.isfinite(args.scale) and args.scale > 0):
             print(
                 f"jaxicl: error: `--scale` must be a finite number > 0, got {args.scale}.",

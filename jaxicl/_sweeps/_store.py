@@ -33,6 +33,7 @@ import numpy as np
 
 from .._host._checkpoint import load_checkpoint, save_checkpoint
 from ._plan import SweepPlan, label
+from ._plots import plot_figures
 
 
 def _zarr():
@@ -378,6 +379,4 @@ def as_dataset(root):
 
 def plot_sweep(path, figure) -> None:
     """The standard figures of a (possibly incomplete) sweep store."""
-    from ._plots import plot_figures
-
     plot_figures(open_sweep(path), figure)
