@@ -98,8 +98,8 @@ class AnsatzDynamics(AbstractStudy):
     summary_dims: ClassVar[dict] = {
         "omega_final": ("head", "task"),
         "mu_final": ("head", "task"),
-        "W": ("head", "token", "token_"),
-        "U": ("head", "output", "token"),
+        "W": ("head", "context_coord", "query_coord"),
+        "U": ("head", "output", "context_coord"),
     }
 
     def __check_init__(self):
