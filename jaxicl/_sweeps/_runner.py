@@ -276,7 +276,14 @@ class _Run:
         members = {u: n_points * (units[u][2] - units[u][1]) for u in mine}
         steps = [self.groups[0].record_every * (b - a) for a, b in record_chunks]
         total = sum(members[u] * sum(steps) for u in mine)
-        bar = progress_bar(total, description="sweep", unit="member-step", enabled=self.progress)
+        # what is being computed: the study, and the store it streams into (an experiment's
+        # stores are named for their groups)
+        name = os.path.basename(os.path.normpath(os.fspath(self.path))) if self.path else ""
+        where = f" → {name}" if name else ""
+        description = f"{type(plan.study).__name__}{where}"
+        bar = progress_bar(
+            total, description=description, unit="member-step", enabled=self.progress
+        )
         bar.update(sum(members[u] * s for u in mine for s, f in zip(steps, done[u]) if f))
         finished = sum(members[u] for u in mine if done[u].all())
 
