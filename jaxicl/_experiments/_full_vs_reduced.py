@@ -31,15 +31,11 @@ from .._attention._ansatz_monte_carlo import ansatz_monte_carlo_loss
 from .._attention._decomposable import decomposable_attention
 from .._attention._models import MergedAttention
 from .._host._checkpoint import claim_run_directory, save_json
-from .._studies._ansatz_dynamics import DYNAMICS as VARIANTS, AnsatzDynamics
+from .._studies._ansatz_dynamics import DYNAMICS as VARIANTS, FLOWS, AnsatzDynamics
 from .._sweeps._runner import sweep
 from .._tasks._regression import MultiTaskRegression, disjoint_blocks
 from .._train._objectives import monte_carlo_loss
 from ._full_vs_reduced_figure import plot_full_vs_reduced
-
-
-FLOWS = ("factorized", "merged")
-DYNAMICS = ("reduced", "exact", "ansatz", "full")
 
 
 @dataclasses.dataclass(frozen=True)
