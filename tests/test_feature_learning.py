@@ -2,10 +2,14 @@
 
 import json
 
+import numpy as np
 import pytest
 
 from jaxicl import _cli
-from jaxicl._experiments import _feature_learning as experiment
+from jaxicl._experiments import (
+    _feature_learning as experiment,
+    _feature_learning_summary as summary_module,
+)
 from jaxicl._experiments._feature_learning import FeatureLearningConfig, run_feature_learning
 from jaxicl._sweeps import _group as sweep_group
 
@@ -82,3 +86,65 @@ def test_command_line_reports_bad_values(capsys, tmp_path):
     code = _cli.main(["run", "feature-learning", "--out", str(tmp_path), "--n-particles", "0"])
     assert code == 2
     assert "`n_particles` must be a positive integer" in capsys.readouterr().err
+
+
+def _synthetic_results(config, diverged_static, diverged_saddle):
+    """Records shaped as the groups' (members, records): member losses 1, 2, 3, ... × 0.01,
+    and a diverged member frozen at a huge loss."""
+    rng = np.random.default_rng(0)
+
+    def group(n, diverged):
+        loss = np.linspace(1.0, 0.01, 5)[None] * (1 + np.arange(n))[:, None]
+        loss = np.where(np.asarray(diverged)[:, None], 1e6, loss)
+        records = {
+            "loss": loss,
+            "transformer_loss": loss * 1.01,
+            "train_loss": loss,
+            "condition": rng.uniform(1, 2, (n, 5)),
+            "teacher_singular_values": rng.uniform(1, 2, (n, 5, 2)),
+            "a_norm": loss,
+            "w_norm": loss,
+            "w_spread": loss,
+            "diverged": np.asarray(diverged),
+        }
+        out = summary_module.mask_diverged(records)
+        out["time"] = np.broadcast_to(np.arange(5.0), loss.shape)
+        return out
+
+    results = {"static": group(3, diverged_static)}
+    for ratio in config.attention_ratios:
+        results[f"attention_r{ratio:g}"] = group(2, [False, False])
+    for variant in experiment.SADDLE_VARIANTS:
+        results[f"saddle_{variant}"] = group(1, [diverged_saddle == variant])
+    for m in config.mean_field_sizes:
+        results[f"mean_field_M{m}"] = group(2, [False, m == 16])
+    return results
+
+
+class _Problem:
+    def constant_feature_loss(self):
+        return 1.0
+
+
+def test_diverged_members_are_counted_never_averaged():
+    config = FeatureLearningConfig(**TINY)
+    results = _synthetic_results(config, [False, True, False], diverged_saddle="hessian")
+    summary = summary_module.summarize(config, _Problem(), results)
+    static = summary["static"]
+    assert static["seeds"] == 2 and static["diverged"] == 1
+    # members 0 and 2 end at 0.01 and 0.03: the diverged one (1e6) is not in the max
+    assert static["final_relative_max"] == pytest.approx(0.03)
+    assert static["final_relative_median"] == pytest.approx(0.02)
+    # seed 1's static run diverged: the joint runs pair with seed 0 only
+    assert summary["attention"]["1"]["seeds"] == 1
+    assert summary["saddle"]["variants"]["hessian"] == {"diverged": True}
+    assert summary["saddle"]["variants"]["none"]["final_relative"] == pytest.approx(0.01)
+    assert summary["mean_field"]["diverged"] == {"8": 0, "16": 1, "32": 0}
+    text = summary_module.format_feature_learning_summary(summary)
+    assert "[1 diverged, not counted]" in text and "hessian" in text
+    everything = _synthetic_results(config, [True] * 3, diverged_saddle="none")
+    summary = summary_module.summarize(config, _Problem(), everything)
+    assert summary["static"] == {"seeds": 0, "diverged": 3}
+    assert summary["saddle"]["plateau_relative"] is None
+    text = summary_module.format_feature_learning_summary(summary)
+    assert "every seed diverged (3)" in text and "plateau L/L_c = not reached" in text

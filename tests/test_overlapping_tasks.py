@@ -6,6 +6,8 @@ import pytest
 from jaxicl._experiments._overlapping_tasks import (
     OverlappingTasksConfig,
     _split_statistics,
+    format_overlapping_summary,
+    group_summary,
     run_overlapping_tasks,
 )
 
@@ -62,3 +64,20 @@ def test_bad_config_names_the_field():
         OverlappingTasksConfig(**dict(TINY, heads=(0,)))
     with pytest.raises(ValueError, match="`chunk_steps`"):
         OverlappingTasksConfig(**dict(TINY, chunk_steps=30))
+
+
+def test_a_diverged_member_is_counted_not_averaged():
+    """Member 2 is frozen where it diverged: its loss and heads are no outcome of training."""
+    stats = {
+        "purity": np.array([[1.0, 1.0], [1.0, 0.6], [0.5, 0.5]]),
+        "live": np.ones((3, 2), bool),
+        "split": np.array([True, False, False]),
+    }
+    loss = np.array([0.1, 0.3, 1e6])
+    g = group_summary(stats, loss, diverged=np.array([False, False, True]))
+    assert g["members"] == 2 and g["diverged"] == 1
+    assert g["split_rate"] == 0.5 and g["final_loss_q90"] < 0.3
+    assert g["mixed_head_fraction"] == 0.25
+    nothing = group_summary(stats, loss, diverged=np.ones(3, bool))
+    assert nothing == {"members": 0, "diverged": 3}
+    assert "every member diverged (3)" in format_overlapping_summary({"groups": {"4": nothing}})

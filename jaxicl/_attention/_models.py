@@ -22,6 +22,7 @@ from jaxtyping import Array, Float
 
 from .. import _validation as check
 from .._tasks._prompt import Prompt, context_tokens, query_token
+from ._shared_prompts import shared_prompt_predictions
 
 
 ATTENTION_KINDS = ("softmax", "linear")
@@ -99,6 +100,12 @@ class MergedAttention(AbstractAttention):
     def merged(self) -> "MergedAttention":
         return self
 
+    def predict_members(self, prompts: Prompt) -> Float[Array, "m B n_out"]:
+        """`self` stacked over members (leading axis m): every member's prediction of every
+        prompt of the shared batch `prompts`, as GEMMs (see `shared_prompt_predictions`)."""
+        _check_width(prompts, self.W.shape[-1])
+        return shared_prompt_predictions(self.W, self.U, self.kind, prompts)
+
 
 class FactorizedAttention(AbstractAttention):
     """Multi-head attention in factorized weights Q, K, V, O (one set per head).
@@ -151,3 +158,11 @@ class FactorizedAttention(AbstractAttention):
         W = jnp.einsum("hrD,hrE->hDE", self.K, self.Q) / math.sqrt(width)
         U = self.O @ self.V
         return MergedAttention(W=W, U=U, kind=self.kind)
+
+    def predict_members(self, prompts: Prompt) -> Float[Array, "m B n_out"]:
+        """As `MergedAttention.predict_members`, through W = KᵀQ/√D and U = OV (formed here,
+        inside whatever is differentiated, so gradients reach Q, K, V, O exactly)."""
+        _check_width(prompts, self.Q.shape[-1])
+        W = jnp.einsum("mhrD,mhrE->mhDE", self.K, self.Q) / math.sqrt(self.Q.shape[-1])
+        U = self.O @ self.V
+        return shared_prompt_predictions(W, U, self.kind, prompts)

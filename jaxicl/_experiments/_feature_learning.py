@@ -30,7 +30,7 @@ from .._meanfield._task import INPUT_LAWS
 from .._studies._feature_learning import FeatureLearning, SymmetricPoint
 from .._sweeps._runner import sweep
 from ._feature_learning_figure import plot_feature_learning
-from ._feature_learning_summary import SADDLE_VARIANTS, summarize
+from ._feature_learning_summary import SADDLE_VARIANTS, mask_diverged, summarize
 
 
 # the stored series every group's summary and figure read
@@ -175,10 +175,11 @@ def _sweeps(config) -> list:
 
 def _records(dataset, learning_rate: float) -> dict:
     """A group's arrays, members first (as `groups` of the summary and figure read them);
-    `time` is flow time (learning rate × Euler steps)."""
+    `time` is flow time (learning rate × Euler steps); a diverged member's series are NaN."""
     out = {name: dataset[name].transpose("seed", ...).values for name in _RECORDS}
-    steps = dataset["time"].values
-    out["time"] = np.broadcast_to(learning_rate * steps, out["loss"].shape)
+    out["diverged"] = dataset["diverged"].transpose("seed").values == 1
+    out = mask_diverged(out)
+    out["time"] = np.broadcast_to(learning_rate * dataset["time"].values, out["loss"].shape)
     return out
 
 

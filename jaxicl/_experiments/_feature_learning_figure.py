@@ -6,6 +6,10 @@ from .._host._figures import _pyplot, histogram
 
 
 def _band(ax, time, curves, label, color=None):
+    """Median and 10–90% band over the members that did not diverge (NaN rows)."""
+    curves = curves[~np.isnan(curves).all(axis=1)]
+    if not curves.shape[0]:
+        return
     median = np.median(curves, axis=0)
     (line,) = ax.plot(time, median, label=label, color=color)
     if curves.shape[0] > 1:
@@ -23,15 +27,17 @@ def plot_feature_learning(results, summary, path) -> None:
     time = static["time"][0]
     # like for like: every curve is L_TF on held-out inputs at W as trained on the sample
     _band(ax_curves, time, static["transformer_loss"] / scale, "static (W = W_µ)", "black")
-    ax_curves.plot(
-        time, np.median(static["loss"], axis=0) / scale, "k:", label="static, W refit held out"
-    )
+    if summary["static"]["seeds"]:
+        refit = np.nanmedian(static["loss"], axis=0) / scale
+        ax_curves.plot(time, refit, "k:", label="static, W refit held out")
     for ratio in summary["attention"]:
         joint = results[f"attention_r{ratio}"]
         _band(ax_curves, time, joint["transformer_loss"] / scale, f"joint W, ratio {ratio}")
         paired = static["transformer_loss"][: joint["loss"].shape[0]]
         gap = np.abs(joint["transformer_loss"] - paired) / scale
-        ax_gap.plot(time, np.median(gap, axis=0), label=f"ratio {ratio}")
+        gap = gap[~np.isnan(gap).all(axis=1)]
+        if gap.shape[0]:
+            ax_gap.plot(time, np.median(gap, axis=0), label=f"ratio {ratio}")
     ax_curves.set(yscale="log", xlabel="flow time t", ylabel="L_TF / L_c (median, 10–90%)")
     ax_curves.set_title("Two-timescale (static) vs jointly trained attention")
     ax_curves.legend(fontsize=8)
@@ -54,14 +60,8 @@ def plot_feature_learning(results, summary, path) -> None:
     ax_mf.set_title("Same initial law, growing M")
     ax_mf.legend(fontsize=8)
 
-    sizes, distance = np.asarray(mf["sizes"]), np.asarray(mf["distance"])
-    ax_rate.loglog(sizes, distance, "o-", label=f"over t > 0 (fit M^{mf['rate']:.2f})")
-    initial = np.asarray(mf["initial_distance"])
-    ax_rate.loglog(sizes, initial, "s--", label=f"at t = 0 (fit M^{mf['initial_rate']:.2f})")
-    ax_rate.loglog(sizes, distance[0] * (sizes / sizes[0]) ** -0.5, "k:", label="M^-1/2")
-    ax_rate.set(xlabel="particles M", ylabel=f"mean |L_M − L_{mf['reference_M']}|")
-    ax_rate.set_title("Mean-field limit")
-    ax_rate.legend(fontsize=8)
+    if mf["distance"] is not None:
+        _rate(ax_rate, mf)
 
     final = static["loss"][:, -1] / scale
     threshold = summary["config"]["success_threshold"]
@@ -70,8 +70,21 @@ def plot_feature_learning(results, summary, path) -> None:
         np.log10(threshold), color="red", ls="--", label=f"success: L/L_c < {threshold:g}"
     )
     ax_final.set(xlabel="log10 final L / L_c (static)", ylabel="seeds")
-    ax_final.set_title(f"Success rate {summary['static']['success_rate']:.0%}")
+    rate = summary["static"].get("success_rate")
+    title = "every seed diverged" if rate is None else f"Success rate {rate:.0%}"
+    ax_final.set_title(title)
     ax_final.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+def _rate(ax_rate, mf) -> None:
+    sizes, distance = np.asarray(mf["sizes"]), np.asarray(mf["distance"])
+    ax_rate.loglog(sizes, distance, "o-", label=f"over t > 0 (fit M^{mf['rate']:.2f})")
+    initial = np.asarray(mf["initial_distance"])
+    ax_rate.loglog(sizes, initial, "s--", label=f"at t = 0 (fit M^{mf['initial_rate']:.2f})")
+    ax_rate.loglog(sizes, distance[0] * (sizes / sizes[0]) ** -0.5, "k:", label="M^-1/2")
+    ax_rate.set(xlabel="particles M", ylabel=f"mean |L_M − L_{mf['reference_M']}|")
+    ax_rate.set_title("Mean-field limit")
+    ax_rate.legend(fontsize=8)

@@ -89,6 +89,28 @@ def _split_statistics(omega, mu) -> dict:
     return {"strength": strength, "purity": purity, "live": live, "split": split}
 
 
+def group_summary(stats: dict, loss, diverged) -> dict:
+    """One head count's numbers over the members that did not diverge (a diverged member is
+    frozen where it broke: its weights and loss are not an outcome); those are counted."""
+    healthy = ~np.asarray(diverged, bool)
+    loss = np.asarray(loss)[healthy]
+    out = {"members": int(loss.size), "diverged": int((~healthy).sum())}
+    if not loss.size:
+        return out
+    live_purity = stats["purity"][healthy][stats["live"][healthy]]
+    rate = float(stats["split"][healthy].mean())
+    return {
+        **out,
+        "split_rate": rate,
+        "split_stderr": math.sqrt(rate * (1 - rate) / loss.size),
+        "mixed_head_fraction": float(np.mean(live_purity < PURITY_THRESHOLD)),
+        "purity_median": float(np.median(live_purity)),
+        "final_loss_median": float(np.median(loss)),
+        "final_loss_q10": float(np.quantile(loss, 0.1)),
+        "final_loss_q90": float(np.quantile(loss, 0.9)),
+    }
+
+
 def run_overlapping_tasks(config: OverlappingTasksConfig, out_dir, *, progress=None, on_chunk=None):
     """Run (or resume) into `out_dir`: the sweep stores `sweeps/H{h}`, `records_H{h}.npz`,
     `summary.json`, `overlapping_tasks.png`."""
@@ -107,18 +129,8 @@ def run_overlapping_tasks(config: OverlappingTasksConfig, out_dir, *, progress=N
         loss = np.asarray(population_losses(models, task, config.eval_prompts, eval_key)[0])
         results[n_heads] = dict(records, final_loss=loss, **stats)
         np.savez(out_dir / f"records_H{n_heads}.npz", **results[n_heads])
-        live_purity = stats["purity"][stats["live"]]
-        rate = float(stats["split"].mean())
-        summary["groups"][str(n_heads)] = {
-            "members": int(loss.size),
-            "split_rate": rate,
-            "split_stderr": math.sqrt(rate * (1 - rate) / loss.size),
-            "mixed_head_fraction": float(np.mean(live_purity < PURITY_THRESHOLD)),
-            "purity_median": float(np.median(live_purity)),
-            "final_loss_median": float(np.median(loss)),
-            "final_loss_q10": float(np.quantile(loss, 0.1)),
-            "final_loss_q90": float(np.quantile(loss, 0.9)),
-        }
+        diverged = records["diverged"][:, -1]
+        summary["groups"][str(n_heads)] = group_summary(stats, loss, diverged)
     save_json(out_dir / "summary.json", summary)
     plot_overlapping_tasks(results, summary, out_dir / "overlapping_tasks.png")
     return summary
@@ -130,9 +142,13 @@ def format_overlapping_summary(summary: dict) -> str:
         "final loss median [10%, 90%]"
     ]
     for h, g in summary["groups"].items():
+        if not g["members"]:
+            lines.append(f"{h:>5}  every member diverged ({g['diverged']})")
+            continue
         lines.append(
             f"{h:>5}  {g['members']:>7}  {g['split_rate']:14.0%} ± {g['split_stderr']:.0%}"
             f"       {g['mixed_head_fraction']:15.0%}  {g['purity_median']:13.3f}  "
             f"{g['final_loss_median']:.4f} [{g['final_loss_q10']:.4f}, {g['final_loss_q90']:.4f}]"
+            + (f"  [{g['diverged']} diverged, not counted]" if g["diverged"] else "")
         )
     return "\n".join(lines)

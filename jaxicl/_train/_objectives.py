@@ -34,8 +34,29 @@ class AbstractObjective(eqx.Module):
     def evaluate(self, model: PyTree, data: PyTree) -> Float[Array, ""]:
         """The loss of `model` on `data`."""
 
+    def evaluate_members(self, models: PyTree, data: PyTree) -> Float[Array, " m"]:
+        """The loss of each of the stacked `models` (leading member axis) on the same `data`.
+
+        Member by member (vmap) unless overridden; an override must be the same function, so
+        that the trainer may use it for shared data (its gradient is taken of the sum, which
+        gives each member its own gradient since members do not interact).
+        """
+        evaluate = lambda model: self.evaluate(model, data)  # noqa: E731
+        return eqx.filter_vmap(evaluate)(models)
+
     def __call__(self, model: PyTree, *, key: PRNGKeyArray) -> Float[Array, ""]:
         return self.evaluate(model, self.draw(key))
+
+
+def _members_predictor(models) -> Callable | None:
+    """The stacked models' own shared-prompt kernel (`predict_members`), if the class that
+    defines it also defines the model's `__call__`: a subclass that changes `__call__` alone
+    would otherwise be evaluated as its parent."""
+    cls = type(models)
+    owner = lambda name: next((c for c in cls.__mro__ if name in vars(c)), None)  # noqa: E731
+    if owner("predict_members") is None or owner("predict_members") is not owner("__call__"):
+        return None
+    return models.predict_members
 
 
 class ICLLoss(AbstractObjective):
@@ -57,6 +78,14 @@ class ICLLoss(AbstractObjective):
 
     def evaluate(self, model: Callable[[Prompt], Array], data: Prompt) -> Float[Array, ""]:
         return jnp.mean(jax.vmap(lambda p: squared_error(model(p), p))(data))
+
+    def evaluate_members(self, models: PyTree, data: Prompt) -> Float[Array, " m"]:
+        """Through the models' shared-prompt kernel where they have one (attention models:
+        all members' scores as one GEMM), else member by member."""
+        predict = _members_predictor(models)
+        if predict is None:
+            return super().evaluate_members(models, data)
+        return jnp.mean((predict(data) - data.query_y[None]) ** 2, axis=(1, 2))
 
 
 def monte_carlo_loss(

@@ -35,10 +35,13 @@ AfterStep = Callable[[PyTree, PyTree, Array, PRNGKeyArray], PyTree]
 
 
 def _draw_and_evaluate(objective):
-    """Split an objective into (draw(key) -> data, evaluate(model, data) -> loss)."""
+    """Split an objective into draw(key) -> data, evaluate(model, data) -> loss and
+    evaluate_members(stacked models, data) -> each member's loss."""
     if isinstance(objective, AbstractObjective):
-        return objective.draw, objective.evaluate
-    return (lambda key: key), (lambda model, key: objective(model, key=key))
+        return objective.draw, objective.evaluate, objective.evaluate_members
+    evaluate = lambda model, key: objective(model, key=key)  # noqa: E731
+    members = lambda models, key: eqx.filter_vmap(lambda m: evaluate(m, key))(models)  # noqa: E731
+    return (lambda key: key), evaluate, members
 
 
 def _select(keep_new, new_tree, old_tree):
@@ -50,13 +53,10 @@ def _all_finite(tree) -> Bool[Array, ""]:
     return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in leaves]))
 
 
-def _step(
-    state: TrainState, evaluate, optimizer, data, after_step, step, key
-) -> tuple[TrainState, Array]:
-    """One optimizer step, then `after_step` (if any) on the updated model; a non-finite loss
-    or result freezes the member instead of applying."""
+def _apply(state: TrainState, loss, grads, optimizer, data, after_step, step, key) -> TrainState:
+    """One optimizer step from the member's gradients, then `after_step` (if any) on the
+    updated model; a non-finite loss or result freezes the member instead of applying."""
     params, static = eqx.partition(state.model, eqx.is_inexact_array)
-    loss, grads = jax.value_and_grad(lambda p: evaluate(eqx.combine(p, static), data))(params)
     # Optax mixes Python floats with int counters; keep its arithmetic under standard promotion
     # even when a caller (e.g. the test suite) runs jaxicl under strict promotion.
     with jax.numpy_dtype_promotion("standard"):
@@ -67,7 +67,7 @@ def _step(
         new_params = eqx.filter(moved, eqx.is_inexact_array)
     healthy = jnp.isfinite(loss) & _all_finite(new_params) & ~state.diverged
     lr = jnp.asarray(learning_rate(opt_state, jnp.nan), state.time.dtype)
-    new_state = TrainState(
+    return TrainState(
         model=eqx.combine(_select(healthy, new_params, params), static),
         opt_state=_select(healthy, opt_state, state.opt_state),
         step=state.step + 1,
@@ -75,11 +75,24 @@ def _step(
         diverged=~healthy,
         member=state.member,
     )
-    return new_state, loss
+
+
+def _member_gradients(states: TrainState, evaluate_members, data):
+    """Each stacked member's loss and gradient on the same `data`: the gradient of the sum of
+    the members' losses, which is each member's own since members do not interact."""
+    params, static = eqx.partition(states.model, eqx.is_inexact_array)
+
+    def total(params):
+        losses = evaluate_members(eqx.combine(params, static), data)
+        return losses.sum(), losses
+
+    (_, losses), grads = jax.value_and_grad(total, has_aux=True)(params)
+    return losses, grads
 
 
 def _map_members(fn, states, member_chunk):
-    """Apply `fn` to every member: all at once (vmap), or `member_chunk` at a time (lax.map).
+    """Apply `fn` (stacked states of some members -> stacked results) to every member: all
+    at once, or `member_chunk` at a time in a loop (and the remainder last).
 
     On CPU small chunks win: the (members × prompts × heads × context) score tensor of one
     chunk stays in cache instead of streaming through memory.
@@ -90,8 +103,18 @@ def _map_members(fn, states, member_chunk):
         return fn(eqx.combine(member_arrays, static))
 
     if member_chunk is None:
-        return eqx.filter_vmap(on_arrays)(arrays)
-    return lax.map(on_arrays, arrays, batch_size=member_chunk)
+        return on_arrays(arrays)
+    n_members = jtu.tree_leaves(arrays)[0].shape[0]
+    n_chunks = n_members // member_chunk
+    split = n_chunks * member_chunk
+    chunked = jtu.tree_map(
+        lambda x: x[:split].reshape(n_chunks, member_chunk, *x.shape[1:]), arrays
+    )
+    out = jtu.tree_map(lambda x: x.reshape(split, *x.shape[2:]), lax.map(on_arrays, chunked))
+    if split == n_members:
+        return out
+    rest = on_arrays(jtu.tree_map(lambda x: x[split:], arrays))
+    return jtu.tree_map(lambda a, b: jnp.concatenate([a, b]), out, rest)
 
 
 # Per-member randomness of `after_step` comes from its own stream, so it never correlates with
@@ -101,23 +124,41 @@ _AFTER_STEP_STREAM = 0x5EED
 
 def _run(states, objective, optimizer, key, start_step, config):
     steps, record_every, observe, shared_data, member_chunk, after_step = config
-    draw, evaluate = _draw_and_evaluate(objective)
+    draw, evaluate, evaluate_members = _draw_and_evaluate(objective)
     after_key = jr.fold_in(key, _AFTER_STEP_STREAM)
 
+    def member_key(state, step):
+        return jr.fold_in(jr.fold_in(after_key, state.member), step)
+
+    def own_data_step(state, step):
+        data = draw(jr.fold_in(jr.fold_in(key, state.member), step))
+        params, static = eqx.partition(state.model, eqx.is_inexact_array)
+        loss, grads = jax.value_and_grad(lambda p: evaluate(eqx.combine(p, static), data))(params)
+        # `step` (not `state.step`) is unbatched, so a move scheduled on it branches for real.
+        new_state = _apply(
+            state, loss, grads, optimizer, data, after_step, step, member_key(state, step)
+        )
+        return new_state, loss
+
     def one_step(states, step):
+        if not shared_data:
+            return _map_members(
+                eqx.filter_vmap(lambda s: own_data_step(s, step)), states, member_chunk
+            )
         # Shared data is drawn once per step, outside the member map; `step` is unbatched.
-        shared = draw(jr.fold_in(key, step)) if shared_data else None
+        data = draw(jr.fold_in(key, step))
 
-        def member_step(state):
-            data = shared if shared_data else draw(jr.fold_in(jr.fold_in(key, state.member), step))
-            member_key = jr.fold_in(jr.fold_in(after_key, state.member), step)
-            # `step` (not `state.step`) is unbatched, so a move scheduled on it branches for real.
-            return _step(state, evaluate, optimizer, data, after_step, step, member_key)
+        def chunk_step(chunk):
+            losses, grads = _member_gradients(chunk, evaluate_members, data)
+            apply = lambda s, loss, g: _apply(  # noqa: E731
+                s, loss, g, optimizer, data, after_step, step, member_key(s, step)
+            )
+            return eqx.filter_vmap(apply)(chunk, losses, grads), losses
 
-        return _map_members(member_step, states, member_chunk)
+        return _map_members(chunk_step, states, member_chunk)
 
     def one_block(states, block_steps):
-        observed = _map_members(lambda s: observe(s.model), states, member_chunk)
+        observed = _map_members(eqx.filter_vmap(lambda s: observe(s.model)), states, member_chunk)
         header = (states.step, states.time)
         states, losses = lax.scan(one_step, states, block_steps)
         # The flag at the end of the block: divergence inside the last block is still reported.
