@@ -260,3 +260,33 @@ def test_divergence_inside_the_last_record_block_is_reported():
     assert states.diverged.tolist() == [False, True]
     assert traj.diverged[:, -1].tolist() == [False, True]
     assert traj.diverged[:, 0].tolist() == [False, False]
+
+
+def test_auto_member_chunk_fits_the_smallest_cache_holding_a_vector_of_members():
+    from jaxicl._train._member_chunk import chunk_for_caches
+
+    caches = (512 * 2**10, 16 * 2**20)
+    # ~1 KB members (the reduced flow): L2 holds 524 of them → the power of two below
+    assert chunk_for_caches(1000, caches, 65536) == 512
+    # ~0.4 MB members (attention): L2 holds one, L3 holds 40 → the power of two below
+    assert chunk_for_caches(0.42e6, caches, 1024) == 32
+    # everything fits: all at once; nothing fits even alone: one at a time
+    assert chunk_for_caches(1000, caches, 100) is None
+    assert chunk_for_caches(1e9, caches, 8) == 1
+
+
+def test_auto_member_chunk_is_chosen_once_per_workload(getkey, monkeypatch):
+    from jaxicl._train import _member_chunk, _trainer
+
+    calls = []
+    real = _member_chunk.temp_bytes_per_member
+    monkeypatch.setattr(_trainer, "auto_member_chunk", _member_chunk.auto_member_chunk)
+    monkeypatch.setattr(
+        _member_chunk, "temp_bytes_per_member", lambda *a: calls.append(a) or real(*a)
+    )
+    states = ji.init_ensemble_state(eqx.filter_vmap(make)(jr.split(getkey(), 8)), ADAM)
+    for seed in range(3):
+        ji.train_ensemble_steps(
+            states, LOSS, ADAM, steps=2, record_every=1, shard_members=False, key=jr.key(seed)
+        )
+    assert len(calls) == (1 if jax.default_backend() == "cpu" else 0)

@@ -20,6 +20,7 @@ import optax
 from jaxtyping import Array, Bool, Float, PRNGKeyArray, PyTree
 
 from .. import _validation as check
+from ._member_chunk import auto_member_chunk
 from ._objectives import AbstractObjective
 from ._state import (
     TrainState,
@@ -235,14 +236,57 @@ def _member_devices(shard_members, n_members) -> int:
     return n_devices if shard_members and n_devices > 1 and n_members % n_devices == 0 else 1
 
 
-def _resolve_member_chunk(member_chunk, n_members):
-    """ "auto": 32 members at a time on CPU (cache-sized), everything at once on accelerators."""
+# the chunks "auto" chose, by workload: the objects themselves are kept (not their ids, which
+# Python reuses once an object is gone) in the key's tuple; a few recent workloads suffice
+_AUTO_CHUNKS: list = []
+
+
+def _resolve_member_chunk(member_chunk, states, objective, optimizer, config, n_devices):
+    """An explicit chunk (`None` or ≥ `n_members`: all at once), or for "auto" the one
+    `auto_member_chunk` chooses from XLA's memory analysis of this workload."""
+    n_members = jtu.tree_leaves(eqx.filter(states, eqx.is_array))[0].shape[0] // n_devices
     if member_chunk == "auto":
-        member_chunk = 32 if jax.default_backend() == "cpu" else None
+        _, _, observe, shared_data, _, after_step = config
+        shapes = tuple(
+            (x.shape[1:], x.dtype) for x in jtu.tree_leaves(eqx.filter(states, eqx.is_array))
+        )
+        workload = (
+            objective,
+            optimizer,
+            observe,
+            after_step,
+            shared_data,
+            jtu.tree_structure(states),
+            shapes,
+        )
+        key = (workload, n_members, n_devices)
+        found = next((chunk for k, chunk in _AUTO_CHUNKS if _same(k, key)), "missing")
+        if found != "missing":
+            return found
+
+        def lower_probe(k):
+            probe = jtu.tree_map(
+                lambda x: (
+                    jax.ShapeDtypeStruct((k, *x.shape[1:]), x.dtype) if eqx.is_array(x) else x
+                ),
+                states,
+            )
+            return _lower_steps(probe, objective, optimizer, 1, observe, after_step, shared_data)
+
+        found = auto_member_chunk(lower_probe, n_members, n_devices)
+        del _AUTO_CHUNKS[:-31]
+        _AUTO_CHUNKS.append((key, found))
+        return found
     if member_chunk is None:
         return None
     check.positive_int("member_chunk", member_chunk)
     return None if member_chunk >= n_members else member_chunk
+
+
+def _same(a, b) -> bool:
+    """Key equality with the workload's objects compared by identity."""
+    (wa, na, da), (wb, nb, db) = a, b
+    return all(x is y for x, y in zip(wa[:4], wb[:4])) and wa[4:] == wb[4:] and (na, da) == (nb, db)
 
 
 def train_ensemble_steps(
@@ -275,8 +319,11 @@ def train_ensemble_steps(
     - `shared_data`: `True` (default): every member sees the same prompts at a given step
       (common random numbers; on CPU random-number generation would otherwise dominate).
       `False`: member i draws from `fold_in(key, i)`.
-    - `member_chunk`: members processed at a time inside each step; `None` for all at once,
-      `"auto"` for 32 on CPU and all at once on accelerators. Results do not depend on it.
+    - `member_chunk`: members processed at a time inside each step; `None` for all at once;
+      `"auto"`: on CPU the largest power of two whose step temporaries (XLA's memory analysis
+      of this workload, compiled once per process) fit in the smallest cache level holding
+      16 members' (see `_member_chunk.py`), all at once on accelerators. Results do not
+      depend on it.
     - `shard_members`: split the members over all local devices when their number divides the
       ensemble size (on CPU, `jax.config.update("jax_num_cpu_devices", n)` before first use
       gives one device per core). Results do not depend on it.
@@ -297,7 +344,8 @@ def train_ensemble_steps(
         raise ValueError("`states` must all be at the same step; continue them separately.")
     n_members = host_steps.shape[0]
     n_devices = _member_devices(shard_members, n_members)
-    chunk = _resolve_member_chunk(member_chunk, n_members // n_devices)
+    config = (steps, record_every, observe, shared_data, None, after_step)
+    chunk = _resolve_member_chunk(member_chunk, states, objective, optimizer, config, n_devices)
     start_step = jnp.asarray(member_steps[0], jnp.int32)
     config = (steps, record_every, observe, shared_data, chunk, after_step)
     if n_devices > 1:
@@ -319,6 +367,13 @@ def compile_ensemble_steps(
     at once (no chunking, no sharding), for XLA's analyses: `.memory_analysis()`,
     `.cost_analysis()`. Its math is that of `train_ensemble_steps`. `states` may be abstract
     (`jax.ShapeDtypeStruct` leaves, e.g. from `jax.eval_shape`): nothing is allocated."""
+    return _lower_steps(
+        states, objective, optimizer, steps, observe, after_step, shared_data
+    ).compile()
+
+
+def _lower_steps(states, objective, optimizer, steps, observe, after_step, shared_data):
+    """`compile_ensemble_steps`'s program, lowered (traced, not compiled)."""
     config = (steps, steps, observe, shared_data, None, after_step)
     leaf = lambda x: isinstance(x, jax.Array | np.ndarray | jax.ShapeDtypeStruct)  # noqa: E731
     dynamic, static = eqx.partition(states, leaf)
@@ -328,7 +383,7 @@ def compile_ensemble_steps(
         return eqx.filter(out, eqx.is_array)
 
     start = jax.ShapeDtypeStruct((), jnp.int32)
-    return jax.jit(run).lower(dynamic, start).compile()
+    return jax.jit(run).lower(dynamic, start)
 
 
 def ensemble_steps_shapes(
