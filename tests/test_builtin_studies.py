@@ -160,6 +160,7 @@ def test_a_member_that_diverged_has_no_outcome(tmp_path):
     assert np.isfinite(tame["final_loss"].values).all()
 
 
+@pytest.mark.slow  # a statistical run of the full model; its equality with training alone is fast
 def test_full_model_allocates_from_the_ansatz_init_not_from_random_signs(tmp_path):
     """Full softmax attention (d = 9, 3 tasks, H = 3, Adam 3e-3, 600 steps): the balanced init
     put into the weights allocates the tasks in every seed; i.i.d. normal weights (random signs,
@@ -201,7 +202,7 @@ def test_attention_regression_members_equal_plain_adam_alone(tmp_path):
     np.testing.assert_array_equal(models.Q[seed], member["Q"].values)
 
 
-@pytest.mark.parametrize("dynamics", ["exact", "full"])
+@pytest.mark.parametrize("dynamics", ["exact", pytest.param("full", marks=pytest.mark.slow)])
 def test_ansatz_dynamics_members_draw_their_own_prompts_by_seed(tmp_path, dynamics):
     """Per-member data: member s trains on the stream of its seed, as a run alone whose data
     key is fold_in(data key, s), whatever else shares its call."""

@@ -40,6 +40,7 @@ def finished(tmp_path_factory):
     return config, out, run_feature_learning(config, out, progress=False)
 
 
+@pytest.mark.slow  # the end-to-end fixture; the summary, config and CLI tests stay fast
 def test_runs_writes_results_and_resumes_without_recomputing(finished, monkeypatch):
     config, out, summary = finished
     for name in ("summary.json", "feature_learning.png", "sweeps/static/zarr.json"):
@@ -60,6 +61,7 @@ def test_runs_writes_results_and_resumes_without_recomputing(finished, monkeypat
     assert again["static"] == summary["static"]
 
 
+@pytest.mark.slow  # the end-to-end fixture
 def test_other_configuration_is_refused(finished):
     _, out, _ = finished
     with pytest.raises(ValueError, match="different configuration"):

@@ -141,6 +141,7 @@ def test_joint_attention_tracks_static_as_the_ratio_grows(problem):
     assert gaps[3] < 0.1 * gaps[0], gaps
 
 
+@pytest.mark.slow  # a trend over particle counts
 def test_mean_field_limit_as_particles_grow(problem):
     """Check 8: same initial law, M = 16 … 256 (zero-mass padding: one call per seed batch);
     the sup-distance of L(t) to the M = 1024 mean falls like M^(-1/2) or faster."""

@@ -179,6 +179,7 @@ def test_invariance_and_teacher_zero_loss(getkey, activation):
     assert ji.two_timescale_loss(p, x, f, 0.0) > 1e-4 * scale
 
 
+@pytest.mark.slow  # a trend over context lengths
 def test_finite_context_loss_approaches_population_loss(getkey):
     """L^n = L_TF + ½σ² + (1/2n) tr(W Σµµ Wᵀ C), C = E[(‖f°‖² + σ²) h hᵀ] − Σµ° Σ°µ (derived
     from the covariance of the context average (1/n) Σ y_i h(x_i) given v); Monte Carlo agrees

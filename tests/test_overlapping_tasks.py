@@ -49,6 +49,7 @@ def test_split_statistics_tell_pairs_from_superposition():
     assert (stats["purity"][1] < 0.9).all() and (stats["purity"][0] == 1).all()
 
 
+@pytest.mark.slow  # end-to-end; the statistics and summary tests stay fast
 def test_runs_and_reports(tmp_path):
     summary = run_overlapping_tasks(OverlappingTasksConfig(**TINY), tmp_path, progress=False)
     assert set(summary["groups"]) == {"2", "4"}

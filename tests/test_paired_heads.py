@@ -57,6 +57,7 @@ def test_interrupted_run_resumes_to_identical_results(tmp_path):
     assert (tmp_path / "resumed" / "paired_heads.png").stat().st_size > 10_000
 
 
+@pytest.mark.slow  # two end-to-end runs; the summary test keeps the experiment fast
 def test_different_configuration_is_refused(tmp_path):
     run_paired_heads(PairedHeadsConfig(**TINY), tmp_path, progress=False)
     before = (tmp_path / "config.json").read_text()

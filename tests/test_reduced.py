@@ -224,3 +224,38 @@ def test_allocation_optima_tend_to_their_large_context_limits():
         assert all(b < a for a, b in zip(earlier, later)), gaps
     assert max(gaps[-1]) < 0.02, gaps
     assert abs(u_strict - 1 / (R + 2)) > 0.01  # the two differ by more than the grid
+
+
+@pytest.mark.parametrize("factorized", [False, True])
+def test_members_minor_layout_is_the_same_loss_and_gradient(factorized, getkey):
+    """`ReducedLoss.evaluate_members` (members as the minor axis) against vmap of `evaluate`,
+    float64, values and gradients, including a member past the expansion's range (NaN)."""
+    objective = ji.ReducedLoss((3, 4, 5), 30, context_noise=0.4, query_noise=0.2)
+    omega = 0.3 * jr.normal(getkey(), (6, 2, 3))
+    mu = jr.normal(getkey(), (6, 2, 3))
+    omega = omega.at[5, 0, 0].set(0.9)  # 2ω² > 1: NaN for member 5 only
+    states = eqx.filter_vmap(
+        ji.balanced_factorization if factorized else lambda o, m: ji.MergedSpectral(o, m)
+    )(omega, mu)
+    params, static = eqx.partition(states, eqx.is_inexact_array)
+
+    def gradients(evaluate_members):
+        def total(params):
+            losses = evaluate_members(eqx.combine(params, static), None)
+            return jnp.nansum(losses), losses
+
+        return jax.grad(total, has_aux=True)(params)
+
+    plain = lambda models, data: eqx.filter_vmap(lambda m: objective.evaluate(m, data))(models)  # noqa: E731
+    fast_grads, fast = gradients(objective.evaluate_members)
+    plain_grads, reference = gradients(plain)
+    assert jnp.isnan(fast[5]) and jnp.isnan(reference[5])
+    assert jnp.allclose(fast[:5], reference[:5], rtol=1e-13, atol=0)
+    keep = lambda g: jax.tree_util.tree_map(lambda x: x[:5], g)  # noqa: E731
+    assert jax.tree_util.tree_all(
+        jax.tree_util.tree_map(
+            lambda a, b: jnp.allclose(a, b, rtol=1e-11, atol=1e-14),
+            keep(fast_grads),
+            keep(plain_grads),
+        )
+    )

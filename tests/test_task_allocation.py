@@ -85,6 +85,7 @@ def test_factorized_warmup_scales_inversely_with_init(tiny_run):
     assert -1.2 < summary["warmup_scaling"]["factorized"]["loglog_slope"] < -0.8
 
 
+@pytest.mark.slow  # an end-to-end run; the study-level warm-up test stays fast
 def test_no_rate_while_seeds_are_still_in_warmup(tmp_path):
     """At r = 5 from scale 1e-3 the warm-up lasts about 50 time units: a horizon capped at 10
     leaves every seed on its plateau, and the summary says so instead of reporting 0% and a

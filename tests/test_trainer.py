@@ -224,7 +224,7 @@ def test_bad_schedule(kwargs, field, getkey):
         ji.train_steps(state, LOSS, ADAM, key=getkey(), **kwargs)
 
 
-@pytest.mark.parametrize("shared_data", [True, False])
+@pytest.mark.parametrize("shared_data", [True, pytest.param(False, marks=pytest.mark.slow)])
 def test_member_chunk_does_not_change_results(shared_data, getkey):
     models = eqx.filter_vmap(make)(jr.split(getkey(), 8))
     kwargs = dict(steps=6, record_every=3, observe=observe, shared_data=shared_data, key=getkey())

@@ -99,8 +99,8 @@ def balanced_factorization(
 
 
 def reduced_loss(
-    omega: Float[Array, "H n"],
-    mu: Float[Array, "H n"],
+    omega: Float[Array, "H n *members"],
+    mu: Float[Array, "H n *members"],
     *,
     block_sizes: tuple[int, ...],
     context_len: int,
@@ -108,24 +108,27 @@ def reduced_loss(
     query_noise: float = 0.0,
     tilt: bool = True,
     ratio_bias: bool = True,
-) -> Float[Array, ""]:
+) -> Float[Array, "*members"]:
     """ℓ(Ω, M), summed over tasks, to first order in 1/L (see the module docstring). NaN where
-    2 ω_{h,j} ω_{h',j} ≥ 1.
+    2 ω_{h,j} ω_{h',j} ≥ 1. Trailing axes of `omega` and `mu` are members (one loss each):
+    with members as the minor axis every array below is vectorized over them.
 
     `tilt=False` drops the tilt variance, `ratio_bias=False` the ratio bias (the slope is then
     Σ μ ω): ablations, to show against Monte Carlo that each term is needed (without either the
     error does not vanish as L grows). `ReducedLoss` always keeps both."""
-    sizes = jnp.asarray(block_sizes, omega.dtype)
-    cross = omega[:, None, :] * omega[None, :, :]  # (H, H, n)
-    blockwise = sizes[None, None, :]
-    kernel = jnp.exp(-0.5 * jnp.sum(blockwise * jnp.log1p(-2 * cross), axis=-1))
+    members = (1,) * (omega.ndim - 2)
+    sizes = jnp.asarray(block_sizes, omega.dtype).reshape(-1, *members)  # (n, ...)
+    cross = omega[:, None] * omega[None, :]  # (H, H, n, ...)
+    blockwise = sizes[None, None]  # (1, 1, n, ...), as cross
+    kernel = jnp.exp(-0.5 * jnp.sum(blockwise * jnp.log1p(-2 * cross), axis=2))  # (H, H, ...)
     tilted = blockwise * cross / (1 - 2 * cross) if tilt else jnp.zeros_like(cross)
     variance = blockwise + context_noise**2 + tilted
-    fluctuation = jnp.einsum("hi,gi,hg,hgi->i", mu, mu, kernel, variance)
-    shrink = jnp.diagonal(kernel)[:, None] / (context_len * (1 - 2 * omega**2))  # κ_{h,i}
+    fluctuation = jnp.einsum("hi...,gi...,hg...,hgi...->i...", mu, mu, kernel, variance)
+    own = jnp.moveaxis(jnp.diagonal(kernel, axis1=0, axis2=1), -1, 0)  # K_{hh}: (H, ...)
+    shrink = own[:, None] / (context_len * (1 - 2 * omega**2))  # κ_{h,i}
     slope = jnp.sum(mu * omega / (1 + shrink) if ratio_bias else mu * omega, axis=0)
     per_task = query_noise**2 + sizes * (1 - slope) ** 2 + fluctuation / context_len
-    return jnp.sum(per_task)
+    return jnp.sum(per_task, axis=0)
 
 
 class ReducedLoss(AbstractObjective):
@@ -155,7 +158,16 @@ class ReducedLoss(AbstractObjective):
         return None
 
     def evaluate(self, model: AbstractSpectral, data: None) -> Float[Array, ""]:
-        omega, mu = model.spectral()
+        return self._loss(*model.spectral())
+
+    def evaluate_members(self, models: AbstractSpectral, data: None) -> Float[Array, " m"]:
+        """All members at once with members as the minor axis (structure of arrays): the
+        (H, n) states are tiny, and vmap's layout (members major) left the reductions over
+        heads and tasks to XLA's slow small-minor-axis loops."""
+        omega, mu = eqx.filter_vmap(lambda model: model.spectral())(models)
+        return self._loss(jnp.moveaxis(omega, 0, -1), jnp.moveaxis(mu, 0, -1))
+
+    def _loss(self, omega, mu):
         if omega.shape[1] != len(self.block_sizes):
             raise ValueError(
                 f"the state has {omega.shape[1]} tasks but `block_sizes` has "
