@@ -197,6 +197,19 @@ def main(argv=None) -> int:
         # Every run and sweep resumes from its last stored chunk: say so instead of a traceback.
         print("\njaxicl: interrupted; rerun the same command to resume.", file=sys.stderr)
         return 130
+    except jax.errors.JaxRuntimeError as error:
+        # Sizes just under the pre-compile estimate (a lower bound: states and one step's data)
+        # can still exhaust memory inside XLA; that, and only that, gets one line.
+        if "RESOURCE_EXHAUSTED" not in str(error):
+            raise
+        detail = str(error).strip().splitlines()[0]
+        print(
+            f"jaxicl: error: out of memory while running ({detail}); use fewer members, heads "
+            "or prompts per step (or a smaller members_per_call for a sweep); what was stored "
+            "is kept, and rerunning resumes it.",
+            file=sys.stderr,
+        )
+        return 1
     except OSError as error:
         if error.errno not in (errno.ENOSPC, errno.EDQUOT):
             raise

@@ -4,6 +4,7 @@ import errno
 import json
 import os
 
+import jax
 import pytest
 
 from jaxicl import _cli
@@ -108,6 +109,28 @@ def test_other_os_errors_are_not_disguised_as_a_full_disk(monkeypatch):
 
     monkeypatch.setattr(_cli, "_main", broken)
     with pytest.raises(OSError, match="I/O error"):
+        _cli.main(["run", "paired-heads"])
+
+
+def test_memory_exhausted_inside_xla_is_one_line(monkeypatch, capsys):
+    """Sizes just under the pre-compile estimate (a lower bound) can still run out inside XLA."""
+
+    def exhausted(argv):
+        raise jax.errors.JaxRuntimeError(
+            "RESOURCE_EXHAUSTED: Out of memory while trying to allocate 17.50GiB.\nmore detail"
+        )
+
+    monkeypatch.setattr(_cli, "_main", exhausted)
+    assert _cli.main(["run", "paired-heads", "--heads", "100000"]) == 1
+    err = capsys.readouterr().err
+    assert "out of memory while running (RESOURCE_EXHAUSTED: Out of memory" in err
+    assert "fewer members, heads" in err and "Traceback" not in err and "more detail" not in err
+
+    def other(argv):
+        raise jax.errors.JaxRuntimeError("INTERNAL: something else")
+
+    monkeypatch.setattr(_cli, "_main", other)
+    with pytest.raises(jax.errors.JaxRuntimeError, match="INTERNAL"):
         _cli.main(["run", "paired-heads"])
 
 
