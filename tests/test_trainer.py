@@ -284,7 +284,7 @@ def test_auto_member_chunk_is_chosen_once_per_workload(getkey, monkeypatch):
     monkeypatch.setattr(
         _member_chunk, "temp_bytes_per_member", lambda *a: calls.append(a) or real(*a)
     )
-    states = ji.init_ensemble_state(eqx.filter_vmap(make)(jr.split(getkey(), 8)), ADAM)
+    states = ji.init_ensemble_state(eqx.filter_vmap(make)(jr.split(getkey(), 24)), ADAM)
     for seed in range(3):
         ji.train_ensemble_steps(
             states, LOSS, ADAM, steps=2, record_every=1, shard_members=False, key=jr.key(seed)

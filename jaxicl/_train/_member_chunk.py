@@ -8,8 +8,8 @@ chunk is the largest power of two whose temporaries, as XLA's memory analysis of
 step counts them per member, fit in the smallest cache level (L2, then L3) that holds at least
 a vector's width of members (16: fp32 lanes of AVX-512). Tiny per-member states (the reduced
 flow) fit hundreds of members in L2; attention members, ~0.4 MB each, a few dozen in L3.
-Accelerators map all members at once. The analysis compiles one step once per workload and
-process; results never depend on the chunk.
+Accelerators, and ensembles of at most 16 members a device, map all members at once. The
+analysis compiles one step once per workload and process; results never depend on the chunk.
 """
 
 import functools
@@ -91,7 +91,10 @@ def chunk_for_caches(bytes_per_member: float | int, caches: tuple, n_members: in
 def auto_member_chunk(lower_probe, n_members: int, n_devices: int) -> int | None:
     """The chunk for `n_members` on each of `n_devices` local devices; `lower_probe(k)` lowers
     the one-step program of k members."""
-    if jax.default_backend() != "cpu":
+    if jax.default_backend() != "cpu" or n_members <= VECTOR_MEMBERS:
+        # Up to a vector of members, all at once: the probe's compile costs seconds that small
+        # ensembles (tests, notebooks, single runs) do not earn back. It can cost speed (the
+        # mean-field solver at 4 members a device ran 1.3× faster one at a time).
         return None
     probe = min(n_members, PROBE_MEMBERS)
     per_member = temp_bytes_per_member(lower_probe(probe), probe)

@@ -334,8 +334,8 @@ def train_ensemble_steps(
     - `member_chunk`: members processed at a time inside each step; `None` for all at once;
       `"auto"`: on CPU the largest power of two whose step temporaries (XLA's memory analysis
       of this workload, compiled once per process) fit in the smallest cache level holding
-      16 members' (see `_member_chunk.py`), all at once on accelerators. Results do not
-      depend on it.
+      16 members' (see `_member_chunk.py`); all at once on accelerators and for at most 16
+      members a device. Results do not depend on it.
     - `shard_members`: split the members over all local devices when their number divides the
       ensemble size (on CPU, `jax.config.update("jax_num_cpu_devices", n)` before first use
       gives one device per core). Results do not depend on it.
