@@ -209,10 +209,15 @@ def _row(r, baselines) -> str:
     )
 
 
-if __name__ == "__main__":
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def command_line(main, description: str) -> None:
+    """The benchmarks' shared command line: `--members`, `--quick`, `--out`, then `main`."""
+    parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--members", type=int, nargs="+", default=[1, 16, 256, 1024, 4096])
     parser.add_argument("--quick", action="store_true", help="tiny repeat counts (smoke test)")
     parser.add_argument("--out", default=None, help="write the JSON report here")
     args = parser.parse_args()
     main(members=tuple(args.members), quick=args.quick, out=args.out)
+
+
+if __name__ == "__main__":
+    command_line(main, __doc__.splitlines()[0])

@@ -20,7 +20,6 @@ exponentials; the matmul units cannot help a contraction of length D = 6).
     python benchmarks/peers.py --members 16 256 --quick
 """
 
-import argparse
 import json
 import math
 import pathlib
@@ -40,6 +39,7 @@ from ensemble_throughput import (
     LR,
     NOISE,
     _setup,
+    command_line,
     jaxicl_ensemble,
     matmul_peak,
     torch_per_seed_loop,
@@ -230,9 +230,4 @@ def _line(row) -> str:
 
 
 if __name__ == "__main__":
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--members", type=int, nargs="+", default=[1, 16, 256, 1024, 4096])
-    parser.add_argument("--quick", action="store_true", help="tiny repeat counts (smoke test)")
-    parser.add_argument("--out", default=None, help="write the JSON report here")
-    args = parser.parse_args()
-    main(members=tuple(args.members), quick=args.quick, out=args.out)
+    command_line(main, __doc__.splitlines()[0])

@@ -162,7 +162,4 @@ class FactorizedAttention(AbstractAttention):
     def predict_members(self, prompts: Prompt) -> Float[Array, "m B n_out"]:
         """As `MergedAttention.predict_members`, through W = KᵀQ/√D and U = OV (formed here,
         inside whatever is differentiated, so gradients reach Q, K, V, O exactly)."""
-        _check_width(prompts, self.Q.shape[-1])
-        W = jnp.einsum("mhrD,mhrE->mhDE", self.K, self.Q) / math.sqrt(self.Q.shape[-1])
-        U = self.O @ self.V
-        return shared_prompt_predictions(W, U, self.kind, prompts)
+        return eqx.filter_vmap(lambda member: member.merged())(self).predict_members(prompts)

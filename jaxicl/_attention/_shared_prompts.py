@@ -18,7 +18,7 @@ import jax
 import jax.numpy as jnp
 from jaxtyping import Array, Float
 
-from .._tasks._prompt import Prompt
+from .._tasks._prompt import Prompt, context_tokens, query_token
 
 
 def shared_prompt_predictions(
@@ -31,9 +31,8 @@ def shared_prompt_predictions(
     """
     n_members, n_heads, width, _ = W.shape
     n_out = U.shape[2]
-    # the token views of `context_tokens` / `query_token`, for a batch of prompts
-    tokens = jnp.concatenate([prompts.x, prompts.y], axis=-1)  # (B, L, D)
-    query = jnp.concatenate([prompts.query_x, jnp.zeros_like(prompts.query_y)], axis=-1)
+    tokens = context_tokens(prompts)  # (B, L, D)
+    query = query_token(prompts)  # (B, D)
     n_prompts, n_ctx, _ = tokens.shape
     if query.ndim != 2 or tokens.shape[-1] != width:
         raise ValueError(

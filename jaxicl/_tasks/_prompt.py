@@ -24,11 +24,12 @@ class Prompt(eqx.Module):
     query_y: Float[Array, " n_out"]
 
 
-def context_tokens(prompt: Prompt) -> Float[Array, "n_ctx D"]:
-    """Context tokens z_l = (x_l, y_l), stacked as rows: the transpose of Z = [z_1 .. z_L]."""
+def context_tokens(prompt: Prompt) -> Float[Array, "*batch n_ctx D"]:
+    """Context tokens z_l = (x_l, y_l), stacked as rows: the transpose of Z = [z_1 .. z_L]
+    (of each prompt, for a batch of prompts)."""
     return jnp.concatenate([prompt.x, prompt.y], axis=-1)
 
 
-def query_token(prompt: Prompt) -> Float[Array, " D"]:
-    """Query token z_q = (x_q, 0): the label slot is empty."""
-    return jnp.concatenate([prompt.query_x, jnp.zeros_like(prompt.query_y)])
+def query_token(prompt: Prompt) -> Float[Array, "*batch D"]:
+    """Query token z_q = (x_q, 0): the label slot is empty (of each prompt of a batch)."""
+    return jnp.concatenate([prompt.query_x, jnp.zeros_like(prompt.query_y)], axis=-1)

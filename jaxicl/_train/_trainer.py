@@ -37,12 +37,15 @@ AfterStep = Callable[[PyTree, PyTree, Array, PRNGKeyArray], PyTree]
 
 def _draw_and_evaluate(objective):
     """Split an objective into draw(key) -> data, evaluate(model, data) -> loss and
-    evaluate_members(stacked models, data) -> each member's loss."""
+    evaluate_members(stacked models, data) -> each member's loss (`None`: member by member)."""
     if isinstance(objective, AbstractObjective):
         return objective.draw, objective.evaluate, objective.evaluate_members
-    evaluate = lambda model, key: objective(model, key=key)  # noqa: E731
-    members = lambda models, key: eqx.filter_vmap(lambda m: evaluate(m, key))(models)  # noqa: E731
-    return (lambda key: key), evaluate, members
+    return (lambda key: key), (lambda model, key: objective(model, key=key)), None
+
+
+def _member_by_member(evaluate):
+    """`evaluate(model, data)` as a loss of stacked models on the same data."""
+    return lambda models, data: eqx.filter_vmap(lambda model: evaluate(model, data))(models)
 
 
 def _select(keep_new, new_tree, old_tree):
@@ -137,8 +140,8 @@ def _run(states, objective, optimizer, key, start_step, config):
     # 1024). The member count of this device is static here.
     n_local = jtu.tree_leaves(eqx.filter(states, eqx.is_array))[0].shape[0]
     joint_loss = evaluate_members
-    if n_local < JOINT_LOSS_MEMBERS:
-        joint_loss = lambda models, data: eqx.filter_vmap(lambda m: evaluate(m, data))(models)  # noqa: E731
+    if joint_loss is None or n_local < JOINT_LOSS_MEMBERS:
+        joint_loss = _member_by_member(evaluate)
 
     def member_key(state, step):
         return jr.fold_in(jr.fold_in(after_key, state.member), step)
