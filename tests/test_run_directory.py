@@ -149,3 +149,25 @@ def test_sizes_that_cannot_fit_are_refused_with_the_estimate(tmp_path, capsys, f
     err = capsys.readouterr().err
     assert "needs at least" in err and "GiB" in err and "more than this device's" in err
     assert "Traceback" not in err and "RESOURCE_EXHAUSTED" not in err
+
+
+def test_near_the_bound_one_members_temporaries_join_the_estimate(tmp_path, capsys, monkeypatch):
+    """When states and data alone just fit, XLA's temporaries of a compiled member decide: a
+    call that would be killed for memory (seen: 12,000 heads under a 6 GiB cgroup) is refused
+    with the estimate instead."""
+    from jaxicl._sweeps import _group, _runner
+
+    bounds = []
+    minimum_bytes = _group.Group.minimum_bytes
+
+    def recorded(self, *args):
+        bounds.append(minimum_bytes(self, *args))
+        return bounds[-1]
+
+    monkeypatch.setattr(_group.Group, "minimum_bytes", recorded)
+    monkeypatch.setattr(_runner, "device_memory_bytes", lambda: max(bounds) + 1)
+    args = ["run", "paired-heads", "--out", str(tmp_path / "run"), "--quiet", "--heads", "2"]
+    assert _cli.main(args) == 2
+    err = capsys.readouterr().err
+    assert "needs at least" in err and "temporaries by XLA's analysis" in err
+    assert "Traceback" not in err

@@ -164,6 +164,19 @@ class Group:
 
     def memory(self, member_values: dict, n_members: int, n_records: int) -> int:
         """XLA's memory analysis (bytes) of one call of `n_members` members, all at once."""
+        analysis = self._memory_analysis(member_values, n_members, n_records)
+        return int(
+            analysis.argument_size_in_bytes
+            + analysis.output_size_in_bytes
+            + analysis.temp_size_in_bytes
+        )
+
+    def temporary_bytes(self, member_values: dict, n_records: int) -> int:
+        """XLA's temporary bytes of one member's call: what any call needs beside its states,
+        however its members are chunked (a chunk holds at least one member)."""
+        return int(self._memory_analysis(member_values, 1, n_records).temp_size_in_bytes)
+
+    def _memory_analysis(self, member_values: dict, n_members: int, n_records: int):
         compiled = compile_ensemble_steps(
             self._abstract_states(member_values, n_members),
             self.objective,
@@ -172,12 +185,7 @@ class Group:
             shared_data=type(self.study).shared_data,
             **self.extra,
         )
-        analysis = compiled.memory_analysis()
-        return int(
-            analysis.argument_size_in_bytes
-            + analysis.output_size_in_bytes
-            + analysis.temp_size_in_bytes
-        )
+        return compiled.memory_analysis()
 
     def minimum_bytes(self, member_values: dict, n_members: int) -> int:
         """A lower bound on the memory of one call of `n_members` members, from shapes alone

@@ -22,6 +22,7 @@ import jax
 import jax.random as jr
 import numpy as np
 
+from .._host._memory import host_memory_bytes
 from .._host._progress import progress_bar
 from . import _store as store_io
 from ._group import Group
@@ -39,11 +40,12 @@ _INIT_STREAM, _DATA_STREAM = 0, 1
 
 
 def device_memory_bytes() -> int:
-    """Memory of the first local device: its allocator limit, or physical RAM on CPU."""
+    """Memory of the first local device: its allocator limit, or on CPU the host's memory this
+    process may use (physical RAM, or less under a cgroup limit)."""
     stats = jax.local_devices()[0].memory_stats() or {}
     if "bytes_limit" in stats:
         return int(stats["bytes_limit"])
-    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    return host_memory_bytes()
 
 
 def auto_members_per_call(plan: SweepPlan, groups: list, budget: int, chunk_records: int) -> int:
@@ -97,17 +99,30 @@ def _layout(plan: SweepPlan, groups: list) -> dict:
 
 
 def _check_memory(plan: SweepPlan, groups: list, layout: dict) -> None:
-    """Refuse, before anything runs, a call that cannot fit: its members' states and one step's
-    data alone (a lower bound, from shapes) exceed the device's memory."""
+    """Refuse, before anything runs, a call that cannot fit: its members' states (in and out)
+    and one step's data, a lower bound from shapes alone. When that is already a sizeable share
+    of the device's memory, XLA's temporaries of one compiled member per local device join the
+    bound: past its memory a CPU process is killed without a word, and near the bound the
+    temporaries decide (smaller calls skip that compilation). Still a lower bound: a run just
+    under it can be killed."""
     members = layout["seed_block"] * len(plan.member_points())
     values = _member_values(plan, 0, 1)[0]
     needed = max(g.minimum_bytes(values, members) for g in groups)
     available = device_memory_bytes()
+    what = "its members' states, in and out, and one step's data"
+    if MEMORY_FRACTION * available < needed <= available:
+        # each local device runs at least one member at a time (they share the host's memory)
+        at_once = min(members, jax.local_device_count())
+        needed = max(
+            g.minimum_bytes(values, members)
+            + at_once * g.temporary_bytes(values, layout["chunk_records"])
+            for g in groups
+        )
+        what += f", plus {at_once} member(s)' temporaries by XLA's analysis of the compiled call"
     if needed > available:
         raise ValueError(
-            f"one call of {members} members needs at least {needed / 2**30:.3g} GiB (its members' "
-            f"states, in and out, and one step's data), more than this device's "
-            f"{available / 2**30:.3g} GiB: "
+            f"one call of {members} members needs at least {needed / 2**30:.3g} GiB ({what}), "
+            f"more than this device's {available / 2**30:.3g} GiB: "
             "lower the members per call (`members_per_call`, or an experiment's member count) "
             "or the sizes that make a member or a step large (heads, batch size, particles)."
         )
