@@ -37,6 +37,21 @@ def _kernel_smoother_risk(prompts, omegas):
     return jax.vmap(risk)(omegas).min()
 
 
+@eqx.filter_jit
+def _sampled_risks(task, n_prompts: int, noise_var: float, omegas, key):
+    """Bayes ridge (closed form given the inputs, averaged over sampled inputs) and the best
+    kernel smoother on one sample of prompts: one compiled program per L (run op by op, the
+    sampling alone compiled a dozen small programs per L)."""
+    prompts = sample_prompts(task, n_prompts, key=key)
+    sigma = math.sqrt(noise_var)
+    ridge = jax.vmap(
+        lambda x: ridge_risk_given_inputs(
+            x, ridge=noise_var * task.d, context_noise=sigma, query_noise=sigma
+        )
+    )
+    return ridge(prompts.x).mean(), _kernel_smoother_risk(prompts, omegas)
+
+
 def predictor_risks(d: int, lengths, noise_var: float, n_prompts: int, *, key) -> dict:
     """Population risk of each reference predictor at each L (lists aligned with `lengths`).
 
@@ -50,16 +65,17 @@ def predictor_risks(d: int, lengths, noise_var: float, n_prompts: int, *, key) -
     omegas = jnp.linspace(0.0, 1.5, 61)
     for length in lengths:
         length_key = jr.fold_in(key, length)
-        prompts = sample_prompts(_task(d, length, noise_var), n_prompts, key=length_key)
         for name, debiased, risk in (
             ("gd", False, gd_risk),
             ("debiased_gd", True, debiased_gd_risk),
         ):
             step = optimal_gd_step(d=d, context_len=length, context_noise=sigma, debiased=debiased)
             out[name].append(float(risk(d=d, context_len=length, step=step, **noise)))
-        ridge = jax.vmap(lambda x: ridge_risk_given_inputs(x, ridge=noise_var * d, **noise))
-        out["bayes_ridge"].append(float(ridge(prompts.x).mean()))
-        out["kernel_smoother"].append(float(_kernel_smoother_risk(prompts, omegas)))
+        ridge, smoother = _sampled_risks(
+            _task(d, length, noise_var), n_prompts, noise_var, omegas, length_key
+        )
+        out["bayes_ridge"].append(float(ridge))
+        out["kernel_smoother"].append(float(smoother))
         out["zero"].append(1.0 + noise_var)
     return out
 

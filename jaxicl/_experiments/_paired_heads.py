@@ -105,16 +105,11 @@ def run_paired_heads(
     claim_run_directory(out_dir, config.as_dict())
     eval_key, reference_key, length_key = jr.split(jr.fold_in(jr.key(config.seed), 10_000), 3)
     lengths = config.eval_lengths
-    references, predictors_by_length = reference_risks(config, key=reference_key)
     summary = {
         "config": config.as_dict(),
         "device": str(jax.devices()[0].device_kind),
-        "references": references,
-        "by_length": {
-            "lengths": list(lengths),
-            "predictors": predictors_by_length,
-            "models_median": {},
-        },
+        "references": None,  # after training: sizes that cannot fit are refused first
+        "by_length": {"lengths": list(lengths), "predictors": None, "models_median": {}},
         "groups": {},
     }
     results = {}
@@ -148,6 +143,9 @@ def run_paired_heads(
             if healthy.any()
             else [None] * len(lengths)
         )
+    references, predictors_by_length = reference_risks(config, key=reference_key)
+    summary["references"] = references
+    summary["by_length"]["predictors"] = predictors_by_length
     save_json(out_dir / "summary.json", summary)
     plot_paired_heads(results, summary, out_dir / "paired_heads.png")
     return summary
