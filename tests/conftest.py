@@ -28,3 +28,23 @@ if _CACHE:
 def getkey():
     # Deterministic by default so CI is reproducible; set JAXICL_TEST_SEED to explore others.
     return GetKey(seed=int(os.environ.get("JAXICL_TEST_SEED", "0")))
+
+
+# The two workers take whole files in collection order; a long file collected last keeps one
+# worker busy while the other idles (about two minutes of a cold run went so). The longest
+# files (cold-run times) go first; the rest keep their order.
+_LONGEST_FIRST = (
+    "test_full_vs_reduced.py",
+    "test_sweeps.py",
+    "test_notebooks.py",
+    "test_trainer.py",
+    "test_task_allocation.py",
+    "test_builtin_studies.py",
+    "test_reduced_convergence.py",
+    "test_paired_heads.py",
+)
+
+
+def pytest_collection_modifyitems(items):
+    rank = {name: i for i, name in enumerate(_LONGEST_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))
