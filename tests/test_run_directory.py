@@ -153,7 +153,7 @@ def test_sizes_that_cannot_fit_are_refused_with_the_estimate(tmp_path, capsys, f
 
 def test_near_the_bound_one_members_temporaries_join_the_estimate(tmp_path, capsys, monkeypatch):
     """When states and data alone just fit, XLA's temporaries of a compiled member decide: a
-    call that would be killed for memory (seen: 12,000 heads under a 6 GiB cgroup) is refused
+    call that was killed for memory (15,000 heads under a 6 GiB cgroup) is refused
     with the estimate instead."""
     from jaxicl._sweeps import _group, _runner
 
