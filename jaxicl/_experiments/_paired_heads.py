@@ -105,14 +105,7 @@ def run_paired_heads(
     claim_run_directory(out_dir, config.as_dict())
     eval_key, reference_key, length_key = jr.split(jr.fold_in(jr.key(config.seed), 10_000), 3)
     lengths = config.eval_lengths
-    summary = {
-        "config": config.as_dict(),
-        "device": str(jax.devices()[0].device_kind),
-        "references": None,  # after training: sizes that cannot fit are refused first
-        "by_length": {"lengths": list(lengths), "predictors": None, "models_median": {}},
-        "groups": {},
-    }
-    results = {}
+    results, groups, models_median = {}, {}, {}
     sigma = math.sqrt(config.noise_var)
     task = LinearRegression(config.d, config.context_len, context_noise=sigma, query_noise=sigma)
     for n_heads in config.heads:
@@ -135,17 +128,25 @@ def run_paired_heads(
         results[n_heads] = records
         # Diverged members are frozen where they blew up: counted, left out of every statistic.
         healthy = ~records["diverged"][:, -1]
-        summary["groups"][str(n_heads)] = dict(
-            _group_summary(records), **_structure_summary(models, healthy)
-        )
-        summary["by_length"]["models_median"][str(n_heads)] = (
+        groups[str(n_heads)] = dict(_group_summary(records), **_structure_summary(models, healthy))
+        models_median[str(n_heads)] = (
             np.median(records["loss_by_length"][healthy], axis=0).tolist()
             if healthy.any()
             else [None] * len(lengths)
         )
+    # after training, so that sizes that cannot fit are refused before anything is computed
     references, predictors_by_length = reference_risks(config, key=reference_key)
-    summary["references"] = references
-    summary["by_length"]["predictors"] = predictors_by_length
+    summary = {
+        "config": config.as_dict(),
+        "device": str(jax.devices()[0].device_kind),
+        "references": references,
+        "by_length": {
+            "lengths": list(lengths),
+            "predictors": predictors_by_length,
+            "models_median": models_median,
+        },
+        "groups": groups,
+    }
     save_json(out_dir / "summary.json", summary)
     plot_paired_heads(results, summary, out_dir / "paired_heads.png")
     return summary

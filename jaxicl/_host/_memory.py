@@ -8,9 +8,6 @@ import os
 import pathlib
 
 
-_UNLIMITED = "max"  # cgroup v2's word for no limit (v1 writes a huge number instead)
-
-
 def host_memory_bytes(cgroup_root="/sys/fs/cgroup", proc_cgroup="/proc/self/cgroup") -> int:
     """Physical RAM, or the smallest memory limit of this process's cgroups (v1 or v2) and
     their ancestors, whichever is smaller."""
@@ -21,7 +18,7 @@ def host_memory_bytes(cgroup_root="/sys/fs/cgroup", proc_cgroup="/proc/self/cgro
             text = (directory / filename).read_text().strip()
         except OSError:
             continue
-        if text and text != _UNLIMITED and text.isdigit():
+        if text.isdigit():  # v2 writes "max" for no limit, v1 a huge number
             limits.append(int(text))
     return min(limits)
 

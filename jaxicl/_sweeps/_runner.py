@@ -107,16 +107,16 @@ def _check_memory(plan: SweepPlan, groups: list, layout: dict) -> None:
     under it can be killed."""
     members = layout["seed_block"] * len(plan.member_points())
     values = _member_values(plan, 0, 1)[0]
-    needed = max(g.minimum_bytes(values, members) for g in groups)
+    bounds = [g.minimum_bytes(values, members) for g in groups]
+    needed = max(bounds)
     available = device_memory_bytes()
     what = "its members' states, in and out, and one step's data"
     if MEMORY_FRACTION * available < needed <= available:
         # each local device runs at least one member at a time (they share the host's memory)
         at_once = min(members, jax.local_device_count())
         needed = max(
-            g.minimum_bytes(values, members)
-            + at_once * g.temporary_bytes(values, layout["chunk_records"])
-            for g in groups
+            bound + at_once * g.temporary_bytes(values, layout["chunk_records"])
+            for g, bound in zip(groups, bounds)
         )
         what += f", plus {at_once} member(s)' temporaries by XLA's analysis of the compiled call"
     if needed > available:
