@@ -1,3 +1,4 @@
+import copy
 import json
 
 import numpy as np
@@ -83,6 +84,27 @@ def test_emergence_is_shorter_than_warmup(tiny_run):
 def test_factorized_warmup_scales_inversely_with_init(tiny_run):
     _, summary = tiny_run
     assert -1.2 < summary["warmup_scaling"]["factorized"]["loglog_slope"] < -0.8
+
+
+@pytest.mark.slow  # the end-to-end fixture
+def test_groups_still_in_warmup_are_told_their_own_flows_horizon(tiny_run):
+    """random-sign runs the merged flow to `horizon_merged`: when its seeds are still in warm-up
+    the summary names that horizon and `--horizon-merged`, not the factorized flow's."""
+    from jaxicl._experiments._task_allocation import format_allocation_summary
+
+    _, summary = tiny_run
+    waiting = copy.deepcopy(summary)
+    for g in waiting["groups"].values():
+        g["success_rate"] = None
+    text = format_allocation_summary(waiting)
+    assert (
+        "no allocation rate for balanced/H3, random-positive/H3: seeds still in warm-up at the "
+        f"horizon (t = {summary['horizon_used']:g}); raise `--horizon` (and `--horizon-cap`)."
+    ) in text
+    assert (
+        "no allocation rate for random-sign/H3: seeds still in warm-up at the horizon (t = 2); "
+        "raise `--horizon-merged`."
+    ) in text
 
 
 @pytest.mark.slow  # an end-to-end run; the study-level warm-up test stays fast

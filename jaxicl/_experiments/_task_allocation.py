@@ -385,11 +385,18 @@ def format_allocation_summary(summary: dict) -> str:
             f"{_time(g['warmup_end_median'])}  {_time(g['emergence_end_median']):>9}  "
             f"{_time(g['convergence_median']):>9}"
         )
-    if waiting:
-        lines.append(
-            f"no allocation rate for {', '.join(waiting)}: seeds still in warm-up at the horizon "
-            f"(t = {summary['horizon_used']:g}); raise `--horizon` (and `--horizon-cap`)."
-        )
+    # random-sign runs the merged flow to its own horizon: name the horizon and flag that apply
+    merged = [name for name in waiting if name.startswith("random-sign/")]
+    factorized = [name for name in waiting if name not in merged]
+    for names, horizon, flag in (
+        (factorized, summary["horizon_used"], "`--horizon` (and `--horizon-cap`)"),
+        (merged, config["horizon_merged"], "`--horizon-merged`"),
+    ):
+        if names:
+            lines.append(
+                f"no allocation rate for {', '.join(names)}: seeds still in warm-up at the "
+                f"horizon (t = {horizon:g}); raise {flag}."
+            )
     lines.append(
         "stalled: not allocated, with a dead head and a live head split between tasks; moving: "
         "left warm-up but not settled at the horizon"
