@@ -27,6 +27,7 @@ def _gradient_mean_and_stderr(objective, state, repeats):
     return flat.mean(axis=0), flat.std(axis=0, ddof=1) / np.sqrt(repeats)
 
 
+@pytest.mark.slow  # Monte Carlo at 3 s.e.; the control-variate test stays fast
 def test_ansatz_loss_is_the_full_models_loss_on_the_ansatz():
     """The objective on rotated-frame prompts has the mean of the full model's sampled ICL loss
     in R^d (× n: ℓ sums the tasks), with or without control variates (3 s.e., independent

@@ -41,6 +41,7 @@ def _run(problem, models, *, steps, record_every, lr=0.1, **kwargs):
     return states.model, traj.observables
 
 
+@pytest.mark.slow  # 3000 steps of 16 members
 def test_loss_decreases_monotonically_to_zero_across_seeds(problem):
     """Check 4: from generic inits, with a small step, L falls monotonically towards 0."""
     models, records = _run(problem, _ensemble(16, 64, jr.key(1)), steps=3000, record_every=30)
@@ -115,6 +116,7 @@ def test_symmetric_init_plateaus_and_perturbations_escape(problem):
     assert float(moved["loss"][0, -1]) < 0.5 * plateau
 
 
+@pytest.mark.slow  # a trend over learning-rate ratios
 def test_joint_attention_tracks_static_as_the_ratio_grows(problem):
     """Check 6: the gap between jointly trained W and W at its optimum shrinks with the ratio.
     (W's flow relaxes at rates ratio · λ(Σµ°Σ°µ) λ(Σµµ), ∝ a_scale⁴: larger features make

@@ -163,6 +163,7 @@ def test_preset_chen_r5_reproduces_the_reference_rate_and_stall(tmp_path, capsys
     assert g["stalled"] >= 0.6 * failures
 
 
+@pytest.mark.slow  # an end-to-end run from the command line
 def test_diverged_members_still_get_a_table_and_figures(tmp_path, capsys):
     """At init scale 100 the reduced flow diverges in every random seed: the run still writes
     its summary and figure, counts the diverged seeds and prints the table (the figure step
