@@ -5,6 +5,7 @@ import argparse
 import dataclasses
 import errno
 import math
+import os
 import sys
 
 import jax
@@ -192,7 +193,14 @@ def _sweep(args) -> int:
 
 def main(argv=None) -> int:
     try:
-        return _main(argv)
+        code = _main(argv)
+        sys.stdout.flush()  # a reader that closed the pipe shows here, not as an exit traceback
+        return code
+    except BrokenPipeError:
+        # `jaxicl inspect STORE | head`: the reader wants no more. Point stdout at devnull so
+        # the interpreter's own flush at exit does not raise again.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1
     except KeyboardInterrupt:
         # Every run and sweep resumes from its last stored chunk: say so instead of a traceback.
         print("\njaxicl: interrupted; rerun the same command to resume.", file=sys.stderr)

@@ -3,6 +3,8 @@
 import errno
 import json
 import os
+import subprocess
+import sys
 
 import jax
 import pytest
@@ -76,6 +78,16 @@ def test_an_interrupt_prints_how_to_resume_not_a_traceback(monkeypatch, capsys):
     assert _cli.main(["run", "paired-heads"]) == 130
     err = capsys.readouterr().err
     assert "rerun the same command to resume" in err and "Traceback" not in err
+
+
+def test_a_reader_that_closed_the_pipe_ends_the_command_quietly():
+    """`jaxicl inspect STORE | head`: once the reader has stopped, no traceback (Python's own
+    flush at exit printed "Exception ignored ... BrokenPipeError" and exited with 120)."""
+    command = [sys.executable, "-m", "jaxicl"]
+    with subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE) as process:
+        process.stdout.close()  # long before the command prints its usage
+        err = process.stderr.read().decode()
+    assert process.returncode == 1 and err == "", err
 
 
 def test_a_truncated_checkpoint_names_the_file_and_the_fix(tmp_path):
