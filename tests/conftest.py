@@ -10,13 +10,6 @@ jax.config.update("jax_enable_x64", True)
 jax.config.update("jax_numpy_rank_promotion", "raise")
 jax.config.update("jax_numpy_dtype_promotion", "strict")
 
-# Most of the suite's time is XLA compilation: keep compiled programs between runs (and for the
-# subprocesses the tests start), so a second run of the edit-test loop compiles only what
-# changed. JAXICL_TEST_COMPILATION_CACHE="" turns it off; a path moves it.
-_CACHE = os.environ.get(
-    "JAXICL_TEST_COMPILATION_CACHE",
-    str(pathlib.Path(__file__).parents[1] / ".pytest_cache" / "jax-compilation"),
-)
 # LLVM at -O1 rather than XLA's default -O2: the suite's programs are small, so most of its
 # time is compiling them. At -O1 a small training program compiles in 1.4 s instead of 2.4 and
 # runs as fast; the fast lane of test_trainer and test_meanfield_dynamics took 105 s instead of
@@ -26,6 +19,13 @@ if "xla_backend_optimization_level" not in os.environ.get("XLA_FLAGS", ""):
         os.environ.get("XLA_FLAGS", "") + " --xla_backend_optimization_level=1"
     ).strip()
 
+# Most of the suite's time is XLA compilation: keep compiled programs between runs (and for the
+# subprocesses the tests start), so a second run of the edit-test loop compiles only what
+# changed. JAXICL_TEST_COMPILATION_CACHE="" turns it off; a path moves it.
+_CACHE = os.environ.get(
+    "JAXICL_TEST_COMPILATION_CACHE",
+    str(pathlib.Path(__file__).parents[1] / ".pytest_cache" / "jax-compilation"),
+)
 if _CACHE:
     # Every program, however quick to compile: the subprocesses the tests start compile the
     # same small programs again (the kill-and-resume tests took 90 s instead of 102).

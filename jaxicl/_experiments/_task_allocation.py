@@ -180,9 +180,13 @@ def factorized_horizon(config) -> float:
 EXAMPLE_SEEDS = 8
 
 
+# the one scheme on the merged flow (its own step and horizon): signs must be free to change
+MERGED_FLOW_SCHEME = "random-sign"
+
+
 def _scheme_study(config, scheme: str, horizon: float, heads: int, **changes) -> ReducedAllocation:
     """One scheme's members: random-sign on the merged flow's step and horizon."""
-    merged = scheme == "random-sign"
+    merged = scheme == MERGED_FLOW_SCHEME
     return ReducedAllocation(
         d=config.d,
         n_tasks=config.n_tasks,
@@ -385,8 +389,8 @@ def format_allocation_summary(summary: dict) -> str:
             f"{_time(g['warmup_end_median'])}  {_time(g['emergence_end_median']):>9}  "
             f"{_time(g['convergence_median']):>9}"
         )
-    # random-sign runs the merged flow to its own horizon: name the horizon and flag that apply
-    merged = [name for name in waiting if name.startswith("random-sign/")]
+    # groups are named "scheme/H<heads>"; the merged flow has its own horizon and flag
+    merged = [name for name in waiting if name.split("/")[0] == MERGED_FLOW_SCHEME]
     factorized = [name for name in waiting if name not in merged]
     for names, horizon, flag in (
         (factorized, summary["horizon_used"], "`--horizon` (and `--horizon-cap`)"),
