@@ -38,16 +38,14 @@ def _kernel_smoother_risk(prompts, omegas):
 
 
 @eqx.filter_jit
-def _sampled_risks(task, n_prompts: int, noise_var: float, omegas, key):
-    """Bayes ridge (closed form given the inputs, averaged over sampled inputs) and the best
-    kernel smoother on one sample of prompts: one compiled program per L (run op by op, the
-    sampling alone compiled a dozen small programs per L)."""
+def _sampled_risks(task, n_prompts: int, omegas, key):
+    """Bayes ridge λ = σ²d (closed form given the inputs, averaged over sampled inputs) and the
+    best kernel smoother on one sample of the task's prompts: one compiled program per L (run
+    op by op, the sampling alone compiled a dozen small programs per L)."""
     prompts = sample_prompts(task, n_prompts, key=key)
-    sigma = math.sqrt(noise_var)
+    noise = dict(context_noise=task.context_noise, query_noise=task.query_noise)
     ridge = jax.vmap(
-        lambda x: ridge_risk_given_inputs(
-            x, ridge=noise_var * task.d, context_noise=sigma, query_noise=sigma
-        )
+        lambda x: ridge_risk_given_inputs(x, ridge=task.context_noise**2 * task.d, **noise)
     )
     return ridge(prompts.x).mean(), _kernel_smoother_risk(prompts, omegas)
 
@@ -71,9 +69,7 @@ def predictor_risks(d: int, lengths, noise_var: float, n_prompts: int, *, key) -
         ):
             step = optimal_gd_step(d=d, context_len=length, context_noise=sigma, debiased=debiased)
             out[name].append(float(risk(d=d, context_len=length, step=step, **noise)))
-        ridge, smoother = _sampled_risks(
-            _task(d, length, noise_var), n_prompts, noise_var, omegas, length_key
-        )
+        ridge, smoother = _sampled_risks(_task(d, length, noise_var), n_prompts, omegas, length_key)
         out["bayes_ridge"].append(float(ridge))
         out["kernel_smoother"].append(float(smoother))
         out["zero"].append(1.0 + noise_var)
