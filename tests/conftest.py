@@ -1,5 +1,7 @@
 import os
 import pathlib
+import subprocess
+import sys
 
 import jax
 import pytest
@@ -10,14 +12,30 @@ jax.config.update("jax_enable_x64", True)
 jax.config.update("jax_numpy_rank_promotion", "raise")
 jax.config.update("jax_numpy_dtype_promotion", "strict")
 
-# LLVM at -O1 rather than XLA's default -O2: the suite's programs are small, so most of its
-# time is compiling them. At -O1 a small training program compiles in 1.4 s instead of 2.4 and
-# runs as fast; the fast lane of test_trainer and test_meanfield_dynamics took 105 s instead of
-# 155. (-O0, which `jax_disable_most_optimizations` sets, crashed XLA's compiler in full runs.)
-if "xla_backend_optimization_level" not in os.environ.get("XLA_FLAGS", ""):
-    os.environ["XLA_FLAGS"] = (
-        os.environ.get("XLA_FLAGS", "") + " --xla_backend_optimization_level=1"
-    ).strip()
+
+def _xla_accepts(flag: str) -> bool:
+    """Whether this jaxlib's XLA knows `flag`: an unknown flag in XLA_FLAGS aborts the process,
+    so ask a child process (about 1.3 s, once: the workers inherit the answer)."""
+    probe = [sys.executable, "-c", "import jax; jax.devices()"]
+    env = {**os.environ, "XLA_FLAGS": flag, "JAX_PLATFORMS": "cpu"}
+    return subprocess.run(probe, env=env, capture_output=True).returncode == 0
+
+
+# Most of the suite's time is compiling small programs, so the tests compile them faster than
+# XLA's defaults do (a flag the user sets wins; the package itself keeps XLA's defaults):
+# - LLVM at -O1 rather than -O2: a small training program compiles in 1.4 s instead of 2.4 and
+#   runs as fast; the full suite took 13.9 min instead of 18.7. (-O0, which
+#   `jax_disable_most_optimizations` sets, crashed XLA's compiler in full runs.)
+# - XLA's older fusion emitters rather than the MLIR ones of recent jaxlibs: compiling took 431 s
+#   of CPU time instead of 695, running as long; the full suite took 11.3 min instead of 14.2.
+#   Older jaxlibs lack the flag, and a later one may drop it: it is set only where XLA takes it.
+_FASTER_COMPILE = ("--xla_backend_optimization_level=1", "--xla_cpu_use_fusion_emitters=false")
+if not os.environ.get("JAXICL_TEST_XLA_FLAGS_SET"):
+    _wanted = [f for f in _FASTER_COMPILE if f.split("=")[0] not in os.environ.get("XLA_FLAGS", "")]
+    if _wanted and not _xla_accepts(" ".join(_wanted)):
+        _wanted = [f for f in _wanted if _xla_accepts(f)]
+    os.environ["XLA_FLAGS"] = " ".join([os.environ.get("XLA_FLAGS", ""), *_wanted]).strip()
+    os.environ["JAXICL_TEST_XLA_FLAGS_SET"] = "1"  # the workers and subprocesses inherit them
 
 # Most of the suite's time is XLA compilation: keep compiled programs between runs (and for the
 # subprocesses the tests start), so a second run of the edit-test loop compiles only what
