@@ -65,12 +65,14 @@ def getkey():
 _LONGEST_FIRST = (
     "test_full_vs_reduced.py",
     "test_sweeps.py",
-    "test_notebooks.py",
-    "test_trainer.py",
     "test_task_allocation.py",
-    "test_builtin_studies.py",
+    "test_notebooks.py",
+    "test_meanfield_dynamics.py",
     "test_reduced_convergence.py",
+    "test_builtin_studies.py",
+    "test_trainer.py",
     "test_paired_heads.py",
+    "test_study.py",
 )
 
 
