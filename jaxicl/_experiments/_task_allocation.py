@@ -182,11 +182,17 @@ EXAMPLE_SEEDS = 8
 
 # the one scheme on the merged flow (its own step and horizon): signs must be free to change
 MERGED_FLOW_SCHEME = "random-sign"
+# what to raise when a flow's seeds are still in warm-up at its horizon
+_HORIZON_FLAGS = {"factorized": "`--horizon` (and `--horizon-cap`)", "merged": "`--horizon-merged`"}
+
+
+def _flow(scheme: str) -> str:
+    return "merged" if scheme == MERGED_FLOW_SCHEME else "factorized"
 
 
 def _scheme_study(config, scheme: str, horizon: float, heads: int, **changes) -> ReducedAllocation:
     """One scheme's members: random-sign on the merged flow's step and horizon."""
-    merged = scheme == MERGED_FLOW_SCHEME
+    merged = _flow(scheme) == "merged"
     return ReducedAllocation(
         d=config.d,
         n_tasks=config.n_tasks,
@@ -322,7 +328,12 @@ def run_task_allocation(config: TaskAllocationConfig, out_dir, *, progress=None,
     }
     arrays = {}
     for (scheme, n_heads), g in groups.items():
-        summary["groups"][f"{scheme}/H{n_heads}"] = _group_summary(g)
+        integrated_to = _scheme_study(config, scheme, horizon, n_heads).horizon
+        summary["groups"][f"{scheme}/H{n_heads}"] = {
+            **_group_summary(g),
+            "flow": _flow(scheme),
+            "horizon": integrated_to,
+        }
         arrays.update({f"{scheme}/H{n_heads}/{k}": v for k, v in g.items()})
     np.savez(out_dir / "groups.npz", **arrays)
     save_json(out_dir / "summary.json", summary)
@@ -389,14 +400,10 @@ def format_allocation_summary(summary: dict) -> str:
             f"{_time(g['warmup_end_median'])}  {_time(g['emergence_end_median']):>9}  "
             f"{_time(g['convergence_median']):>9}"
         )
-    # groups are named "scheme/H<heads>"; the merged flow has its own horizon and flag
-    merged = [name for name in waiting if name.split("/")[0] == MERGED_FLOW_SCHEME]
-    factorized = [name for name in waiting if name not in merged]
-    for names, horizon, flag in (
-        (factorized, summary["horizon_used"], "`--horizon` (and `--horizon-cap`)"),
-        (merged, config["horizon_merged"], "`--horizon-merged`"),
-    ):
+    for flow, flag in _HORIZON_FLAGS.items():
+        names = [name for name in waiting if summary["groups"][name]["flow"] == flow]
         if names:
+            horizon = summary["groups"][names[0]]["horizon"]  # one per flow
             lines.append(
                 f"no allocation rate for {', '.join(names)}: seeds still in warm-up at the "
                 f"horizon (t = {horizon:g}); raise {flag}."
