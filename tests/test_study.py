@@ -205,7 +205,7 @@ def test_own_study_killed_mid_sweep_resumes_to_the_uninterrupted_store(tmp_path)
     sweep = tmp_path / "sweep.toml"
     sweep.write_text(
         'study = "own_study:Quadratic"\nseeds = 4\nmembers_per_call = 2\nchunk_records = 1\n'
-        "[fixed]\nd = 200000\nsteps = 4000\nn_records = 8\n"
+        "[fixed]\nd = 200000\nsteps = 1000\nn_records = 8\n"
         "[grid]\nlearning_rate = [0.0001, 0.0002]\n"
     )
     env = {**os.environ, "PYTHONPATH": str(pathlib.Path(__file__).parent)}
