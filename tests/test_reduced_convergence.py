@@ -117,6 +117,28 @@ def test_each_first_order_term_is_needed(measured):
     assert not _converges(*_finite_errors(rows["random positive"], "no ratio bias"))
 
 
+def test_rotated_frame_blocks_are_drawn_as_block_by_block():
+    """The batched draw of every block's x_{q,S_j} and β_j (one program) gives the values of an
+    independent block-by-block loop (r_j normals from fold_in(·, j)), for blocks of unequal
+    sizes too: its zero padding changes nothing."""
+    from jaxicl._attention._ansatz_monte_carlo import _rotated_prompt
+
+    sizes, key = (2, 7, 4), jr.key(5)
+    prompt = _rotated_prompt(sizes, 10, jnp.float64, key)
+    q_key, beta_key, context_key = jr.split(key, 3)
+    for j, size in enumerate(sizes):
+        xq = jr.normal(jr.fold_in(q_key, j), (size,), jnp.float64)
+        beta = jr.normal(jr.fold_in(beta_key, j), (size,), jnp.float64)
+        along = beta @ xq / jnp.linalg.norm(xq)
+        across = jnp.sqrt(beta @ beta - along**2)
+        block = slice(2 * j, 2 * j + 2)
+        assert jnp.allclose(prompt.query_x[block], jnp.array([jnp.linalg.norm(xq), 0.0]))
+        row = jnp.zeros(2 * len(sizes)).at[2 * j].set(along).at[2 * j + 1].set(across)
+        assert jnp.allclose(prompt.query_y[j], row @ prompt.query_x, rtol=1e-12)
+        assert jnp.allclose(prompt.y[:, j], prompt.x @ row, rtol=1e-12)
+    assert jnp.array_equal(prompt.x, jr.normal(context_key, (10, 6), jnp.float64))
+
+
 @pytest.mark.slow
 def test_rotated_frame_prompts_equal_task_prompts_in_law():
     """The rotated frame (2n coordinates per token) against `MultiTaskRegression`'s own prompts
