@@ -18,7 +18,6 @@ from ._attention._ansatz_monte_carlo import (
 )
 from ._attention._decomposable import (
     decomposable_attention as decomposable_attention,
-    reduced_time_scales as reduced_time_scales,
 )
 from ._attention._init import (
     init_balanced as init_balanced,
@@ -28,6 +27,7 @@ from ._attention._init import (
 from ._attention._init_schemes import (
     AbstractInitScheme as AbstractInitScheme,
     Balanced as Balanced,
+    ChenCode as ChenCode,
     RandomPositive as RandomPositive,
     RandomSign as RandomSign,
 )
@@ -61,6 +61,13 @@ from ._attention._reduced import (
     balanced_factorization as balanced_factorization,
     optimal_allocation_losses as optimal_allocation_losses,
     reduced_loss as reduced_loss,
+)
+from ._attention._reduced_flows import (
+    AbstractReducedFlow as AbstractReducedFlow,
+    EuclideanFlow as EuclideanFlow,
+    FactorizedWeights as FactorizedWeights,
+    MergedWeights as MergedWeights,
+    WeightFlow as WeightFlow,
 )
 from ._meanfield._flow import (
     AttentionFlow as AttentionFlow,
@@ -153,7 +160,6 @@ from ._train._state import (
     init_train_state as init_train_state,
 )
 from ._train._trainer import (
-    preconditioned_sgd as preconditioned_sgd,
     sgd as sgd,
     train as train,
     train_ensemble as train_ensemble,

@@ -132,6 +132,8 @@ class AnsatzICLLoss(AbstractObjective):
     - `batch_size`: prompts per draw.
     - `dtype`: of the prompts (the state's dtype should match); default JAX's float.
     - `control_variates`: subtract the mean-zero control variates (see above).
+    - `average_outputs`: divide by n: the ICL loss's normalisation (it averages the n outputs),
+      which the weights' gradient flow descends (`WeightFlow`).
     """
 
     block_sizes: tuple[int, ...] = eqx.field(static=True)
@@ -139,8 +141,18 @@ class AnsatzICLLoss(AbstractObjective):
     batch_size: int = eqx.field(static=True)
     dtype: jnp.dtype = eqx.field(static=True)
     control_variates: bool = eqx.field(static=True)
+    average_outputs: bool = eqx.field(static=True)
 
-    def __init__(self, block_sizes, context_len, batch_size, *, dtype=None, control_variates=False):
+    def __init__(
+        self,
+        block_sizes,
+        context_len,
+        batch_size,
+        *,
+        dtype=None,
+        control_variates=False,
+        average_outputs=False,
+    ):
         if not block_sizes:
             raise ValueError("`block_sizes` must list at least one block size, got ().")
         self.block_sizes = tuple(check.positive_int("block_sizes", r) for r in block_sizes)
@@ -148,6 +160,7 @@ class AnsatzICLLoss(AbstractObjective):
         self.batch_size = check.positive_int("batch_size", batch_size)
         self.dtype = jnp.dtype(jnp.result_type(float) if dtype is None else dtype)
         self.control_variates = bool(control_variates)
+        self.average_outputs = bool(average_outputs)
 
     def draw(self, key: PRNGKeyArray) -> Prompt:
         return _rotated_prompts(
@@ -167,8 +180,10 @@ class AnsatzICLLoss(AbstractObjective):
             data
         )
         if self.control_variates:
-            return _limit_loss(omega, mu, self.block_sizes) + jnp.mean(finite)
-        return jnp.mean(loss)
+            total = _limit_loss(omega, mu, self.block_sizes) + jnp.mean(finite)
+        else:
+            total = jnp.mean(loss)
+        return total / n_tasks if self.average_outputs else total
 
 
 def ansatz_monte_carlo_loss(

@@ -1,15 +1,8 @@
-"""Full attention models on the decomposable ansatz, and the learning rates that make their
-training time the reduced flow's time.
+"""Full attention models on the decomposable ansatz.
 
 On the ansatz, head h reads ω_{h,i} on every diagonal entry of W_h over the block S_i and
-μ_{h,i} at U_h[i, d + i]. Plain gradient descent on the full weights does not move (Ω, M) at
-the reduced flow's speed: each ω is shared by r_i diagonal entries (so it moves r_i times
-slower), the ICL loss averages the n outputs where ℓ sums them (n times slower), and in the
-factorized model W = KᵀQ/√D adds a 1/√D. `reduced_time_scales` returns per-entry factors that
-undo exactly these, so SGD with step dt on the full model is, on the ansatz and for large L,
-the explicit Euler step dt of the reduced flow (merged flow for `MergedAttention`, balanced
-factorized flow for `FactorizedAttention`). Off-ansatz entries get the same factors; they are
-free to grow, and how little they do is what the comparison measures.
+μ_{h,i} at U_h[i, d + i]. Plain SGD on these weights moves (Ω, M) as the reduced flow of the
+weights' gradient flow (`WeightFlow`, where the rates are derived), on the same clock.
 """
 
 import math
@@ -57,36 +50,3 @@ def decomposable_attention(
         .set(jnp.sign(mu) * label)
     )
     return FactorizedAttention(Q=Q, K=K, V=V, O=O, kind=kind)
-
-
-def reduced_time_scales(model: AbstractAttention, blocks: Blocks) -> AbstractAttention:
-    """Per-entry learning-rate factors (a pytree shaped like `model`) under which SGD on the
-    full model runs on the reduced flow's clock (see the module docstring).
-
-    The ansatz entries that carry ω for a coordinate of block S_i (the x-diagonal of W, or of
-    Q and K when factorized) get n·r_i (times √D when factorized); every other entry, the label
-    entries that carry μ included, gets n: the ICL loss's own clock. Off-ansatz entries have no
-    population gradient on the ansatz and grow only from sampling noise, so keeping them on the
-    plain clock keeps that noise at the level of ordinary SGD on the ICL loss.
-    """
-    if not isinstance(model, (MergedAttention, FactorizedAttention)):
-        raise ValueError(
-            f"`model` must be a MergedAttention or FactorizedAttention, got {type(model).__name__}."
-        )
-    factorized = isinstance(model, FactorizedAttention)
-    score = model.Q if factorized else model.W  # (H, r, D) or (H, D, D): the entries that carry ω
-    width, dtype, n_tasks = score.shape[-1], score.dtype, len(blocks)
-    if score.shape[1] != width:
-        raise ValueError(f"`model` must have square Q and K (r = D = {width}), got {score.shape}.")
-    d = width - n_tasks
-    sizes = jnp.asarray([stop - start for start, stop in blocks], dtype)
-    root_width = math.sqrt(width) if factorized else 1.0
-    omega_scale = n_tasks * root_width * (sizes @ block_mask(blocks, d, dtype))
-    coords = jnp.arange(d)
-    diagonal = jnp.full(score.shape, n_tasks, dtype).at[:, coords, coords].set(omega_scale)
-    plain = lambda array: jnp.full(array.shape, n_tasks, dtype)  # noqa: E731
-    if factorized:
-        return FactorizedAttention(
-            Q=diagonal, K=diagonal, V=plain(model.V), O=plain(model.O), kind=model.kind
-        )
-    return MergedAttention(W=diagonal, U=plain(model.U), kind=model.kind)

@@ -139,20 +139,27 @@ class ReducedLoss(AbstractObjective):
     - `block_sizes`: r_i = |S_i| for each task, e.g. `(16, 17, 17)`.
     - `context_len`: L.
     - `context_noise`, `query_noise`: label noise standard deviations σ, σ_q.
+    - `average_outputs`: `False`: ℓ, summed over the n tasks; `True`: ℓ/n, the normalisation
+      of the full model's ICL loss (it averages the n outputs), which the weights' gradient
+      flow descends (`WeightFlow`).
     """
 
     block_sizes: tuple[int, ...] = eqx.field(static=True)
     context_len: int = eqx.field(static=True)
     context_noise: float
     query_noise: float
+    average_outputs: bool = eqx.field(static=True)
 
-    def __init__(self, block_sizes, context_len, *, context_noise=0.0, query_noise=0.0):
+    def __init__(
+        self, block_sizes, context_len, *, context_noise=0.0, query_noise=0.0, average_outputs=False
+    ):
         if not block_sizes:
             raise ValueError("`block_sizes` must list at least one block size, got ().")
         self.block_sizes = tuple(check.positive_int("block_sizes", r) for r in block_sizes)
         self.context_len = check.positive_int("context_len", context_len)
         self.context_noise = check.finite_nonnegative("context_noise", context_noise)
         self.query_noise = check.finite_nonnegative("query_noise", query_noise)
+        self.average_outputs = check.one_of("average_outputs", average_outputs, (False, True))
 
     def draw(self, key: PRNGKeyArray) -> None:
         return None
@@ -173,7 +180,7 @@ class ReducedLoss(AbstractObjective):
                 f"the state has {omega.shape[1]} tasks but `block_sizes` has "
                 f"{len(self.block_sizes)}."
             )
-        return reduced_loss(
+        total = reduced_loss(
             omega,
             mu,
             block_sizes=self.block_sizes,
@@ -181,6 +188,7 @@ class ReducedLoss(AbstractObjective):
             context_noise=self.context_noise,
             query_noise=self.query_noise,
         )
+        return total / len(self.block_sizes) if self.average_outputs else total
 
 
 class AllocationOptimum(NamedTuple):

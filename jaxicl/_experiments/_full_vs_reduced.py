@@ -1,20 +1,29 @@
 """Experiment `full-vs-reduced`: what separates the full softmax model from the reduced flow.
 
 From the same decomposable init (random-positive: ω, μ = s(1 + c U(0, 1)), a few seeds), four
-dynamics run on the reduced flow's clock over the same horizon, for each context length L:
+dynamics run on one clock, the full model's (steps × learning rate of plain SGD), over the
+same horizon, for each context length L:
 
-1. the reduced flow: explicit Euler on ℓ(Ω, M), the large-L expansion to first order in 1/L;
-2. the exact finite-L flow on the ansatz: SGD on (Ω, M) with the full model's own loss on the
-   ansatz (`AnsatzICLLoss` with control variates: unbiased, small fluctuations), no expansion;
+1. the reduced flow of the weights' gradient flow (`WeightFlow`): explicit Euler on ℓ(Ω, M)/n,
+   the large-L expansion to first order in 1/L, in the weights' ansatz coordinates;
+2. the exact finite-L flow on the ansatz: SGD on the same coordinates with the full model's own
+   loss on the ansatz (`AnsatzICLLoss` with control variates: unbiased, small fluctuations), no
+   expansion;
 3. the same on the ansatz with the full model's batch B and no control variates: the full
    model's sampling noise along the ansatz, no weight off it;
-4. the full model (all weights, B sampled prompts a step, `reduced_time_scales`).
+4. the full model (all weights, B sampled prompts a step, plain SGD with one learning rate).
+
+Nothing is rescaled: every loss is the ICL loss (averaged over the n outputs) and one `dt` is
+one SGD step of the full model.
 
 So the gap (4)–(1) splits into (2)–(1), the expansion error, which does not depend on B and
 shrinks with L, and (4)–(2), sampling noise (and whatever leaves the ansatz), which shrinks
 like 1/√B; (3)–(2) beside (4)–(2) tells how much of the latter stays on the ansatz.
 Each dynamics is a sweep of the `AnsatzDynamics` study over L (and B), streamed into a store,
 so an interrupted run resumes.
+
+Then the allocation rates (`_allocation_validation.py`): at a small size, the full model's
+rate with its binomial standard error beside both reduced flows' rates from the same inits.
 """
 
 import dataclasses
@@ -31,10 +40,15 @@ from .._attention._ansatz_monte_carlo import ansatz_monte_carlo_loss
 from .._attention._decomposable import decomposable_attention
 from .._attention._models import MergedAttention
 from .._host._checkpoint import claim_run_directory, save_json
-from .._studies._ansatz_dynamics import DYNAMICS as VARIANTS, FLOWS, AnsatzDynamics
+from .._studies._ansatz_dynamics import DYNAMICS as VARIANTS, PARAMETRIZATIONS, AnsatzDynamics
 from .._sweeps._runner import sweep
 from .._tasks._regression import MultiTaskRegression, disjoint_blocks
 from .._train._objectives import monte_carlo_loss
+from ._allocation_validation import (
+    ALLOCATION_DEFAULTS,
+    allocation_validation,
+    format_allocation_validation,
+)
 from ._full_vs_reduced_figure import plot_full_vs_reduced
 
 
@@ -52,16 +66,38 @@ class FullVsReducedConfig:
     n_seeds: int = 2
     init_scale: float = 0.03
     init_spread: float = 0.1
-    flow: str = "factorized"
-    horizon: float = 3.0
-    dt: float = 0.01
-    n_records: int = 30
+    parametrization: str = "factorized"
+    horizon: float = 50.0
+    dt: float = 0.25
+    n_records: int = 40
     eval_prompts: int = 8192
     seed: int = 0
+    alloc_d: int = ALLOCATION_DEFAULTS["d"]
+    alloc_context_len: int = ALLOCATION_DEFAULTS["context_len"]
+    alloc_init_scale: float = ALLOCATION_DEFAULTS["init_scale"]
+    alloc_init_spread: float = ALLOCATION_DEFAULTS["init_spread"]
+    alloc_members: int = ALLOCATION_DEFAULTS["members"]
+    alloc_batch: int = ALLOCATION_DEFAULTS["batch"]
+    alloc_horizon: float = ALLOCATION_DEFAULTS["horizon"]
+    alloc_dt: float = ALLOCATION_DEFAULTS["dt"]
+    alloc_euclidean_horizon: float = ALLOCATION_DEFAULTS["euclidean_horizon"]
+    alloc_euclidean_dt: float = ALLOCATION_DEFAULTS["euclidean_dt"]
 
     def __post_init__(self):
         for name in ("d", "n_tasks", "heads", "exact_batch", "n_seeds", "n_records"):
             check.positive_int(name, getattr(self, name))
+        for name in ("alloc_d", "alloc_context_len", "alloc_members", "alloc_batch"):
+            check.positive_int(name, getattr(self, name))
+        disjoint_blocks(self.alloc_d, self.n_tasks)
+        for name in (
+            "alloc_init_scale",
+            "alloc_horizon",
+            "alloc_dt",
+            "alloc_euclidean_horizon",
+            "alloc_euclidean_dt",
+        ):
+            check.finite_positive(name, getattr(self, name))
+        check.finite_nonnegative("alloc_init_spread", self.alloc_init_spread)
         check.positive_int("eval_prompts", self.eval_prompts)
         check.seed("seed", self.seed)
         disjoint_blocks(self.d, self.n_tasks)
@@ -75,10 +111,18 @@ class FullVsReducedConfig:
         for name in ("init_scale", "horizon", "dt"):
             check.finite_positive(name, getattr(self, name))
         check.finite_nonnegative("init_spread", self.init_spread)
-        check.one_of("flow", self.flow, FLOWS)
-        check.whole_record_blocks(
-            "`horizon` / `dt`", self.horizon / self.dt, self.n_records, "`n_records`"
-        )
+        check.one_of("parametrization", self.parametrization, PARAMETRIZATIONS)
+        for horizon, dt, records in (
+            ("horizon", "dt", self.n_records),
+            ("alloc_horizon", "alloc_dt", ALLOCATION_DEFAULTS["records"]),
+            ("alloc_euclidean_horizon", "alloc_euclidean_dt", ALLOCATION_DEFAULTS["records"]),
+        ):
+            check.whole_record_blocks(
+                f"`{horizon}` / `{dt}`",
+                getattr(self, horizon) / getattr(self, dt),
+                records,
+                "`n_records`" if horizon == "horizon" else f"{records} records",
+            )
 
     @property
     def block_sizes(self) -> tuple[int, ...]:
@@ -105,7 +149,7 @@ def _sweeps(config):
         n_tasks=config.n_tasks,
         heads=config.heads,
         context_len=config.context_lens[0],
-        flow=config.flow,
+        parametrization=config.parametrization,
         init_scale=config.init_scale,
         init_spread=config.init_spread,
         dt=config.dt,
@@ -122,10 +166,11 @@ def _sweeps(config):
 
 
 def _final_loss(config, dynamics, run, length):
-    """Each seed's loss at the end: the reduced flow's own; the full model's on the ansatz by
-    Monte Carlo for the (Ω, M) dynamics; the full model's population loss (summed over tasks
-    like ℓ) by Monte Carlo."""
-    key = jr.key(7)  # the same evaluation prompts for every dynamics: paired comparisons
+    """Each seed's ICL loss (averaged over the n outputs) at the end: the reduced flow's own;
+    the full model's on the ansatz by Monte Carlo for the (Ω, M) dynamics; the full model's
+    population loss by Monte Carlo."""
+    # the same evaluation prompts for every dynamics: paired comparisons
+    key = jr.fold_in(jr.key(config.seed), 7)
     if dynamics == "reduced":
         return run["loss"][:, -1]
     if dynamics != "full":
@@ -137,12 +182,12 @@ def _final_loss(config, dynamics, run, length):
             n_prompts=config.eval_prompts,
             key=key,
         )
-        return np.asarray(estimate.loss)
+        return np.asarray(estimate.loss) / config.n_tasks  # ℓ sums the tasks
     task = MultiTaskRegression(config.d, length, disjoint_blocks(config.d, config.n_tasks))
 
     def population_loss(weights):
         model = MergedAttention(W=weights[0], U=weights[1], kind="softmax")
-        return config.n_tasks * monte_carlo_loss(model, task, config.eval_prompts, key=key)[0]
+        return monte_carlo_loss(model, task, config.eval_prompts, key=key)[0]
 
     return np.asarray(jax.lax.map(population_loss, (run["W"], run["U"])))
 
@@ -224,6 +269,7 @@ def run_full_vs_reduced(config: FullVsReducedConfig, out_dir, *, progress=None):
                 one = at_length if batch is None else at_length.sel(batch_size=batch)
                 runs[(dynamics, length, batch)] = _arrays(config, dynamics, one, length)
     summary = summarize(config, runs)
+    summary["allocation"], _ = allocation_validation(config, out_dir, progress=progress)
     save_json(out_dir / "summary.json", summary)
     plot_full_vs_reduced(runs, summary, config, out_dir / "full_vs_reduced.png")
     return summary
@@ -287,8 +333,10 @@ def format_full_vs_reduced_summary(summary: dict) -> str:
     config = summary["config"]
     lines = [
         f"d = {config['d']} in {config['n_tasks']} blocks, H = {config['heads']}, "
-        f"{config['flow']} flow from random-positive s = {config['init_scale']:g}, "
-        f"{config['n_seeds']} seeds, t ≤ {config['horizon']:g}; medians over seeds",
+        f"{config['parametrization']} model from random-positive s = {config['init_scale']:g}, "
+        f"{config['n_seeds']} seeds, plain SGD clock (steps × {config['dt']:g}) to "
+        f"t = {config['horizon']:g}; reduced = the weights' gradient flow; medians over seeds; "
+        "losses are ICL losses (averaged over the outputs)",
         "gap = largest deviation of Ω (of M) over the run relative to the largest |ω| (|μ|); "
         "exact = the finite-L flow on the ansatz (no expansion, no sampling noise)",
         "   L  dynamics  batch  gap to reduced  gap to exact  final loss (Δ vs reduced)  "
@@ -311,4 +359,6 @@ def format_full_vs_reduced_summary(summary: dict) -> str:
             f"the reduced flow's loss rose at L = {summary['euler_unstable_at']} (explicit Euler "
             f"unstable at dt = {config['dt']:g}): no gap to it is given; lower `--dt`."
         )
+    if "allocation" in summary:
+        lines += format_allocation_validation(summary["allocation"])
     return "\n".join(lines)

@@ -20,7 +20,7 @@ def _values(rows, key):
 
 def plot_full_vs_reduced(runs, summary, config, path) -> None:
     plt = _pyplot()
-    fig, axes = plt.subplots(1, 4, figsize=(22, 5))
+    fig, axes = plt.subplots(1, 5, figsize=(27, 5))
     lengths = config.context_lens
     for k, length in enumerate(lengths):
         color = f"C{k}"
@@ -76,19 +76,43 @@ def plot_full_vs_reduced(runs, summary, config, path) -> None:
                 label=label if h == 0 else None,
             )
     axes[2].set(
-        xlabel="gradient-flow time (reduced clock)",
-        ylabel="loss summed over tasks (training batch)",
+        xlabel="steps × learning rate (plain SGD clock)",
+        ylabel="ICL loss (training batch)",
         title=f"Seed 0, L = {length}",
     )
     axes[3].set(
-        xlabel="gradient-flow time (reduced clock)",
+        xlabel="steps × learning rate (plain SGD clock)",
         ylabel="ω of head h on task h mod n",
         title=f"Seed 0, L = {length}: the served tasks' ω",
     )
-    for ax in axes[2:]:
+    for ax in axes[2:4]:
         ax.legend(fontsize=7)
+    if "allocation" in summary:
+        _allocation_bars(axes[4], summary["allocation"])
     fig.suptitle(
-        f"Full softmax model against the reduced dynamics: d = {config.d} in {config.n_tasks} "
-        f"blocks, H = {config.heads}, {config.flow} flow, {config.n_seeds} seeds"
+        f"Full softmax model against the reduced dynamics of the weights' gradient flow: "
+        f"d = {config.d} in {config.n_tasks} blocks, H = {config.heads}, "
+        f"{config.parametrization} model, {config.n_seeds} seeds"
     )
     save_figure(fig, path)
+
+
+def _allocation_bars(ax, allocation):
+    labels = {
+        "full": "full model\n(plain SGD)",
+        "reduced": "reduced,\nweights' flow",
+        "reduced-euclidean": "reduced,\nEuclidean (Ω, M)",
+    }
+    rows = allocation["rows"]
+    names = [n for n in labels if n in rows]
+    rates = [np.nan if rows[n]["rate"] is None else rows[n]["rate"] for n in names]
+    errors = [0.0 if rows[n]["stderr"] is None else rows[n]["stderr"] for n in names]
+    ax.bar(range(len(names)), rates, yerr=errors, capsize=4, color=["C0", "k", "C1"])
+    ax.set_xticks(range(len(names)), [labels[n] for n in names], fontsize=8)
+    s = allocation["settings"]
+    ax.set(
+        ylim=(0, 1.05),
+        ylabel="fraction of members allocated (± 1 s.e.)",
+        title=f"Allocation, same inits: d = {s['d']}, L = {s['context_len']}, "
+        f"s = {s['init_scale']:g}",
+    )

@@ -1,63 +1,139 @@
 """Study `ansatz-dynamics`: one of four dynamics from a decomposable init (random-positive
-(Ω, M)), on the reduced flow's clock, for disjoint-task regression (the `full-vs-reduced`
-experiment):
+(Ω, M)), all on one clock, the full model's: steps × learning rate of plain SGD, for
+disjoint-task regression (the `full-vs-reduced` experiment):
 
-- `ReducedFlow()`: explicit Euler on ℓ(Ω, M), the large-L expansion to first order in 1/L;
-- `ExactFlow()`: SGD on (Ω, M) with the full model's own loss on the ansatz, with control
-  variates (unbiased, small fluctuations): the finite-L flow with no expansion;
+- `ReducedFlow()`: explicit Euler on ℓ(Ω, M), the large-L expansion to first order in 1/L,
+  under a reduced flow (`WeightFlow()`: the weights' gradient flow, by default; or
+  `EuclideanFlow()`, on its own clock);
+- `ExactFlow()`: SGD on the ansatz coordinates of the weights with the full model's own loss
+  on the ansatz, with control variates (unbiased, small fluctuations): the finite-L flow with
+  no expansion;
 - `AnsatzSampled()`: the same without control variates: the full model's sampling noise along
   the ansatz, no weight off it;
-- `FullModel()`: the full attention model (all weights, `preconditioned_sgd` with
-  `reduced_time_scales`).
+- `FullModel()`: the full attention model (all weights), plain SGD with one learning rate.
 
-Data are per member (each member its own prompts), and each dynamics draws from its own stream
-of the runner's data key, so two dynamics never share prompts. Records the loss on the reduced
-flow's scale (summed over tasks) and (Ω, M) per record; per member, the final (Ω, M), the
-divergence flag and, for the full model, its final merged weights W, U.
+Every dynamics but the Euclidean reduced flow descends the ICL loss (averaged over the n
+outputs) in the weights' own coordinates, so one `dt` is one SGD step of the full model and
+nothing is rescaled. Data are per member (each member its own prompts), and each dynamics draws
+from its own stream of the runner's data key, so two dynamics never share prompts. Records the
+loss and (Ω, M) per record; per member, the final (Ω, M), the divergence flag and, for the full
+model, its final merged weights W, U.
 """
 
+import abc
 from typing import ClassVar
 
 import equinox as eqx
-import jax.numpy as jnp
 import jax.random as jr
 import numpy as np
 
 from .. import _validation as check
 from .._attention._ansatz_monte_carlo import AnsatzICLLoss
-from .._attention._decomposable import decomposable_attention, reduced_time_scales
+from .._attention._decomposable import decomposable_attention
 from .._attention._init_schemes import RandomPositive
 from .._attention._observables import semi_singular_values
-from .._attention._reduced import MergedSpectral, ReducedLoss
+from .._attention._reduced import MergedSpectral
+from .._attention._reduced_flows import AbstractReducedFlow, EuclideanFlow, WeightFlow
 from .._sweeps._study import AbstractStudy
 from .._tasks._regression import MultiTaskRegression, disjoint_blocks
 from .._train._objectives import AbstractObjective, ICLLoss
-from .._train._trainer import preconditioned_sgd, sgd
+from .._train._trainer import sgd
 
 
-class ReducedFlow(eqx.Module):
-    name: ClassVar[str] = "reduced"
+class AbstractDynamics(eqx.Module):
+    """One of the dynamics compared: how a start (Ω, M) becomes a trained state, and its loss.
+    `stream`: which stream of the data key it draws from (so two dynamics never share data)."""
+
+    name: ClassVar[str]
+    stream: ClassVar[int]
+
+    @abc.abstractmethod
+    def initial_model(self, study: "AnsatzDynamics", start):
+        """The trained object for an init scheme's `start` state."""
+
+    @abc.abstractmethod
+    def objective(self, study: "AnsatzDynamics") -> AbstractObjective:
+        """The loss this dynamics descends."""
+
+    def spectral(self, study: "AnsatzDynamics", model):
+        """(Ω, M) of a trained object."""
+        return model.spectral()
+
+
+class ReducedFlow(AbstractDynamics):
+    flow: AbstractReducedFlow = WeightFlow()
     stream: ClassVar[int] = 0
 
+    @property
+    def name(self) -> str:
+        return "reduced" if isinstance(self.flow, WeightFlow) else f"reduced-{self.flow.name}"
 
-class ExactFlow(eqx.Module):
+    def initial_model(self, study, start):
+        return self.flow.state(start, study.block_sizes)
+
+    def objective(self, study):
+        return self.flow.objective(study.block_sizes, study.context_len)
+
+
+class _OnAnsatz(AbstractDynamics):
+    """SGD on the weights' ansatz coordinates with the full model's own loss on the ansatz."""
+
+    control_variates: ClassVar[bool]
+
+    def initial_model(self, study, start):
+        return WeightFlow().state(start, study.block_sizes)
+
+    def objective(self, study):
+        return AnsatzICLLoss(
+            study.block_sizes,
+            study.context_len,
+            study.batch_size,
+            control_variates=self.control_variates,
+            average_outputs=True,
+        )
+
+
+class ExactFlow(_OnAnsatz):
     name: ClassVar[str] = "exact"
     stream: ClassVar[int] = 1
+    control_variates: ClassVar[bool] = True
 
 
-class AnsatzSampled(eqx.Module):
+class AnsatzSampled(_OnAnsatz):
     name: ClassVar[str] = "ansatz"
     stream: ClassVar[int] = 2
+    control_variates: ClassVar[bool] = False
 
 
-class FullModel(eqx.Module):
+class FullModel(AbstractDynamics):
     name: ClassVar[str] = "full"
     stream: ClassVar[int] = 3
 
+    def initial_model(self, study, start):
+        factorized = study.parametrization == "factorized"
+        return decomposable_attention(
+            *start.spectral(), study.blocks, study.d, factorized=factorized
+        )
 
-DYNAMICS = {d.name: d for d in (ReducedFlow(), ExactFlow(), AnsatzSampled(), FullModel())}
-Dynamics = ReducedFlow | ExactFlow | AnsatzSampled | FullModel
-FLOWS = ("factorized", "merged")
+    def objective(self, study):
+        task = MultiTaskRegression(study.d, study.context_len, study.blocks)
+        return ICLLoss(task, study.batch_size)
+
+    def spectral(self, study, model):
+        return semi_singular_values(model, study.blocks)
+
+
+DYNAMICS = {
+    d.name: d
+    for d in (
+        ReducedFlow(),
+        ReducedFlow(EuclideanFlow()),
+        ExactFlow(),
+        AnsatzSampled(),
+        FullModel(),
+    )
+}
+PARAMETRIZATIONS = ("factorized", "merged")
 
 
 class OwnStream(AbstractObjective):
@@ -77,13 +153,13 @@ class OwnStream(AbstractObjective):
 class AnsatzDynamics(AbstractStudy):
     """the reduced flow, the finite-L flow on the ansatz, its sampled version, or the full model"""
 
-    dynamics: Dynamics = ReducedFlow()
+    dynamics: AbstractDynamics = ReducedFlow()
     d: int = eqx.field(static=True, default=15)
     n_tasks: int = eqx.field(static=True, default=3)
     heads: int = eqx.field(static=True, default=3)
     context_len: int = eqx.field(static=True, default=100)
     batch_size: int = eqx.field(static=True, default=256)
-    flow: str = eqx.field(static=True, default="factorized")
+    parametrization: str = eqx.field(static=True, default="factorized")
     init_scale: float = 0.03
     init_spread: float = 0.1
     dt: float = 0.01
@@ -92,7 +168,7 @@ class AnsatzDynamics(AbstractStudy):
 
     member_axes: ClassVar[tuple[str, ...]] = ("init_scale",)
     variants: ClassVar[dict] = {"dynamics": DYNAMICS}
-    time_units: ClassVar[str] = "gradient-flow time"
+    time_units: ClassVar[str] = "steps × dt (the full model's SGD clock)"
     shared_data: ClassVar[bool] = False
     series_dims: ClassVar[dict] = {"omega": ("head", "task"), "mu": ("head", "task")}
     summary_dims: ClassVar[dict] = {
@@ -103,11 +179,11 @@ class AnsatzDynamics(AbstractStudy):
     }
 
     def __check_init__(self):
-        check.variant("dynamics", self.dynamics, Dynamics, DYNAMICS)
+        check.variant("dynamics", self.dynamics, AbstractDynamics, DYNAMICS)
         for name in ("d", "n_tasks", "heads", "context_len", "batch_size", "n_records"):
             check.positive_int(name, getattr(self, name))
         disjoint_blocks(self.d, self.n_tasks)
-        check.one_of("flow", self.flow, FLOWS)
+        check.one_of("parametrization", self.parametrization, PARAMETRIZATIONS)
         for name in ("init_scale", "dt", "horizon"):
             check.finite_positive(name, getattr(self, name))
         check.finite_nonnegative("init_spread", self.init_spread)
@@ -120,41 +196,26 @@ class AnsatzDynamics(AbstractStudy):
         return disjoint_blocks(self.d, self.n_tasks)
 
     @property
+    def block_sizes(self) -> tuple[int, ...]:
+        return tuple(b - a for a, b in self.blocks)
+
+    @property
     def steps(self) -> int:
         return round(self.horizon / self.dt)
 
-    def _attention(self, state):
-        factorized = self.flow == "factorized"
-        return decomposable_attention(*state.spectral(), self.blocks, self.d, factorized=factorized)
-
     def initial_model(self, values, key):
-        state = RandomPositive(self.init_spread)(
+        start = RandomPositive(self.init_spread)(
             self.heads, self.n_tasks, values["init_scale"], key=key
         )
-        if self.flow == "merged":
-            state = MergedSpectral(*state.spectral())
-        return self._attention(state) if isinstance(self.dynamics, FullModel) else state
+        if self.parametrization == "merged":
+            start = MergedSpectral(*start.spectral())
+        return self.dynamics.initial_model(self, start)
 
     def objective(self):
-        sizes = tuple(b - a for a, b in self.blocks)
-        if isinstance(self.dynamics, ReducedFlow):
-            return ReducedLoss(sizes, self.context_len)
-        if isinstance(self.dynamics, FullModel):
-            task = MultiTaskRegression(self.d, self.context_len, self.blocks)
-            inner = ICLLoss(task, self.batch_size)
-        else:
-            exact = isinstance(self.dynamics, ExactFlow)
-            inner = AnsatzICLLoss(sizes, self.context_len, self.batch_size, control_variates=exact)
-        return OwnStream(inner, self.dynamics.stream)
+        return OwnStream(self.dynamics.objective(self), self.dynamics.stream)
 
     def optimizer(self):
-        if not isinstance(self.dynamics, FullModel):
-            return sgd(self.dt)
-        # the scales depend on the shapes and blocks only
-        template = MergedSpectral(*(jnp.ones((self.heads, self.n_tasks)),) * 2)
-        return preconditioned_sgd(
-            self.dt, reduced_time_scales(self._attention(template), self.blocks)
-        )
+        return sgd(self.dt)
 
     def schedule(self):
         return self.n_records, self.steps // self.n_records
@@ -164,18 +225,14 @@ class AnsatzDynamics(AbstractStudy):
         return self.dt * record_every * np.arange(n_records)
 
     def _spectral(self, model):
-        if isinstance(self.dynamics, FullModel):
-            return semi_singular_values(model, self.blocks)
-        return model.spectral()
+        return self.dynamics.spectral(self, model)
 
     def observe(self):
         return self._spectral
 
     def series(self, trajectory):
         omega, mu = trajectory.observables
-        # the ICL loss averages the n outputs; ℓ sums them
-        scale = self.n_tasks if isinstance(self.dynamics, FullModel) else 1
-        return {"loss": scale * trajectory.loss, "omega": omega, "mu": mu}
+        return {"loss": trajectory.loss, "omega": omega, "mu": mu}
 
     def summarize(self, state, series):
         omega, mu = self._spectral(state.model)

@@ -1,11 +1,14 @@
-"""Study `reduced-allocation`: the reduced (Ω, M) flow of multi-head softmax attention on
-disjoint tasks (the `task-allocation` experiment's dynamics) from one init scheme; SGD steps
-of `dt` on the flow's clock. Records the population loss; per member, whether the heads
-allocate the tasks at the end (no outcome, NaN, while the member is still in warm-up at the
-horizon, as in `task-allocation`, or diverged), whether it stalled, left warm-up and settled,
-the warm-up end, emergence end and convergence time, and the divergence flag. With
-`history = True` it also records the whole state (series `omega` and `mu`, one value per head
-and task at each record)."""
+"""Study `reduced-allocation`: the reduced (Ω, M) dynamics of multi-head softmax attention on
+disjoint tasks (the `task-allocation` experiment's dynamics) from one init scheme, under one
+reduced flow (`flow`: `WeightFlow()`, gradient flow on the attention weights, by default; or
+`EuclideanFlow()`); SGD steps of `dt` on the flow's clock (for the weights' flow: the full
+model's steps × learning rate). Records the flow's population loss (ICL normalisation ℓ/n for
+the weights' flow, ℓ for the Euclidean one); per member, whether the heads allocate the tasks
+at the end (no outcome, NaN, while the member is still in warm-up at the horizon, as in
+`task-allocation`, or diverged), whether it stalled, left warm-up and settled, the warm-up
+end, emergence end and convergence time, and the divergence flag. With `history = True` it
+also records the whole state (series `omega` and `mu`, one value per head and task at each
+record)."""
 
 from typing import ClassVar
 
@@ -16,7 +19,7 @@ import numpy as np
 from .. import _validation as check
 from .._attention._analysis import detect_phases, task_allocation
 from .._attention._init_schemes import INIT_SCHEMES, AbstractInitScheme, RandomPositive
-from .._attention._reduced import ReducedLoss
+from .._attention._reduced_flows import REDUCED_FLOWS, AbstractReducedFlow, WeightFlow
 from .._sweeps._study import AbstractStudy
 from .._tasks._regression import disjoint_blocks
 from .._train._trainer import sgd
@@ -24,13 +27,14 @@ from ._outcome import outcome
 
 
 class ReducedAllocation(AbstractStudy):
-    """reduced (Ω, M) flow of multi-head softmax attention on disjoint tasks (SGD of `dt`)"""
+    """reduced (Ω, M) dynamics of multi-head softmax attention on disjoint tasks (SGD of `dt`)"""
 
     d: int = eqx.field(static=True, default=50)
     n_tasks: int = eqx.field(static=True, default=3)
     heads: int = eqx.field(static=True, default=3)
     context_len: int = 100
     scheme: AbstractInitScheme = RandomPositive()
+    flow: AbstractReducedFlow = WeightFlow()
     init_scale: float = 1e-3
     horizon: float = 20.0
     dt: float = 0.005
@@ -38,8 +42,8 @@ class ReducedAllocation(AbstractStudy):
     history: bool = eqx.field(static=True, default=False)
 
     member_axes: ClassVar[tuple[str, ...]] = ("init_scale",)
-    variants: ClassVar[dict] = {"scheme": INIT_SCHEMES}
-    time_units: ClassVar[str] = "gradient-flow time"
+    variants: ClassVar[dict] = {"scheme": INIT_SCHEMES, "flow": REDUCED_FLOWS}
+    time_units: ClassVar[str] = "steps × dt (the flow's own clock)"
     series_dims: ClassVar[dict] = {"omega": ("head", "task"), "mu": ("head", "task")}
     meanings: ClassVar[dict[str, str]] = {
         "success": "1 = the heads allocate the tasks, 0 = they do not, NaN = no outcome: still "
@@ -58,6 +62,7 @@ class ReducedAllocation(AbstractStudy):
             check.positive_int(name, getattr(self, name))
         disjoint_blocks(self.d, self.n_tasks)
         check.variant("scheme", self.scheme, AbstractInitScheme, INIT_SCHEMES)
+        check.variant("flow", self.flow, AbstractReducedFlow, REDUCED_FLOWS)
         for name in ("init_scale", "horizon", "dt"):
             check.finite_positive(name, getattr(self, name))
         check.one_of("history", self.history, (False, True))
@@ -65,12 +70,17 @@ class ReducedAllocation(AbstractStudy):
             "`horizon` / `dt`", self.horizon / self.dt, self.n_records, "`n_records`"
         )
 
+    @property
+    def block_sizes(self) -> tuple[int, ...]:
+        return tuple(b - a for a, b in disjoint_blocks(self.d, self.n_tasks))
+
     def initial_model(self, values, key):
-        return self.scheme(self.heads, self.n_tasks, values["init_scale"], key=key)
+        width = self.d + self.n_tasks
+        start = self.scheme(self.heads, self.n_tasks, values["init_scale"], width=width, key=key)
+        return self.flow.state(start, self.block_sizes)
 
     def objective(self):
-        sizes = tuple(b - a for a, b in disjoint_blocks(self.d, self.n_tasks))
-        return ReducedLoss(sizes, self.context_len)
+        return self.flow.objective(self.block_sizes, self.context_len)
 
     def optimizer(self):
         return sgd(self.dt)

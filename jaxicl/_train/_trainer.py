@@ -511,16 +511,3 @@ def train_ensemble(
 def sgd(learning_rate) -> optax.GradientTransformation:
     """Plain SGD (`optax.sgd`) with its learning rate exposed, so the trainer records Σ lr."""
     return optax.inject_hyperparams(optax.sgd)(learning_rate=learning_rate)
-
-
-def preconditioned_sgd(learning_rate, scales: PyTree) -> optax.GradientTransformation:
-    """SGD whose step on each entry is `learning_rate` times the matching entry of `scales` (a
-    pytree shaped like the parameters, e.g. from `reduced_time_scales`). The recorded time is
-    Σ `learning_rate`: with `reduced_time_scales` it is the reduced flow's time."""
-    scales = eqx.filter(scales, eqx.is_inexact_array)
-
-    def scale(updates, params=None):
-        del params
-        return jtu.tree_map(lambda u, s: u * s, updates, scales)
-
-    return optax.chain(sgd(learning_rate), optax.stateless(scale))
