@@ -71,7 +71,9 @@ def _parse_field(field_type, text: str):
     if field_type == tuple[int, ...]:
         return tuple(int(part) for part in text.split(","))
     if field_type == tuple[float, ...]:
-        return tuple(float(part) for part in text.split(","))
+        return tuple(float(part) for part in text.split(",") if part)
+    if field_type == tuple[str, ...]:
+        return tuple(part.strip() for part in text.split(","))
     return field_type(text)
 
 

@@ -41,7 +41,6 @@ import equinox as eqx
 import jax.numpy as jnp
 from jaxtyping import Array, Float
 
-from .. import _validation as check
 from ._reduced import AbstractSpectral, FactorizedSpectral, MergedSpectral, ReducedLoss
 
 
@@ -146,7 +145,3 @@ def _per_task(block_sizes: tuple[int, ...], like: Array) -> Array:
 
 # Names used at the command-line and sweep-file edge; the first is the default.
 REDUCED_FLOWS: dict[str, AbstractReducedFlow] = {f.name: f for f in (WeightFlow(), EuclideanFlow())}
-
-
-def check_flow(name: str, flow) -> AbstractReducedFlow:
-    return check.variant(name, flow, AbstractReducedFlow, REDUCED_FLOWS)

@@ -1,22 +1,27 @@
 """Experiment `task-allocation` (reduced dynamics): how often heads split the tasks, and when.
 
 Multi-task regression over n disjoint blocks (Chen et al. 2024), integrated on the H×n
-semi-singular values (Ω, M) of the decomposable ansatz for thousands of seeds per scheme:
+semi-singular values (Ω, M) of the decomposable ansatz for thousands of seeds per scheme,
+under one reduced flow (`flow`): by default `weights`, the gradient flow of the attention
+weights under the ICL loss (what training the model with plain SGD does; time is steps ×
+learning rate), or `euclidean`, gradient flow of ℓ on (Ω, M) or its factors (preset
+`euclidean-flow` sets steps and horizons that suit its faster clock). Init schemes:
 
-- `balanced`: ω = s, μ = s (4s on head h's favoured task h mod n); balanced factorized flow.
+- `balanced`: ω = s, μ = s (4s on head h's favoured task h mod n); factorized model.
   This init has no randomness, so the reduced flow integrates it once (one seed is its whole
   distribution).
 - `random-positive`: ω, μ = s(1 + c U(0, 1)) entrywise (c = `init_spread`, 0.1 by default);
-  balanced factorized flow.
-- `random-sign`: ω, μ = s N(0, 1) entrywise; merged flow (signs free to change).
+  balanced factorized model.
+- `random-sign`: ω, μ = s N(0, 1) entrywise; merged model (signs free to change).
+- `chen-code` (preset `chen-code`): the initialisation of the authors' public code.
 
-The full softmax model against this reduced flow (and what separates them) is the experiment
-`full-vs-reduced`.
+The full softmax model against this reduced flow (and both flows' allocation rates against the
+full model's) is the experiment `full-vs-reduced`.
 
-Also: warm-up time against init scale (balanced init, both flows) with the fitted log-log slope,
-and the single- vs multi-head loss ratio against L at the optimum of strict allocation.
-Integration is explicit Euler (SGD on the state) with per-flow steps chosen stable; the tests
-show it is first order, so halving a step halves its error.
+Also: warm-up time against init scale (balanced init, both parametrizations) with the fitted
+log-log slope, and the single- vs multi-head loss ratio against L at the optimum of strict
+allocation. Integration is explicit Euler (SGD on the state) with per-parametrization steps
+chosen stable; the tests show it is first order, so halving a step halves its error.
 """
 
 import dataclasses
@@ -30,11 +35,8 @@ import numpy as np
 from .. import _validation as check
 from .._attention._analysis import detect_phases
 from .._attention._init_schemes import INIT_SCHEMES, AbstractInitScheme, Balanced, RandomPositive
-from .._attention._reduced import (
-    MergedSpectral,
-    ReducedLoss,
-    balanced_factorization,
-)
+from .._attention._reduced import MergedSpectral, balanced_factorization
+from .._attention._reduced_flows import REDUCED_FLOWS
 from .._host._checkpoint import claim_run_directory, save_json
 from .._host._progress import progress_bar
 from .._studies import ReducedAllocation
@@ -45,14 +47,39 @@ from ._separation import separation
 from ._task_allocation_figure import plot_task_allocation
 
 
-SCHEMES = tuple(INIT_SCHEMES)
+DEFAULT_SCHEMES = ("balanced", "random-positive", "random-sign")
 
 
 # Named settings (`jaxicl run task-allocation --preset NAME`); other flags apply on top.
 PRESETS = {
-    # The reference's own setting (Chen et al.): r = 5, H = n = 3, L = 100, noiseless labels,
-    # random-positive spread 1 + 0.1·U(0, 1). The horizon follows the warm-up (about 50 at r = 5).
-    "chen-r5": dict(d=15, n_tasks=3, context_len=100, heads=(3,), init_spread=0.1, n_seeds=4096),
+    # r = 5 blocks (d = 15), H = n = 3, L = 100, noiseless labels, random-positive spread
+    # 1 + 0.1·U(0, 1): the smaller-block setting of the reference page's §5. The horizon
+    # follows the warm-up.
+    "d15-h3": dict(d=15, n_tasks=3, context_len=100, heads=(3,), init_spread=0.1, n_seeds=4096),
+    # The authors' code (Chen et al., MS-Attn-Simulation, `AttentionNetwork.initialization`):
+    # d = 50, n = H = 3, L = 100, Q = g s I and K = g' s I with one normal per head each, V, O
+    # on the labels with s (2s on the head's task), s = L^(−3/4). Its warm-up is long and
+    # spread (seeds leave it from t ≈ 500 to beyond 10⁴ under the weights' flow): fixed horizon.
+    "chen-code": dict(
+        d=50,
+        n_tasks=3,
+        context_len=100,
+        heads=(3,),
+        schemes=("chen-code",),
+        init_scale=100**-0.75,
+        horizon=20000.0,
+        horizon_cap=20000.0,
+        warmup_scales=(),
+    ),
+    # The Euclidean (Ω, M) flow, on its own clock: the steps and horizons of earlier releases.
+    "euclidean-flow": dict(
+        flow="euclidean",
+        horizon=30.0,
+        horizon_cap=400.0,
+        horizon_merged=10.0,
+        dt_factorized=0.005,
+        dt_merged=0.0005,
+    ),
 }
 
 
@@ -64,14 +91,16 @@ class TaskAllocationConfig:
     n_tasks: int = 3
     context_len: int = 100
     heads: tuple[int, ...] = (2, 3, 4)
+    flow: str = "weights"
+    schemes: tuple[str, ...] = DEFAULT_SCHEMES
     n_seeds: int = 1024
     init_scale: float = 1e-3
     init_spread: float = 0.1
-    horizon: float = 30.0
-    horizon_cap: float = 400.0
-    horizon_merged: float = 10.0
-    dt_factorized: float = 0.005
-    dt_merged: float = 0.0005
+    horizon: float = 50.0
+    horizon_cap: float = 4000.0
+    horizon_merged: float = 20.0
+    dt_factorized: float = 0.25
+    dt_merged: float = 0.005
     n_records: int = 200
     warmup_scales: tuple[float, ...] = (3e-4, 1e-3, 3e-3, 1e-2)
     separation_lengths: tuple[int, ...] = (100, 400, 1600)
@@ -99,11 +128,14 @@ class TaskAllocationConfig:
             "dt_merged",
         ):
             check.finite_positive(name, getattr(self, name))
-        if not self.heads or not self.warmup_scales or not self.separation_lengths:
-            raise ValueError("`heads`, `warmup_scales` and `separation_lengths` must be non-empty.")
+        if not self.heads or not self.schemes or not self.separation_lengths:
+            raise ValueError("`heads`, `schemes` and `separation_lengths` must be non-empty.")
         for h in self.heads:
             check.positive_int("heads", h)
-        for name in ("heads", "warmup_scales", "separation_lengths"):
+        check.one_of("flow", self.flow, REDUCED_FLOWS)
+        for scheme in self.schemes:
+            check.one_of("schemes", scheme, INIT_SCHEMES)
+        for name in ("heads", "schemes", "warmup_scales", "separation_lengths"):
             check.distinct(name, getattr(self, name))
         check.finite_nonnegative("init_spread", self.init_spread)
         if self.horizon_cap < self.horizon:
@@ -140,10 +172,12 @@ def init_scheme(config, name: str) -> AbstractInitScheme:
     return RandomPositive(config.init_spread) if name == "random-positive" else INIT_SCHEMES[name]
 
 
-def _integrate(config, state, dt, *, horizon):
-    """One deterministic state (a probe of the horizon or of the warm-up scan); no data is
-    drawn, so the key is unused."""
-    objective = ReducedLoss(config.block_sizes, config.context_len)
+def _integrate(config, start, dt, *, horizon):
+    """One deterministic state (a probe of the horizon or of the warm-up scan) under the
+    configured flow; no data is drawn, so the key is unused."""
+    flow = REDUCED_FLOWS[config.flow]
+    state = flow.state(start, config.block_sizes)
+    objective = flow.objective(config.block_sizes, config.context_len)
     steps = round(horizon / dt)
     record_every = steps // config.n_records
     return train(state, objective, sgd(dt), steps=steps, record_every=record_every, key=jr.key(0))
@@ -180,25 +214,26 @@ def factorized_horizon(config) -> float:
 EXAMPLE_SEEDS = 8
 
 
-# the one scheme on the merged flow (its own step and horizon): signs must be free to change
-MERGED_FLOW_SCHEME = "random-sign"
-# what to raise when a flow's seeds are still in warm-up at its horizon
+# what to raise when a parametrization's seeds are still in warm-up at its horizon
 _HORIZON_FLAGS = {"factorized": "`--horizon` (and `--horizon-cap`)", "merged": "`--horizon-merged`"}
 
 
-def _flow(scheme: str) -> str:
-    return "merged" if scheme == MERGED_FLOW_SCHEME else "factorized"
+def _parametrization(scheme: str) -> str:
+    """The merged model for schemes whose signs must be free to change (its own step and
+    horizon), else the factorized one."""
+    return "merged" if INIT_SCHEMES[scheme].merged else "factorized"
 
 
 def _scheme_study(config, scheme: str, horizon: float, heads: int, **changes) -> ReducedAllocation:
-    """One scheme's members: random-sign on the merged flow's step and horizon."""
-    merged = _flow(scheme) == "merged"
+    """One scheme's members: a merged-model scheme on the merged step and horizon."""
+    merged = _parametrization(scheme) == "merged"
     return ReducedAllocation(
         d=config.d,
         n_tasks=config.n_tasks,
         heads=heads,
         context_len=config.context_len,
         scheme=init_scheme(config, scheme),
+        flow=REDUCED_FLOWS[config.flow],
         init_scale=config.init_scale,
         horizon=config.horizon_merged if merged else horizon,
         dt=config.dt_merged if merged else config.dt_factorized,
@@ -252,12 +287,14 @@ def _group_arrays(members, history) -> dict:
 
 
 def warmup_scaling(config, horizon) -> dict:
-    """Warm-up end against init scale for the balanced init (H = n), both flows, with the
-    least-squares slope of log(warm-up) on log(scale) over the scales whose run left warm-up.
-    The factorized flow's horizon grows ∝ 1/scale below `init_scale` (up to the cap)."""
+    """Warm-up end against init scale for the balanced init (H = n), both parametrizations,
+    with the least-squares slope of log(warm-up) on log(scale) over the scales whose run left
+    warm-up. The factorized horizon grows ∝ 1/scale below `init_scale` (up to the cap)."""
     out = {}
-    # The merged flow leaves the plateau at rate ~2r (warm-up ~ log(1/s) / 2r, a fraction of a
-    # time unit), so it is integrated over a short horizon with a 20× smaller step.
+    if not config.warmup_scales:
+        return out
+    # The merged model leaves the plateau at a rate that does not shrink with s (warm-up
+    # ~ log(1/s)), so it is integrated over a short horizon with a 20× smaller step.
     for flow in ("factorized", "merged"):
         times = []
         for scale in config.warmup_scales:
@@ -308,7 +345,7 @@ def run_task_allocation(config: TaskAllocationConfig, out_dir, *, progress=None,
     horizon = factorized_horizon(config)
     bar.update(1)
     groups = {}
-    for scheme in SCHEMES:
+    for scheme in config.schemes:
         groups.update(
             _scheme_sweeps(config, scheme, horizon, out_dir, progress=progress, on_chunk=on_chunk)
         )
@@ -331,7 +368,7 @@ def run_task_allocation(config: TaskAllocationConfig, out_dir, *, progress=None,
         integrated_to = _scheme_study(config, scheme, horizon, n_heads).horizon
         summary["groups"][f"{scheme}/H{n_heads}"] = {
             **_group_summary(g),
-            "flow": _flow(scheme),
+            "parametrization": _parametrization(scheme),
             "horizon": integrated_to,
         }
         arrays.update({f"{scheme}/H{n_heads}/{k}": v for k, v in g.items()})
@@ -373,6 +410,12 @@ def _group_summary(g) -> dict:
     }
 
 
+_FLOW_TEXT = {
+    "weights": "weights' gradient flow (plain SGD on the attention weights; time = steps × lr)",
+    "euclidean": "Euclidean gradient flow of ℓ on (Ω, M) (its own clock)",
+}
+
+
 def _time(value: float) -> str:
     return "     —" if not np.isfinite(value) else f"{value:6.2f}"
 
@@ -382,7 +425,8 @@ def format_allocation_summary(summary: dict) -> str:
     lines = [
         f"d = {config['d']} in {config['n_tasks']} blocks, L = {config['context_len']}, init scale "
         f"{config['init_scale']:g}, random-positive spread 1 + {config['init_spread']:g}·U(0, 1); "
-        f"factorized flow integrated to t = {summary['horizon_used']:g}",
+        f"{_FLOW_TEXT[config['flow']]}; factorized model integrated to t = "
+        f"{summary['horizon_used']:g}",
         "scheme/H              seeds  allocated (±1 s.e.)  stalled  in warm-up  moving  "
         "final loss  warm-up  emergence  converged (medians over seeds that got there)",
     ]
@@ -401,7 +445,7 @@ def format_allocation_summary(summary: dict) -> str:
             f"{_time(g['convergence_median']):>9}"
         )
     for flow, flag in _HORIZON_FLAGS.items():
-        names = [name for name in waiting if summary["groups"][name]["flow"] == flow]
+        names = [name for name in waiting if summary["groups"][name]["parametrization"] == flow]
         if names:
             horizon = summary["groups"][names[0]]["horizon"]  # one per flow
             lines.append(
@@ -415,7 +459,7 @@ def format_allocation_summary(summary: dict) -> str:
     for flow, w in summary["warmup_scaling"].items():
         note = f" ({w['still_in_warmup']} scales still in warm-up)" if w["still_in_warmup"] else ""
         lines.append(
-            f"warm-up vs init scale ({flow} flow): log-log slope {w['loglog_slope']:.2f}{note}"
+            f"warm-up vs init scale ({flow} model): log-log slope {w['loglog_slope']:.2f}{note}"
         )
     sep = summary["separation"]
     lines.append(

@@ -8,10 +8,8 @@ from .._host._figures import _pyplot, histogram, legend, save_figure
 def plot_task_allocation(groups, summary, config, path) -> None:
     plt = _pyplot()
     fig, axes = plt.subplots(2, 4, figsize=(20, 9))
-    schemes = sorted(
-        {s for s, _ in groups}, key=["balanced", "random-positive", "random-sign"].index
-    )
-    colors = dict(zip(schemes, ("C0", "C1", "C2")))
+    schemes = [s for s in config.schemes if any(s == g for g, _ in groups)]
+    colors = dict(zip(schemes, ("C0", "C1", "C2", "C3")))
     n = config.n_tasks
     focus = n if n in config.heads else config.heads[0]
     _success_bars(axes[0, 0], summary, schemes, config.heads, colors)
@@ -20,7 +18,11 @@ def plot_task_allocation(groups, summary, config, path) -> None:
         histogram(
             axes[0, 1], g["loss"][:, -1], bins=40, alpha=0.6, color=colors[scheme], label=scheme
         )
-    axes[0, 1].set(xlabel="final loss ℓ(Ω, M)", ylabel="seeds", title=f"Final loss, H = {focus}")
+    axes[0, 1].set(
+        xlabel=f"final loss ({_LOSS[config.flow]})",
+        ylabel="seeds",
+        title=f"Final loss, H = {focus}",
+    )
     legend(axes[0, 1], fontsize=8)
     _phase_boxes(axes[0, 2], groups, schemes, focus)
     _example_curves(axes[0, 3], groups, schemes, focus, colors)
@@ -31,11 +33,18 @@ def plot_task_allocation(groups, summary, config, path) -> None:
     _separation(axes[1, 3], summary["separation"])
     legend(axes[1, 3], fontsize=8)
     fig.suptitle(
-        f"Task allocation, reduced dynamics: d = {config.d} in {n} blocks, L = "
-        f"{config.context_len}, {config.n_seeds} seeds per random scheme and H "
+        f"Task allocation, reduced dynamics ({_FLOW[config.flow]}): d = {config.d} in {n} "
+        f"blocks, L = {config.context_len}, {config.n_seeds} seeds per random scheme and H "
         "(the balanced init is deterministic: one run)"
     )
     save_figure(fig, path)
+
+
+_FLOW = {
+    "weights": "weights' gradient flow, time = SGD steps × learning rate",
+    "euclidean": "Euclidean (Ω, M) flow",
+}
+_LOSS = {"weights": "ICL loss ℓ/n", "euclidean": "ℓ(Ω, M), summed over tasks"}
 
 
 def _separation(ax, separation):
@@ -90,7 +99,7 @@ def _phase_boxes(ax, groups, schemes, focus):
             labels.append(f"{scheme}\n{phase.replace('_end', '')} end")
     ax.boxplot(data, showfliers=False)
     ax.set_xticks(np.arange(1, len(labels) + 1), labels, fontsize=7, rotation=30)
-    ax.set(ylabel="gradient-flow time", title=f"Phase times over seeds, H = {focus}")
+    ax.set(ylabel="the flow's time", title=f"Phase times over seeds, H = {focus}")
 
 
 def _example_curves(ax, groups, schemes, focus, colors):
@@ -102,8 +111,8 @@ def _example_curves(ax, groups, schemes, focus, colors):
             ax.axvspan(0, warm, color=colors[scheme], alpha=0.08)
             ax.axvspan(warm, emerge, color=colors[scheme], alpha=0.2)
     ax.set(
-        xlabel="gradient-flow time",
-        ylabel="ℓ(Ω, M)",
+        xlabel="the flow's time",
+        ylabel="loss",
         title="Loss, phases shaded (light: warm-up, dark: emergence)",
     )
     legend(ax, fontsize=8)
@@ -128,18 +137,18 @@ def _heatmap(ax, fig, time, values, title, n_tasks):
         [f"h{r // n_tasks} t{r % n_tasks}" for r in range(rows.shape[0])],
         fontsize=7,
     )
-    ax.set(xlabel="gradient-flow time", title=title)
+    ax.set(xlabel="the flow's time", title=title)
     fig.colorbar(image, ax=ax)
 
 
 def _warmup_scaling(ax, scaling):
     for flow, w in scaling.items():
         ax.loglog(
-            w["scales"], w["warmup_end"], "o-", label=f"{flow} flow (slope {w['loglog_slope']:.2f})"
+            w["scales"], w["warmup_end"], "o-", label=f"{flow} (slope {w['loglog_slope']:.2f})"
         )
     ax.set(
         xlabel="init scale s",
-        ylabel="warm-up end (gradient-flow time)",
+        ylabel="warm-up end (the flow's time)",
         title="Warm-up against init scale (balanced init)",
     )
     legend(ax, fontsize=8)
