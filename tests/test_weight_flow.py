@@ -85,7 +85,11 @@ def test_chen_code_scheme_matches_the_authors_weights(getkey):
     V = jnp.zeros((heads, width, width)).at[:, d:, d:].set(jax.vmap(jnp.diag)(label))
     O = jnp.swapaxes(V, 1, 2)[:, d:, :]
     model = ji.FactorizedAttention(
-        Q=s * g_q[:, :, None] * eye[None], K=s * g_k[:, :, None] * eye[None], V=V, O=O, kind="softmax"
+        Q=s * g_q[:, :, None] * eye[None],
+        K=s * g_k[:, :, None] * eye[None],
+        V=V,
+        O=O,
+        kind="softmax",
     )
     omega, mu = ji.semi_singular_values(model, ji.disjoint_blocks(d, n))
     got_omega, got_mu = start.spectral()

@@ -294,12 +294,12 @@ def warmup_scaling(config, horizon) -> dict:
     if not config.warmup_scales:
         return out
     # The merged model leaves the plateau at a rate that does not shrink with s (warm-up
-    # ~ log(1/s)), so it is integrated over a short horizon with a 20× smaller step.
+    # ~ log(1/s)): its horizon, with a 10× smaller step.
     for flow in ("factorized", "merged"):
         times = []
         for scale in config.warmup_scales:
             if flow == "merged":
-                dt, length = config.dt_merged / 20, config.horizon_merged / 5
+                dt, length = config.dt_merged / 10, config.horizon_merged
             else:
                 dt = config.dt_factorized
                 stretched = horizon * max(1.0, config.init_scale / scale)
