@@ -12,8 +12,7 @@ import xarray as xr
 import zarr
 from helpers import kill_when_flagged
 
-from jaxicl import RandomPositive, ReducedAllocation, _cli, sweep
-from jaxicl._attention._reduced import ReducedLoss
+from jaxicl import RandomPositive, ReducedAllocation, WeightFlow, _cli, sweep
 from jaxicl._sweeps import _group as group_module, _store as sweep_store
 from jaxicl._sweeps._file import load_sweep
 from jaxicl._train._trainer import sgd, train
@@ -65,7 +64,7 @@ BASE = 'study = "reduced-allocation"\nseeds = 5\n'
         (BASE + "[fixed]\nhorizon = 0.04\ndt = 0.01\nn_records = 10\n", "`horizon` / `dt`"),
         (BASE + "[fixed]\nhorizon = 0.01\ndt = 0.5\nn_records = 1\n", "`horizon` / `dt`"),
         (BASE + "[fixed]\nhorizon = 0.035\ndt = 0.01\nn_records = 1\n", "`horizon` / `dt`"),
-        (BASE + "[grid]\nhorizon = [2.0, 0.035]\n", r"`grid.horizon` = 0.035: `horizon` / `dt`"),
+        (BASE + "[grid]\nhorizon = [100.0, 0.035]\n", r"`grid.horizon` = 0.035: `horizon` / `dt`"),
         (
             'study = "full-allocation"\nseeds = 1\n[fixed]\nsteps = 10\nn_records = 4\n',
             "`steps` must be a whole number",
@@ -120,10 +119,10 @@ def test_store_is_labelled_and_equals_direct_training(tmp_path):
     # member (H = 3, scale 3e-3, seed 4), trained alone from the runner's init key
     steps = round(STUDY.horizon / STUDY.dt)
     key = jr.fold_in(jr.fold_in(jr.key(0), 0), 4)
-    state = RandomPositive()(3, 3, 3e-3, key=key)
+    state = WeightFlow().state(RandomPositive()(3, 3, 3e-3, key=key), (3, 3, 3))
     _, traj = train(
         state,
-        ReducedLoss((3, 3, 3), 100),
+        WeightFlow().objective((3, 3, 3), 100),
         sgd(STUDY.dt),
         steps=steps,
         record_every=steps // 4,

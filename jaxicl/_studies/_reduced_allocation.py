@@ -36,8 +36,8 @@ class ReducedAllocation(AbstractStudy):
     scheme: AbstractInitScheme = RandomPositive()
     flow: AbstractReducedFlow = WeightFlow()
     init_scale: float = 1e-3
-    horizon: float = 20.0
-    dt: float = 0.005
+    horizon: float = 1000.0
+    dt: float = 0.25
     n_records: int = eqx.field(static=True, default=40)
     history: bool = eqx.field(static=True, default=False)
 
