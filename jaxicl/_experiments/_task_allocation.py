@@ -43,6 +43,7 @@ from .._studies import ReducedAllocation
 from .._sweeps._runner import sweep
 from .._tasks._regression import disjoint_blocks
 from .._train._trainer import sgd, train
+from ._layout_optima import layout_optima, loss_ratio
 from ._separation import separation
 from ._task_allocation_figure import plot_task_allocation
 
@@ -340,7 +341,7 @@ def run_task_allocation(config: TaskAllocationConfig, out_dir, *, progress=None,
     # Seeds as the unit: the rate and ETA are in member terms; the stage is the postfix.
     # the deterministic probes, the warm-up scan and the separation: one bar of stages; each
     # scheme's sweeps show their own member-step bars
-    bar = progress_bar(3, description="task-allocation", unit="stage", enabled=progress)
+    bar = progress_bar(4, description="task-allocation", unit="stage", enabled=progress)
     bar.set_postfix_str("horizon from deterministic probes")
     horizon = factorized_horizon(config)
     bar.update(1)
@@ -355,6 +356,9 @@ def run_task_allocation(config: TaskAllocationConfig, out_dir, *, progress=None,
     bar.set_postfix_str("separation ratio (Monte Carlo of the full model)")
     separation_rows = separation(config)
     bar.update(1)
+    bar.set_postfix_str("best multi-head models (every layout and sign)")
+    optima = layout_optima(config)
+    bar.update(1)
     bar.close()
     summary = {
         "config": config.as_dict(),
@@ -362,12 +366,20 @@ def run_task_allocation(config: TaskAllocationConfig, out_dir, *, progress=None,
         "groups": {},
         "warmup_scaling": scaling,
         "separation": separation_rows,
+        "optima": {f"H{h}": v for h, v in optima.items()},
     }
     arrays = {}
     for (scheme, n_heads), g in groups.items():
         integrated_to = _scheme_study(config, scheme, horizon, n_heads).horizon
         summary["groups"][f"{scheme}/H{n_heads}"] = {
             **_group_summary(g),
+            "loss_over_optimum": loss_ratio(
+                g["loss"][:, -1],
+                g["settled"] & ~g["diverged"],
+                optima[n_heads]["reduced"],
+                config.n_tasks,
+                config.flow,
+            ),
             "parametrization": _parametrization(scheme),
             "horizon": integrated_to,
         }
@@ -473,4 +485,28 @@ def format_allocation_summary(summary: dict) -> str:
             f"{r['full_ratio_stderr']:.2f}, reduced {r['reduced_ratio']:.2f}{edge}"
         )
     lines.append(f"  reduced, L → ∞: {sep['reduced_limit']:.2f}")
+    lines += _optimality_lines(summary)
     return "\n".join(lines)
+
+
+def _optimality_lines(summary) -> list[str]:
+    """Converged loss over the best multi-head model of the same H (every layout and sign)."""
+    lines = [
+        "converged loss / best H-head model (every layout and sign, reduced ℓ; median and "
+        "10–90% over settled seeds); the full model's loss at that optimum by Monte Carlo:"
+    ]
+    for name, g in summary["groups"].items():
+        heads = name.rsplit("/H", 1)[1]
+        best = summary["optima"][f"H{heads}"]
+        ratio = g["loss_over_optimum"]
+        text = (
+            "no settled seed"
+            if ratio is None
+            else f"{ratio['median']:.2f} [{ratio['q10']:.2f}, {ratio['q90']:.2f}]"
+        )
+        lines.append(
+            f"  {name:<20} {text:<22} optimum ℓ {best['reduced']:.3f} (found by "
+            f"{best['found_by']}/{best['restarts']} restarts; full model there "
+            f"{best['full_model']:.3f} ± {best['full_model_stderr']:.3f})"
+        )
+    return lines
