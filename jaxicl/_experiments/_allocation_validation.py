@@ -122,6 +122,9 @@ def allocation_validation(config, out_dir, *, progress=None) -> tuple[dict, dict
         "agreement_with_reduced": float((full["success"] == reduced["success"])[both].mean())
         if both.any()
         else None,
+        # the discordant members, by direction: a one-sided split is a bias, not noise
+        "only_full_allocates": int((full["success"] & ~reduced["success"])[both].sum()),
+        "only_reduced_allocates": int((~full["success"] & reduced["success"])[both].sum()),
         "settings": {
             "d": config.alloc_d,
             "context_len": config.alloc_context_len,
@@ -160,7 +163,9 @@ def format_allocation_validation(summary: dict) -> list[str]:
     if summary["agreement_with_reduced"] is not None:
         lines.append(
             "  same outcome, full model and weights' reduced flow, member by member: "
-            f"{summary['agreement_with_reduced']:.1%}"
+            f"{summary['agreement_with_reduced']:.1%} (only the full model allocates: "
+            f"{summary['only_full_allocates']}, only the reduced flow: "
+            f"{summary['only_reduced_allocates']})"
         )
     for name, row in rows.items():
         if row["diverged"]:
