@@ -395,27 +395,26 @@ def _nanmedian(values) -> float:
     return float(np.median(finite)) if finite.size else float("nan")
 
 
-def _rate(outcome, left_warmup) -> float | None:
-    return float(outcome.mean()) if left_warmup.all() else None
-
-
 def _group_summary(g) -> dict:
     """Counts first: a seed still in warm-up has no phase times and no allocation outcome, so
-    while any is, the group has no success rate (None) and the table says why."""
-    n = g["success"].size
-    waiting = int((~g["left_warmup"]).sum())
-    rate = _rate(g["success"], g["left_warmup"])
-    failures = int((~g["success"]).sum())
+    while any is, the group has no success rate (None) and the table says why. A diverged seed
+    is counted as such and has no outcome either; the rate is over the healthy seeds."""
+    healthy = ~g["diverged"]
+    n = int(healthy.sum())
+    waiting = int((healthy & ~g["left_warmup"]).sum())
+    rate = float(g["success"][healthy].mean()) if n and waiting == 0 else None
+    failures = int((healthy & ~g["success"]).sum())
+    stalled = int((healthy & g["stalled"]).sum())
     return {
-        "seeds": n,
+        "seeds": int(g["success"].size),
         "still_in_warmup": waiting,
-        "not_settled": int((g["left_warmup"] & ~g["settled"]).sum()),
+        "not_settled": int((healthy & g["left_warmup"] & ~g["settled"]).sum()),
         "success_rate": rate,
         "success_stderr": None if rate is None else math.sqrt(rate * (1 - rate) / n),
-        "stalled": int(g["stalled"].sum()) if waiting == 0 else None,
-        "other_failures": failures - int(g["stalled"].sum()) if waiting == 0 else None,
+        "stalled": stalled if rate is not None else None,
+        "other_failures": failures - stalled if rate is not None else None,
         "diverged": int(g["diverged"].sum()),
-        "final_loss_median": float(np.median(g["loss"][:, -1])),
+        "final_loss_median": _nanmedian(np.where(healthy, g["loss"][:, -1], np.nan)),
         "warmup_end_median": _nanmedian(g["warmup_end"]),
         "emergence_end_median": _nanmedian(g["emergence_end"]),
         "convergence_median": _nanmedian(g["convergence"]),
@@ -440,19 +439,22 @@ def format_allocation_summary(summary: dict) -> str:
         f"{_FLOW_TEXT[config['flow']]}; factorized model integrated to t = "
         f"{summary['horizon_used']:g}",
         "scheme/H              seeds  allocated (±1 s.e.)  stalled  in warm-up  moving  "
-        "final loss  warm-up  emergence  converged (medians over seeds that got there)",
+        "diverged  final loss  warm-up  emergence  converged (medians over seeds that got there)",
     ]
     waiting = []
     for name, g in summary["groups"].items():
         if g["success_rate"] is None:
             allocated, stalled = "        n/a         ", "    n/a"
-            waiting.append(name)
+            if g["still_in_warmup"]:
+                waiting.append(name)
         else:
             allocated = f"{g['success_rate']:7.1%} ± {g['success_stderr']:.1%}    "
             stalled = f"{g['stalled']:7d}"
+        loss = g["final_loss_median"]
         lines.append(
             f"{name:<20} {g['seeds']:>6}  {allocated} {stalled}  {g['still_in_warmup']:>10}  "
-            f"{g['not_settled']:>6}  {g['final_loss_median']:10.3f}  "
+            f"{g['not_settled']:>6}  {g['diverged']:>8}  "
+            f"{'—' if not np.isfinite(loss) else f'{loss:.3f}':>10}  "
             f"{_time(g['warmup_end_median'])}  {_time(g['emergence_end_median']):>9}  "
             f"{_time(g['convergence_median']):>9}"
         )
@@ -466,7 +468,8 @@ def format_allocation_summary(summary: dict) -> str:
             )
     lines.append(
         "stalled: not allocated, with a dead head and a live head split between tasks; moving: "
-        "left warm-up but not settled at the horizon"
+        "left warm-up but not settled at the horizon; a diverged seed has no outcome, phase or "
+        "loss (rates are over the others)"
     )
     for flow, w in summary["warmup_scaling"].items():
         note = f" ({w['still_in_warmup']} scales still in warm-up)" if w["still_in_warmup"] else ""

@@ -50,6 +50,10 @@ class ReducedAllocation(AbstractStudy):
         "in warm-up at the horizon (see left_warmup), diverged, or not run yet",
         "stalled": "1 = not allocated, with a dead head and a live head split between tasks, "
         "0 = not stalled, NaN = no outcome (as for success)",
+        "left_warmup": "1 = the loss left its warm-up plateau, 0 = still on it at the horizon, "
+        "NaN = diverged or not run",
+        "settled": "1 = the loss is flat at the horizon, 0 = still moving, NaN = diverged or "
+        "not run",
         "warmup_end": "time the loss fell by 10% of what can be learned; NaN = never, diverged "
         "or not run",
         "emergence_end": "time of 90% of the total drop; NaN = not settled at the horizon, "
@@ -113,8 +117,9 @@ class ReducedAllocation(AbstractStudy):
         return {
             "success": outcome(allocation.success, decided),
             "stalled": outcome(allocation.stalled, decided),
-            "left_warmup": phases.left_warmup,
-            "settled": phases.settled,
+            # a diverged member has no phases: NaN, not "still in warm-up"
+            "left_warmup": outcome(phases.left_warmup, healthy),
+            "settled": outcome(phases.settled, healthy),
             "warmup_end": outcome(phases.warmup_end, healthy),
             "emergence_end": outcome(phases.emergence_end, healthy),
             "convergence": outcome(phases.convergence, healthy),
