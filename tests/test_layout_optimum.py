@@ -6,6 +6,7 @@ import jax.random as jr
 
 import jaxicl as ji
 from jaxicl._attention._layout_optimum import best_layout_loss
+from jaxicl._attention._reduced import expansion_trusted
 
 
 SIZES, L = (5, 5, 5), 100
@@ -35,3 +36,17 @@ def test_one_head_cannot_beat_the_single_head_optimum():
     single = ji.optimal_allocation_losses(SIZES, L).single_head
     best = best_layout_loss(SIZES, L, 1, key=jr.key(0), restarts=32)
     assert best.loss <= single and best.loss > 0.999 * single
+
+
+def test_the_search_discards_states_where_the_expansion_goes_below_zero():
+    """At d = 50 (r ≈ 17) with four heads, Adam on the first-order ℓ finds states with large ω
+    where ℓ < 0 (seen: −10352 at L = 100): the fluctuation matrix K∘V is not positive there.
+    The search keeps only trusted states, so its optimum is positive and trusted, and a state
+    with large ω on a live head is not trusted."""
+    sizes = (16, 17, 17)
+    key = jr.fold_in(jr.fold_in(jr.key(0), 11), 4)
+    best = best_layout_loss(sizes, L, 4, key=key, restarts=128)
+    assert best.loss > 0 and best.untrusted > 0
+    assert bool(expansion_trusted(best.omega, best.mu, block_sizes=sizes, context_len=L))
+    big = jnp.full((2, 3), 0.4)
+    assert not bool(expansion_trusted(big, jnp.ones((2, 3)), block_sizes=sizes, context_len=L))

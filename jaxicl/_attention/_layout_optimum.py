@@ -5,8 +5,10 @@ constant factor". The best model of H heads is the global minimum of ℓ(Ω, M) 
 states, mixed signs included (He et al.'s ± pairs go below strict allocation), which has no
 closed form. `best_layout_loss` searches it: Adam on ℓ from many random-sign starts of several
 scales, plus the strict allocation optimum and the single head (`optimal_allocation_losses`)
-as candidates; the lowest finite loss wins. Being a search, it is an upper bound on the
-minimum; the restarts' spread says how often it is found. The reduced ℓ is a large-L expansion,
+as candidates; the lowest loss wins among the states where the expansion can be trusted
+(`expansion_trusted`: at large ω the first-order ℓ can go below zero, and Adam finds that).
+Being a search, it is an upper bound on the minimum; the restarts' spread says how often it is
+found. The reduced ℓ is a large-L expansion,
 so the full model's loss at the winner is also estimated by Monte Carlo
 (`ansatz_monte_carlo_loss`) where a caller asks for it.
 """
@@ -20,18 +22,24 @@ import jax.random as jr
 import optax
 
 from .._train._trainer import train_ensemble
-from ._reduced import MergedSpectral, ReducedLoss, optimal_allocation_losses
+from ._reduced import (
+    MergedSpectral,
+    ReducedLoss,
+    expansion_trusted,
+    optimal_allocation_losses,
+)
 
 
 class LayoutOptimum(NamedTuple):
-    """The lowest ℓ (summed over tasks) found for H heads, its state, and how many restarts
-    came within 1% of it."""
+    """The lowest ℓ (summed over tasks) found for H heads, its state, how many restarts came
+    within 1% of it, and how many ended where the expansion cannot be trusted (discarded)."""
 
     loss: float
     omega: jax.Array
     mu: jax.Array
     restarts: int
     found_by: int
+    untrusted: int
 
 
 def best_layout_loss(
@@ -68,7 +76,11 @@ def best_layout_loss(
         key=key,
     )
     losses = jax.vmap(lambda s: objective.evaluate(s, None))(final)
-    losses = jnp.where(trajectory.diverged[:, -1] | ~jnp.isfinite(losses), jnp.inf, losses)
+    trusted = jax.vmap(
+        lambda s: expansion_trusted(s.omega, s.mu, block_sizes=block_sizes, context_len=context_len)
+    )(final)
+    valid = ~trajectory.diverged[:, -1] & jnp.isfinite(losses) & trusted
+    losses = jnp.where(valid, losses, jnp.inf)
     best = int(jnp.argmin(losses))
     value, omega, mu = float(losses[best]), final.omega[best], final.mu[best]
     # the closed-form layouts as candidates too (strict allocation needs H ≥ n)
@@ -80,7 +92,7 @@ def best_layout_loss(
         if loss < value:
             value, omega, mu = loss, om, m
     found = int(jnp.sum(losses <= value * 1.01))
-    return LayoutOptimum(value, omega, mu, restarts, found)
+    return LayoutOptimum(value, omega, mu, restarts, found, int(jnp.sum(~trusted)))
 
 
 def _single_head(layouts, n_heads, n_tasks):

@@ -131,6 +131,38 @@ def reduced_loss(
     return jnp.sum(per_task, axis=0)
 
 
+def expansion_trusted(
+    omega: Float[Array, "H n"],
+    mu: Float[Array, "H n"],
+    *,
+    block_sizes: tuple[int, ...],
+    context_len: int,
+    context_noise: float = 0.0,
+    max_shrink: float = 0.25,
+) -> Array:
+    """Whether ℓ(Ω, M) can be trusted at this state (one state, no member axes): the live heads
+    (μ ≠ 0 on a task) have a small ratio-bias shrink κ_{h,i} ≤ `max_shrink`, and each task's
+    fluctuation matrix (K_{hh'} V_{hh',i}) over the live heads is positive semidefinite, as the
+    covariance it approximates is. Beyond that the first-order expansion can go below zero (an
+    optimizer finds such states), so a search must not trust them."""
+    sizes = jnp.asarray(block_sizes, omega.dtype)
+    cross = omega[:, None] * omega[None, :]  # (H, H, n)
+    kernel = jnp.exp(-0.5 * jnp.sum(sizes[None, None] * jnp.log1p(-2 * cross), axis=2))
+    variance = sizes[None, None] + context_noise**2 + sizes[None, None] * cross / (1 - 2 * cross)
+    live = jnp.abs(mu) > 1e-6 * jnp.max(jnp.abs(mu))  # (H, n)
+    shrink = jnp.diagonal(kernel)[:, None] / (context_len * (1 - 2 * omega**2))
+    small = jnp.all(jnp.where(live, shrink <= max_shrink, True))
+    matrices = jnp.moveaxis(kernel[:, :, None] * variance, -1, 0)  # (n, H, H)
+    masks = jnp.moveaxis(live, -1, 0)  # (n, H)
+    pairs = (masks[:, :, None] & masks[:, None, :]).astype(matrices.dtype)
+    masked = matrices * pairs
+    eigenvalues = jnp.linalg.eigvalsh(masked)
+    scale = jnp.max(jnp.abs(eigenvalues), axis=-1, keepdims=True)
+    psd = jnp.all(eigenvalues >= -1e-6 * scale)
+    finite = jnp.all(jnp.isfinite(matrices)) & jnp.all(2 * cross < 1)
+    return small & psd & finite
+
+
 class ReducedLoss(AbstractObjective):
     """The reduced population loss ℓ(Ω, M) as an objective (deterministic: `draw` is empty).
 

@@ -29,6 +29,7 @@ def layout_optima(config) -> dict:
             "full_model": float(full.loss),
             "full_model_stderr": float(full.loss_stderr),
             "found_by": best.found_by,
+            "untrusted": best.untrusted,
             "restarts": best.restarts,
         }
     return out

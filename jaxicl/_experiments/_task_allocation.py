@@ -509,7 +509,8 @@ def _optimality_lines(summary) -> list[str]:
         )
         lines.append(
             f"  {name:<20} {text:<22} optimum ℓ {best['reduced']:.3f} (found by "
-            f"{best['found_by']}/{best['restarts']} restarts; full model there "
+            f"{best['found_by']}/{best['restarts']} restarts, {best['untrusted']} discarded "
+            "where ℓ is not trusted; full model there "
             f"{best['full_model']:.3f} ± {best['full_model_stderr']:.3f})"
         )
     return lines
