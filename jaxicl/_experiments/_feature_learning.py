@@ -58,7 +58,7 @@ class FeatureLearningConfig:
     record_every: int = 50
     n_seeds: int = 8
     attention_seeds: int = 4
-    attention_ratios: tuple[float, ...] = (0.1, 1.0, 10.0, 100.0)
+    attention_ratios: tuple[float, ...] = (1.0, 10.0, 100.0, 1000.0)
     success_threshold: float = 0.05
     perturbation_size: float = 0.01
     perturb_every: int = 10
