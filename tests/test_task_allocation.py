@@ -95,15 +95,17 @@ def test_groups_still_in_warmup_are_told_their_own_flows_horizon(tiny_run):
     _, summary = tiny_run
     waiting = copy.deepcopy(summary)
     for g in waiting["groups"].values():
-        g["success_rate"] = None
+        g["success_rate"], g["still_in_warmup"] = None, 1
     text = format_allocation_summary(waiting)
+    bounds = "only bounds (each waiting seed failing, or allocating)"
     assert (
         "no allocation rate for balanced/H3, random-positive/H3: seeds still in warm-up at the "
-        f"horizon (t = {summary['horizon_used']:g}); raise `--horizon` (and `--horizon-cap`)."
+        f"horizon (t = {summary['horizon_used']:g}), {bounds}; raise `--horizon` (and "
+        "`--horizon-cap`)."
     ) in text
     assert (
-        "no allocation rate for random-sign/H3: seeds still in warm-up at the horizon (t = 10); "
-        "raise `--horizon-merged`."
+        "no allocation rate for random-sign/H3: seeds still in warm-up at the horizon (t = 10), "
+        f"{bounds}; raise `--horizon-merged`."
     ) in text
 
 
@@ -121,6 +123,7 @@ def test_no_rate_while_seeds_are_still_in_warmup(tmp_path):
     summary = run_task_allocation(config, tmp_path / "run", progress=False)
     g = summary["groups"]["random-positive/H3"]
     assert g["still_in_warmup"] == 16 and g["success_rate"] is None
+    assert g["success_bounds"] == [0.0, 1.0]  # nothing is known yet
     assert np.isnan(g["warmup_end_median"])
     text = format_allocation_summary(summary)
     assert "still in warm-up" in text and "--horizon" in text

@@ -411,6 +411,13 @@ def _group_summary(g) -> dict:
         "not_settled": int((healthy & g["left_warmup"] & ~g["settled"]).sum()),
         "success_rate": rate,
         "success_stderr": None if rate is None else math.sqrt(rate * (1 - rate) / n),
+        # while seeds wait, only bounds: every waiting seed failing, or every one allocating
+        "success_bounds": None
+        if rate is not None or not n
+        else [
+            float((healthy & g["left_warmup"] & g["success"]).sum() / n),
+            float(((healthy & g["left_warmup"] & g["success"]).sum() + waiting) / n),
+        ],
         "stalled": stalled if rate is not None else None,
         "other_failures": failures - stalled if rate is not None else None,
         "diverged": int(g["diverged"].sum()),
@@ -444,7 +451,11 @@ def format_allocation_summary(summary: dict) -> str:
     waiting = []
     for name, g in summary["groups"].items():
         if g["success_rate"] is None:
-            allocated, stalled = "        n/a         ", "    n/a"
+            bounds = g.get("success_bounds")
+            allocated = "        n/a         "
+            if bounds is not None:
+                allocated = f"in [{bounds[0]:.1%}, {bounds[1]:.1%}]".ljust(20)
+            stalled = "    n/a"
             if g["still_in_warmup"]:
                 waiting.append(name)
         else:
@@ -464,7 +475,8 @@ def format_allocation_summary(summary: dict) -> str:
             horizon = summary["groups"][names[0]]["horizon"]  # one per flow
             lines.append(
                 f"no allocation rate for {', '.join(names)}: seeds still in warm-up at the "
-                f"horizon (t = {horizon:g}); raise {flag}."
+                f"horizon (t = {horizon:g}), only bounds (each waiting seed failing, or "
+                f"allocating); raise {flag}."
             )
     lines.append(
         "stalled: not allocated, with a dead head and a live head split between tasks; moving: "
