@@ -3,6 +3,7 @@
 import jax
 import jax.numpy as jnp
 import jax.random as jr
+import pytest
 
 import jaxicl as ji
 from jaxicl._attention._layout_optimum import best_layout_loss
@@ -12,6 +13,7 @@ from jaxicl._attention._reduced import expansion_trusted
 SIZES, L = (5, 5, 5), 100
 
 
+@pytest.mark.slow  # two searches of 64 restarts
 def test_mixed_signs_beat_strict_allocation_and_the_search_is_reproducible():
     """With free signs three heads go below strict allocation (He et al.'s ± pairs; measured
     ℓ = 1.22 against 2.52 at r = 5, L = 100); independent searches agree to 1% and the winner
@@ -38,6 +40,7 @@ def test_one_head_cannot_beat_the_single_head_optimum():
     assert best.loss <= single and best.loss > 0.999 * single
 
 
+@pytest.mark.slow  # a search of 128 restarts at d = 50
 def test_the_search_discards_states_where_the_expansion_goes_below_zero():
     """At d = 50 (r ≈ 17) with four heads, Adam on the first-order ℓ finds states with large ω
     where ℓ < 0 (seen: −10352 at L = 100): the fluctuation matrix K∘V is not positive there.
