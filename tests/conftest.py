@@ -67,6 +67,7 @@ _LONGEST_FIRST = (
     "test_sweeps.py",
     "test_task_allocation.py",
     "test_notebooks.py",
+    "test_weight_flow.py",
     "test_meanfield_dynamics.py",
     "test_reduced_convergence.py",
     "test_builtin_studies.py",
