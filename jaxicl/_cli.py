@@ -11,7 +11,11 @@ import sys
 import jax
 
 from ._bench import format_bench, run_bench
-from ._experiments._feature_learning import FeatureLearningConfig, run_feature_learning
+from ._experiments._feature_learning import (
+    PRESETS as FEATURE_LEARNING_PRESETS,
+    FeatureLearningConfig,
+    run_feature_learning,
+)
 from ._experiments._feature_learning_summary import format_feature_learning_summary
 from ._experiments._field_help import FIELD_HELP
 from ._experiments._full_vs_reduced import (
@@ -62,7 +66,10 @@ EXPERIMENTS = {
         format_feature_learning_summary,
     ),
 }
-PRESETS = {"task-allocation": TASK_ALLOCATION_PRESETS}
+PRESETS = {
+    "task-allocation": TASK_ALLOCATION_PRESETS,
+    "feature-learning": FEATURE_LEARNING_PRESETS,
+}
 # The mean-field solver meets ill-conditioned k×k systems; it runs in float64.
 FLOAT64_EXPERIMENTS = ("feature-learning",)
 

@@ -29,6 +29,8 @@ TINY = dict(
     mean_field_sizes=(8, 16, 32),
     mean_field_seeds=2,
     mean_field_steps=30,
+    prompt_lengths=(16, 0),
+    in_context_seeds=2,
 )
 
 
@@ -48,6 +50,7 @@ def test_runs_writes_results_and_resumes_without_recomputing(finished, monkeypat
     stored = json.loads((out / "summary.json").read_text())
     assert stored["static"]["seeds"] == 3
     assert set(stored["attention"]) == {"1", "100"}
+    assert set(stored["in_context"]) == {"16", "∞"}
     assert set(stored["saddle"]["variants"]) == set(experiment.SADDLE_VARIANTS)
     assert summary["saddle"]["variants"]["none"]["final_w_spread"] < 1e-12
     assert summary["saddle"]["variants"]["isotropic"]["final_w_spread"] > 1e-3
@@ -77,6 +80,8 @@ def test_other_configuration_is_refused(finished):
         ("success_threshold", 2.0, "success_threshold"),
         ("mean_field_sizes", (8, 16), "at least 3"),
         ("attention_ratios", (1.0, -2.0), "attention_ratios"),
+        ("prompt_lengths", (16, 64), "must include 0"),
+        ("prompt_lengths", (16, -1, 0), "prompt_lengths"),
     ],
 )
 def test_bad_configuration_names_the_field(field, value, message):
@@ -120,6 +125,9 @@ def _synthetic_results(config, diverged_static, diverged_saddle):
         results[f"saddle_{variant}"] = group(1, [diverged_saddle == variant])
     for m in config.mean_field_sizes:
         results[f"mean_field_M{m}"] = group(2, [False, m == 16])
+    for n in config.prompt_lengths:
+        results[f"in_context_n{n}"] = group(2, [False, n == 16])
+        results[f"in_context_n{n}"]["final_features"] = rng.normal(size=(2, 8, 2))
     return results
 
 
@@ -142,6 +150,10 @@ def test_diverged_members_are_counted_never_averaged():
     assert summary["saddle"]["variants"]["hessian"] == {"diverged": True}
     assert summary["saddle"]["variants"]["none"]["final_relative"] == pytest.approx(0.01)
     assert summary["mean_field"]["diverged"] == {"8": 0, "16": 1, "32": 0}
+    # n = 16's seed 1 diverged: one seed's loss, one pair's feature distance
+    assert summary["in_context"]["16"]["seeds"] == 1
+    assert summary["in_context"]["16"]["diverged"] == 1
+    assert summary["in_context"]["∞"]["feature_distance_mean"] == pytest.approx(0.0, abs=1e-12)
     text = summary_module.format_feature_learning_summary(summary)
     assert "[1 diverged, not counted]" in text and "hessian" in text
     everything = _synthetic_results(config, [True] * 3, diverged_saddle="none")

@@ -11,6 +11,10 @@
   perturbations.
 - `mean-field`: L(t) for M = 50 … 1600 from the same initial law; the sup-distance to the
   largest M's mean curve against M on log-log axes, with the fitted rate.
+- `in-context`: the static flow trained in context, on `prompts_per_step` fresh prompts of n
+  token pairs each step (the finite-n loss L^n), for n in `prompt_lengths` (0: n = ∞, the
+  population loss on the training sample) from the same initial particles: the final loss and
+  the distance of the learned features from the n = ∞ run's, as n grows.
 
 All runs share one fixed training sample (a deterministic flow) and are recorded on a held-out
 sample. Every group is a sweep of the `FeatureLearning` study, streamed into a store under
@@ -36,6 +40,17 @@ from ._feature_learning_summary import SADDLE_VARIANTS, mask_diverged, summarize
 # the stored series every group's summary and figure read
 _RECORDS = ("loss", "transformer_loss", "train_loss", "condition", "teacher_singular_values")
 _RECORDS += ("a_norm", "w_norm", "w_spread")
+
+
+# Named settings (`jaxicl run feature-learning --preset NAME`); other flags apply on top.
+PRESETS = {
+    # Kim & Suzuki's recorded experiment: d = 20, k = 5, 500 sigmoid neurons, prompts of 1000
+    # token pairs, static and jointly trained W (the defaults), with the in-context runs at
+    # n = 1000 against n = ∞ only. Scaled down: 16 prompts a step (the paper: 10,000), 2000
+    # Euler steps; the jointly trained W runs on the population loss of the training sample,
+    # not in context.
+    "kim-suzuki": dict(prompt_lengths=(1000, 0), prompts_per_step=16, in_context_seeds=4),
+}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -66,6 +81,9 @@ class FeatureLearningConfig:
     mean_field_sizes: tuple[int, ...] = (50, 100, 200, 400, 800, 1600)
     mean_field_seeds: int = 4
     mean_field_steps: int = 750
+    prompt_lengths: tuple[int, ...] = (16, 64, 256, 1000, 0)
+    prompts_per_step: int = 16
+    in_context_seeds: int = 4
     seed: int = 0
 
     def __post_init__(self):
@@ -103,11 +121,25 @@ class FeatureLearningConfig:
             check.positive_int("mean_field_sizes", size)
         if len(self.mean_field_sizes) < 3:
             raise ValueError("`mean_field_sizes` needs at least 3 sizes to fit a rate.")
+        check.positive_int("prompts_per_step", self.prompts_per_step)
+        check.positive_int("in_context_seeds", self.in_context_seeds)
+        for n in self.prompt_lengths:
+            if not isinstance(n, int) or n < 0:
+                raise ValueError(
+                    f"`prompt_lengths` must be whole numbers ≥ 0 (0: n = ∞), got {n!r}."
+                )
+        check.distinct("prompt_lengths", self.prompt_lengths)
+        if 0 not in self.prompt_lengths:
+            raise ValueError(
+                "`prompt_lengths` must include 0 (n = ∞): the in-context runs are measured "
+                f"against it, got {self.prompt_lengths}."
+            )
 
     def as_dict(self) -> dict:
         out = dataclasses.asdict(self)
         out["attention_ratios"] = list(self.attention_ratios)
         out["mean_field_sizes"] = list(self.mean_field_sizes)
+        out["prompt_lengths"] = list(self.prompt_lengths)
         return out
 
 
@@ -170,6 +202,12 @@ def _sweeps(config) -> list:
             {"particles": list(config.mean_field_sizes)},
             config.mean_field_seeds,
         ),
+        (
+            "in_context",
+            dataclasses.replace(base, prompts_per_step=config.prompts_per_step),
+            {"prompt_length": list(config.prompt_lengths)},
+            config.in_context_seeds,
+        ),
     ]
 
 
@@ -221,6 +259,13 @@ def run_feature_learning(config: FeatureLearningConfig, out_dir, *, progress=Non
                 results[f"mean_field_M{m}"] = _records(
                     dataset.sel(particles=m), config.learning_rate
                 )
+        elif name == "in_context":
+            for n in config.prompt_lengths:
+                one = dataset.sel(prompt_length=n)
+                results[f"in_context_n{n}"] = {
+                    **_records(one, config.learning_rate),
+                    "final_features": one["final_features"].transpose("seed", ...).values,
+                }
         else:
             results[name] = _records(dataset, config.learning_rate)
     summary = summarize(config, _study(config), results)

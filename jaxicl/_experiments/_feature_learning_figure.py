@@ -20,8 +20,8 @@ def _band(ax, time, curves, label, color=None):
 def plot_feature_learning(results, summary, path) -> None:
     plt = _pyplot()
     scale = summary["constant_feature_loss"]
-    fig, axes = plt.subplots(2, 3, figsize=(17, 9))
-    ax_curves, ax_gap, ax_saddle, ax_mf, ax_rate, ax_final = axes.ravel()
+    fig, axes = plt.subplots(2, 4, figsize=(22, 9))
+    ax_curves, ax_gap, ax_saddle, ax_context, ax_mf, ax_rate, ax_final, ax_trend = axes.ravel()
 
     static = results["static"]
     time = static["time"][0]
@@ -51,6 +51,8 @@ def plot_feature_learning(results, summary, path) -> None:
     ax_saddle.set(yscale="log", xlabel="flow time t", ylabel="L / L_c")
     ax_saddle.set_title("Symmetric init: plateau and escape")
     ax_saddle.legend(fontsize=8)
+
+    _in_context(ax_context, ax_trend, results, summary, scale)
 
     mf = summary["mean_field"]
     for m in [*mf["sizes"], mf["reference_M"]]:
@@ -88,3 +90,30 @@ def _rate(ax_rate, mf) -> None:
     ax_rate.set(xlabel="particles M", ylabel=f"mean |L_M − L_{mf['reference_M']}|")
     ax_rate.set_title("Mean-field limit")
     ax_rate.legend(fontsize=8)
+
+
+def _in_context(ax_curves, ax_trend, results, summary, scale) -> None:
+    lengths = summary["config"]["prompt_lengths"]
+    for n in lengths:
+        rec = results[f"in_context_n{n}"]
+        label = "n = ∞ (population)" if n == 0 else f"n = {n}"
+        _band(ax_curves, rec["time"][0], rec["loss"] / scale, label, "black" if n == 0 else None)
+    ax_curves.set(yscale="log", xlabel="flow time t", ylabel="held-out L / L_c")
+    ax_curves.set_title("Trained in context on prompts of n pairs")
+    ax_curves.legend(fontsize=8)
+    finite = [n for n in lengths if n]
+    rows = [summary["in_context"][str(n)] for n in finite]
+    population = summary["in_context"]["∞"]["final_relative_mean"]
+    gaps = [
+        np.nan
+        if r["final_relative_mean"] is None or population is None
+        else abs(r["final_relative_mean"] - population)
+        for r in rows
+    ]
+    distance = [
+        np.nan if r["feature_distance_mean"] is None else r["feature_distance_mean"] for r in rows
+    ]
+    ax_trend.loglog(finite, gaps, "o-", label="|L^n run − L^∞ run| / L_c at the end")
+    ax_trend.loglog(finite, distance, "s--", label="feature distance to the n = ∞ run")
+    ax_trend.set(xlabel="token pairs per prompt n", title="In context → population as n grows")
+    ax_trend.legend(fontsize=8)

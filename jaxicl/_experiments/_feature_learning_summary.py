@@ -141,7 +141,35 @@ def summarize(config, study, results) -> dict:
         "attention": attention,
         "saddle": _saddle(results, scale),
         "mean_field": _mean_field(config, results),
+        "in_context": _in_context(config, results, scale),
     }
+
+
+def _in_context(config, results, scale) -> dict:
+    """Per prompt length n (0: ∞): the final held-out L/L_c (mean ± s.e. over the seeds that did
+    not diverge) and the distance of the learned features from the n = ∞ run of the same seed
+    (`feature_distance`; pairs with a diverged member are left out)."""
+    reference = results["in_context_n0"]
+    out = {}
+    for n in config.prompt_lengths:
+        run = results[f"in_context_n{n}"]
+        healthy = ~run["diverged"]
+        final = run["loss"][healthy, -1] / scale
+        both = healthy & ~reference["diverged"]
+        distance = [
+            feature_distance(reference["final_features"][s], run["final_features"][s])
+            for s in np.flatnonzero(both)
+        ]
+        out["∞" if n == 0 else str(n)] = {
+            "seeds": int(healthy.sum()),
+            "diverged": int(run["diverged"].sum()),
+            "final_relative_mean": float(final.mean()) if final.size else None,
+            "final_relative_stderr": float(final.std(ddof=1) / math.sqrt(final.size))
+            if final.size > 1
+            else None,
+            "feature_distance_mean": float(np.mean(distance)) if distance else None,
+        }
+    return out
 
 
 def _diverged(n: int) -> str:
@@ -188,6 +216,7 @@ def format_feature_learning_summary(summary: dict) -> str:
             f"  {variant:<22} final L/L_c {v['final_relative']:.2e}, below half the plateau:"
             f" {escape}, w spread {v['final_w_spread']:.2e}"
         )
+    lines += _in_context_lines(summary)
     mf = summary["mean_field"]
     lost = sum(mf["diverged"].values())
     if mf["distance"] is None:
@@ -200,3 +229,34 @@ def format_feature_learning_summary(summary: dict) -> str:
         f"{_diverged(lost)}"
     )
     return "\n".join(lines)
+
+
+def _in_context_lines(summary) -> list[str]:
+    cfg = summary["config"]
+    lines = [
+        f"in context ({cfg['prompts_per_step']} prompts of n pairs a step, static W): final "
+        "held-out L/L_c (mean ± s.e.), feature distance to the n = ∞ run (mean over seeds)"
+    ]
+    for n, g in summary["in_context"].items():
+        if g["final_relative_mean"] is None:
+            lines.append(f"  n = {n:>5}   every seed diverged ({g['diverged']})")
+            continue
+        err = "" if g["final_relative_stderr"] is None else f" ± {g['final_relative_stderr']:.1e}"
+        dist = g["feature_distance_mean"]
+        lines.append(
+            f"  n = {n:>5}   {g['final_relative_mean']:.2e}{err}   "
+            f"{'—' if dist is None else f'{dist:.2e}'}{_diverged(g['diverged'])}"
+        )
+    return lines
+
+
+def feature_distance(reference, features) -> float:
+    """How far learned `features` (inputs × k) are from `reference` ones as feature maps: the
+    relative residual of the best affine map of `features` onto `reference` (0: the same span,
+    which is all L depends on; 1: nothing of it)."""
+    reference, features = np.asarray(reference), np.asarray(features)
+    design = np.concatenate([features, np.ones((features.shape[0], 1))], axis=1)
+    coefficients, *_ = np.linalg.lstsq(design, reference, rcond=None)
+    residual = reference - design @ coefficients
+    spread = ((reference - reference.mean(axis=0)) ** 2).sum()
+    return float((residual**2).sum() / spread)

@@ -100,6 +100,10 @@ FIELD_HELP = {
         "mean_field_sizes": "particle counts M of the mean-field convergence study",
         "mean_field_seeds": "seeds per M of that study",
         "mean_field_steps": "Euler steps of that study",
+        "prompt_lengths": "token pairs n per prompt of the in-context runs, comma-separated "
+        "(0: n = ∞, the population loss; must be included)",
+        "prompts_per_step": "fresh prompts per Euler step of the in-context runs",
+        "in_context_seeds": "seeds of the in-context runs",
         "seed": "root random seed, in [0, 2**63)",
     },
 }

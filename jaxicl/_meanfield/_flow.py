@@ -54,7 +54,7 @@ class StaticAttention(eqx.Module):
 
     def __call__(self, model: FeatureAttention, data, step, key: PRNGKeyArray) -> FeatureAttention:
         del step, key
-        x, f = data
+        x, f = data[0], data[1]  # the step's input sample (and, in context, its prompts)
         return with_optimal_attention(model, x, f, self.jitter)
 
 
@@ -80,7 +80,7 @@ class AttentionFlow(eqx.Module):
 
     def __call__(self, model: FeatureAttention, data, step, key: PRNGKeyArray) -> FeatureAttention:
         del step, key
-        x, f = data
+        x, f = data[0], data[1]  # the step's input sample (and, in context, its prompts)
         _, sigma, cross = moments(model.particles, x, f)
         lam, u = jnp.linalg.eigh(cross.T @ cross)
         nu, v = jnp.linalg.eigh(sigma)

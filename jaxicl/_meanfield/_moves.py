@@ -84,7 +84,7 @@ class HessianPerturbation(eqx.Module):
         check.positive_int("every", self.every)
 
     def __call__(self, model: FeatureAttention, data, step, key: PRNGKeyArray):
-        x, f = data
+        x, f = data[0], data[1]  # the step's input sample (and, in context, its prompts)
 
         def perturb(model):
             p = model.particles
@@ -128,7 +128,7 @@ class BirthDeath(eqx.Module):
 
     def __call__(self, model: FeatureAttention, data, step, key: PRNGKeyArray):
         del step
-        x, f = data
+        x, f = data[0], data[1]  # the step's input sample (and, in context, its prompts)
         p = model.particles
         potential = first_variation(p, x, f, self.jitter)
         centred = potential - p.mass @ potential

@@ -1,7 +1,11 @@
 """Objectives of the feature-attention model for the trainer: n = ∞ losses over a fixed input
 sample or fresh batches, and the finite-n in-context loss."""
 
+import dataclasses
+from typing import NamedTuple
+
 import equinox as eqx
+import jax.numpy as jnp
 from jaxtyping import Array, Float, PRNGKeyArray
 
 from .. import _validation as check
@@ -81,3 +85,33 @@ class FeatureICLLoss(AbstractObjective):
 
     def evaluate(self, model: FeatureAttention, data: Prompt) -> Float[Array, ""]:
         return 0.5 * self.icl.evaluate(model, data)
+
+
+class InContextBatch(NamedTuple):
+    """One step's prompts, and every input they hold (contexts and queries, flattened) with its
+    target features: the sample on which the attention treatment (`StaticAttention`,
+    `AttentionFlow`) and the other moves read the measure's moments (as `data[0]`, `data[1]`)."""
+
+    x: Float[Array, "m d"]
+    f: Float[Array, "m k"]
+    prompts: Prompt
+
+
+class InContextFeatureLoss(AbstractObjective):
+    """Training in context: the finite-n loss L^n (`FeatureICLLoss`) on `batch_size` fresh
+    prompts of `context_len` token pairs each step. The step's data is an `InContextBatch`, so
+    W's treatment after the step sees the same inputs the particles were trained on."""
+
+    icl: FeatureICLLoss
+
+    def __init__(self, task: FeatureRegression, context_len: int, batch_size: int):
+        check.positive_int("context_len", context_len)
+        self.icl = FeatureICLLoss(dataclasses.replace(task, context_len=context_len), batch_size)
+
+    def draw(self, key: PRNGKeyArray) -> InContextBatch:
+        prompts = self.icl.draw(key)
+        x = jnp.concatenate([prompts.x.reshape(-1, prompts.x.shape[-1]), prompts.query_x])
+        return InContextBatch(x, self.icl.icl.task.target_features(x), prompts)
+
+    def evaluate(self, model: FeatureAttention, data: InContextBatch) -> Float[Array, ""]:
+        return self.icl.evaluate(model, data.prompts)

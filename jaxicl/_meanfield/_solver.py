@@ -19,7 +19,7 @@ from ._flow import AttentionFlow, StaticAttention, particle_flow
 from ._loss import losses_from_moments, moments
 from ._model import FeatureAttention
 from ._moves import AfterSteps, BirthDeath, HessianPerturbation, IsotropicPerturbation
-from ._objectives import MeanFieldLoss
+from ._objectives import InContextFeatureLoss, MeanFieldLoss
 from ._task import FeatureRegression
 
 
@@ -103,6 +103,7 @@ def particle_solver(
     perturb_every: int = 1,
     birth_death_rate: float = 0.0,
     jitter: float | None = None,
+    context_len: int | None = None,
 ) -> ParticleSolver:
     """Configure the particle solver of the Wasserstein gradient flow of L (or L_TF).
 
@@ -112,6 +113,9 @@ def particle_solver(
     - `learning_rate`: the Euler step η of the flow (each particle moves η × its velocity).
     - `eval_inputs`: held-out inputs on which the records are computed.
     - `inputs` / `batch_size`: a fixed training sample, or fresh inputs each step (one of them).
+    - `context_len`: train in context instead: `batch_size` fresh prompts of `context_len`
+      token pairs each step, on the finite-n loss L^n (`InContextFeatureLoss`); W's treatment
+      then reads the moments on the step's prompts' inputs.
     - `attention`: `"static"` (W = W_µ after every step, particles follow ∇L: the two-timescale
       limit) or `"attention"` (particles follow ∇L_TF at the current W, and W follows its
       gradient flow on L_TF `attention_ratio` times faster; see `AttentionFlow`).
@@ -123,9 +127,14 @@ def particle_solver(
     check.finite_positive("learning_rate", learning_rate)
     check.one_of("perturbation", perturbation, PERTURBATIONS)
     check.finite_nonnegative("birth_death_rate", birth_death_rate)
-    objective = MeanFieldLoss(
-        task, attention=attention, inputs=inputs, batch_size=batch_size, jitter=jitter
-    )
+    if context_len is not None:
+        if batch_size is None or inputs is not None:
+            raise ValueError("In context (`context_len`), give `batch_size` (prompts per step).")
+        objective = InContextFeatureLoss(task, context_len, batch_size)
+    else:
+        objective = MeanFieldLoss(
+            task, attention=attention, inputs=inputs, batch_size=batch_size, jitter=jitter
+        )
     moves = []
     if perturbation == "isotropic":
         moves.append(IsotropicPerturbation(perturbation_size, perturb_every))

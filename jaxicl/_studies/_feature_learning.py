@@ -9,13 +9,20 @@ The teacher, the training sample and the held-out sample are the problem instanc
 record it stores every observable of the held-out sample (L(µ), L_TF, cond Σµµ, the singular
 values of Σµ°µ, particle statistics) and the flow's own objective on the training sample; at
 the end L/L_c (L_c: the loss of constant features), whether it fell below
-`success_threshold` (both NaN for a member that diverged), and the divergence flag. Runs in
-float64.
+`success_threshold` (both NaN for a member that diverged), the learned features h_µ on the
+first `PROBE_INPUTS` held-out inputs (to compare runs' features), and the divergence flag.
+Runs in float64.
+
+`prompt_length = 0` trains on the n = ∞ loss over the fixed training sample; `prompt_length
+= n > 0` trains in context, on `prompts_per_step` fresh prompts of n token pairs each step
+(the finite-n loss L^n; the prompts are shared by the members), W treated on the step's
+prompts' inputs. The held-out records are the same n = ∞ observables either way.
 """
 
 from typing import ClassVar, NamedTuple
 
 import equinox as eqx
+import jax
 import jax.numpy as jnp
 import jax.random as jr
 
@@ -34,6 +41,7 @@ class _Problem(NamedTuple):
     targets: object
     solver: ParticleSolver
     constant_loss: object
+    probe: object
 
 
 @eqx.filter_jit
@@ -74,6 +82,10 @@ class SymmetricPoint(eqx.Module):
 FEATURE_INITS = {"coupled": CoupledLaw(), "symmetric": SymmetricPoint()}
 
 
+# held-out inputs on which each member's final features are stored
+PROBE_INPUTS = 256
+
+
 class FeatureLearning(AbstractStudy):
     """mean-field particle solver (W = W_µ or trained) on feature regression"""
 
@@ -98,6 +110,8 @@ class FeatureLearning(AbstractStudy):
     perturbation_size: float = 0.01
     perturb_every: int = 10
     birth_death_rate: float = 0.0
+    prompt_length: int = eqx.field(static=True, default=0)
+    prompts_per_step: int = eqx.field(static=True, default=16)
     problem_seed: int = 0
 
     member_axes: ClassVar[tuple[str, ...]] = ("learning_rate", "a_scale")
@@ -106,6 +120,9 @@ class FeatureLearning(AbstractStudy):
     variants: ClassVar[dict] = {"init": FEATURE_INITS}
     series_dims: ClassVar[dict[str, tuple[str, ...]]] = {
         "teacher_singular_values": ("singular_value",)
+    }
+    summary_dims: ClassVar[dict[str, tuple[str, ...]]] = {
+        "final_features": ("probe_input", "feature")
     }
     meanings: ClassVar[dict[str, str]] = {
         "success": "1 = L/L_c below success_threshold at the end, 0 = not, NaN = diverged or "
@@ -123,8 +140,14 @@ class FeatureLearning(AbstractStudy):
             "steps",
             "n_records",
             "perturb_every",
+            "prompts_per_step",
         ):
             check.positive_int(name, getattr(self, name))
+        if not isinstance(self.prompt_length, int) or self.prompt_length < 0:
+            raise ValueError(
+                "`prompt_length` must be a whole number ≥ 0 (0: n = ∞, the population loss), "
+                f"got {self.prompt_length!r}."
+            )
         for name in ("teacher_scale", "learning_rate", "a_scale", "attention_ratio"):
             check.finite_positive(name, getattr(self, name))
         check.finite_nonnegative("perturbation_size", self.perturbation_size)
@@ -166,10 +189,13 @@ class FeatureLearning(AbstractStudy):
             self.n_eval_inputs,
             self.problem_seed,
         )
+        in_context = self.prompt_length > 0
         solver = particle_solver(
             task,
             learning_rate=self.learning_rate,
-            inputs=inputs,
+            inputs=None if in_context else inputs,
+            batch_size=self.prompts_per_step if in_context else None,
+            context_len=self.prompt_length if in_context else None,
             eval_inputs=eval_inputs,
             attention=self.attention,
             attention_ratio=self.attention_ratio,
@@ -179,7 +205,8 @@ class FeatureLearning(AbstractStudy):
             birth_death_rate=self.birth_death_rate,
         )
         constant = constant_feature_loss(task.target_features(eval_inputs))
-        return _Problem(inputs, task.target_features(inputs), solver, constant)
+        probe = eval_inputs[:PROBE_INPUTS]
+        return _Problem(inputs, task.target_features(inputs), solver, constant, probe)
 
     def constant_feature_loss(self):
         """L_c: the held-out loss of constant features, the scale of every relative loss."""
@@ -225,8 +252,10 @@ class FeatureLearning(AbstractStudy):
         problem = self._problem()
         final = problem.solver.observe(state.model)["loss"] / problem.constant_loss
         healthy = ~state.diverged
+        features = jax.vmap(state.model.particles.features)(problem.probe)
         return {
             "final_relative_loss": outcome(final, healthy),
             "success": outcome(final < self.success_threshold, healthy),
+            "final_features": outcome(features, healthy),
             "diverged": state.diverged,
         }
