@@ -81,7 +81,7 @@ class FeatureLearningConfig:
     mean_field_sizes: tuple[int, ...] = (50, 100, 200, 400, 800, 1600)
     mean_field_seeds: int = 4
     mean_field_steps: int = 750
-    prompt_lengths: tuple[int, ...] = (16, 64, 256, 1000, 0)
+    prompt_lengths: tuple[int, ...] = (16, 64, 256, 0)
     prompts_per_step: int = 16
     in_context_seeds: int = 4
     seed: int = 0
