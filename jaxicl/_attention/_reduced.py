@@ -98,6 +98,22 @@ def balanced_factorization(
     return FactorizedSpectral(q=q, k=jnp.sign(omega) * q, o=o, v=jnp.sign(mu) * o)
 
 
+def _expansion_terms(omega, block_sizes, context_len, context_noise, tilt=True):
+    """The pieces of ℓ's first-order terms: block sizes r (n, ...), the kernel K_{hh'} (H, H,
+    ...), the variance V_{hh',i} (H, H, n, ...) and the shrink κ_{h,i} (H, n, ...); trailing
+    axes of `omega` are members."""
+    members = (1,) * (omega.ndim - 2)
+    sizes = jnp.asarray(block_sizes, omega.dtype).reshape(-1, *members)  # (n, ...)
+    cross = omega[:, None] * omega[None, :]  # (H, H, n, ...)
+    blockwise = sizes[None, None]  # (1, 1, n, ...), as cross
+    kernel = jnp.exp(-0.5 * jnp.sum(blockwise * jnp.log1p(-2 * cross), axis=2))  # (H, H, ...)
+    tilted = blockwise * cross / (1 - 2 * cross) if tilt else jnp.zeros_like(cross)
+    variance = blockwise + context_noise**2 + tilted
+    own = jnp.moveaxis(jnp.diagonal(kernel, axis1=0, axis2=1), -1, 0)  # K_{hh}: (H, ...)
+    shrink = own[:, None] / (context_len * (1 - 2 * omega**2))  # κ_{h,i}
+    return sizes, kernel, variance, shrink
+
+
 def reduced_loss(
     omega: Float[Array, "H n *members"],
     mu: Float[Array, "H n *members"],
@@ -116,16 +132,10 @@ def reduced_loss(
     `tilt=False` drops the tilt variance, `ratio_bias=False` the ratio bias (the slope is then
     Σ μ ω): ablations, to show against Monte Carlo that each term is needed (without either the
     error does not vanish as L grows). `ReducedLoss` always keeps both."""
-    members = (1,) * (omega.ndim - 2)
-    sizes = jnp.asarray(block_sizes, omega.dtype).reshape(-1, *members)  # (n, ...)
-    cross = omega[:, None] * omega[None, :]  # (H, H, n, ...)
-    blockwise = sizes[None, None]  # (1, 1, n, ...), as cross
-    kernel = jnp.exp(-0.5 * jnp.sum(blockwise * jnp.log1p(-2 * cross), axis=2))  # (H, H, ...)
-    tilted = blockwise * cross / (1 - 2 * cross) if tilt else jnp.zeros_like(cross)
-    variance = blockwise + context_noise**2 + tilted
+    sizes, kernel, variance, shrink = _expansion_terms(
+        omega, block_sizes, context_len, context_noise, tilt
+    )
     fluctuation = jnp.einsum("hi...,gi...,hg...,hgi...->i...", mu, mu, kernel, variance)
-    own = jnp.moveaxis(jnp.diagonal(kernel, axis1=0, axis2=1), -1, 0)  # K_{hh}: (H, ...)
-    shrink = own[:, None] / (context_len * (1 - 2 * omega**2))  # κ_{h,i}
     slope = jnp.sum(mu * omega / (1 + shrink) if ratio_bias else mu * omega, axis=0)
     per_task = query_noise**2 + sizes * (1 - slope) ** 2 + fluctuation / context_len
     return jnp.sum(per_task, axis=0)
@@ -145,12 +155,8 @@ def expansion_trusted(
     fluctuation matrix (K_{hh'} V_{hh',i}) over the live heads is positive semidefinite, as the
     covariance it approximates is. Beyond that the first-order expansion can go below zero (an
     optimizer finds such states), so a search must not trust them."""
-    sizes = jnp.asarray(block_sizes, omega.dtype)
-    cross = omega[:, None] * omega[None, :]  # (H, H, n)
-    kernel = jnp.exp(-0.5 * jnp.sum(sizes[None, None] * jnp.log1p(-2 * cross), axis=2))
-    variance = sizes[None, None] + context_noise**2 + sizes[None, None] * cross / (1 - 2 * cross)
+    _, kernel, variance, shrink = _expansion_terms(omega, block_sizes, context_len, context_noise)
     live = jnp.abs(mu) > 1e-6 * jnp.max(jnp.abs(mu))  # (H, n)
-    shrink = jnp.diagonal(kernel)[:, None] / (context_len * (1 - 2 * omega**2))
     small = jnp.all(jnp.where(live, shrink <= max_shrink, True))
     matrices = jnp.moveaxis(kernel[:, :, None] * variance, -1, 0)  # (n, H, H)
     masks = jnp.moveaxis(live, -1, 0)  # (n, H)
@@ -159,7 +165,7 @@ def expansion_trusted(
     eigenvalues = jnp.linalg.eigvalsh(masked)
     scale = jnp.max(jnp.abs(eigenvalues), axis=-1, keepdims=True)
     psd = jnp.all(eigenvalues >= -1e-6 * scale)
-    finite = jnp.all(jnp.isfinite(matrices)) & jnp.all(2 * cross < 1)
+    finite = jnp.all(jnp.isfinite(matrices)) & jnp.all(2 * omega[:, None] * omega[None, :] < 1)
     return small & psd & finite
 
 
