@@ -6,6 +6,7 @@ import dataclasses
 import errno
 import math
 import os
+import signal
 import sys
 
 import jax
@@ -200,7 +201,31 @@ def _sweep(args) -> int:
     return 0
 
 
+class _Terminated(BaseException):
+    """SIGTERM (what batch schedulers send before they kill a job), raised in the main thread
+    so that it stops the run as an interrupt does: between steps, with every stored chunk kept."""
+
+
+def _terminate(signum, frame):
+    raise _Terminated
+
+
 def main(argv=None) -> int:
+    previous = signal.signal(signal.SIGTERM, _terminate)
+    try:
+        return _guarded(argv)
+    except _Terminated:
+        print(
+            "\njaxicl: terminated (SIGTERM); what was stored is kept: rerun the same command to "
+            "resume.",
+            file=sys.stderr,
+        )
+        return 143
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _guarded(argv) -> int:
     try:
         code = _main(argv)
         sys.stdout.flush()  # a reader that closed the pipe shows here, not as an exit traceback

@@ -82,12 +82,13 @@ def _stamp(folder):
     return sorted(stamp)
 
 
-def kill_when_flagged(command, env, store, at_least: int) -> None:
-    """Start a sweep command and SIGKILL it once its store flags `at_least` step chunks.
+def kill_when_flagged(command, env, store, at_least: int, *, sig=signal.SIGKILL, stderr=None):
+    """Start a sweep command and send `sig` (SIGKILL) once its store flags `at_least` step
+    chunks; return the finished process.
     The flags are read when a file under `chunk_done/` changed (and every half second, in case
     a change fell within one tick of the file clock): reading them takes about 7 ms, which
     every 20 ms would take a quarter of a core from the run being watched."""
-    process = subprocess.Popen(command, env=env)
+    process = subprocess.Popen(command, env=env, stderr=stderr)
     deadline = time.monotonic() + 300
     seen, read_at = None, 0.0
     while time.monotonic() < deadline and process.poll() is None:
@@ -100,5 +101,6 @@ def kill_when_flagged(command, env, store, at_least: int) -> None:
             if flags.sum() >= at_least:
                 break
         time.sleep(0.02)
-    process.send_signal(signal.SIGKILL)
+    process.send_signal(sig)
     process.wait()
+    return process

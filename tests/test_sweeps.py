@@ -242,6 +242,34 @@ def test_a_kill_loop_with_auto_members_per_call_gives_the_uninterrupted_store(tm
         np.testing.assert_array_equal(resumed[name], uninterrupted[name])
 
 
+@pytest.mark.slow  # SIGTERM of a subprocess
+def test_sigterm_stops_with_a_resume_hint_and_the_rerun_completes(tmp_path):
+    """SIGTERM (a batch scheduler's warning before it kills a job) stops a sweep as an interrupt
+    does: exit status 143, one line saying the stored chunks are kept, no traceback; rerunning
+    the same command completes the store. (Before, Python's default handler ended the process
+    silently.)"""
+    import signal
+
+    sweep = _file(
+        tmp_path,
+        'study = "reduced-allocation"\nseeds = 600\nmembers_per_call = 100\n'
+        "[fixed]\nd = 9\nhorizon = 24.0\nn_records = 8\n"
+        "[grid]\nheads = [2, 3]\ninit_scale = [1e-3, 3e-2]\n",
+    )
+    store = tmp_path / "store"
+    command = [sys.executable, "-m", "jaxicl", "sweep", str(sweep), "--out", str(store), "--quiet"]
+    env = {**os.environ, "JAX_ENABLE_X64": "0"}
+    with open(tmp_path / "stderr", "wb") as stderr:
+        process = kill_when_flagged(command, env, store, 1, sig=signal.SIGTERM, stderr=stderr)
+    text = (tmp_path / "stderr").read_text()
+    assert process.returncode == 143, text
+    assert "terminated (SIGTERM)" in text and "Traceback" not in text
+    flags = np.asarray(zarr.open_group(str(store), mode="r")["chunk_done"][:])
+    assert 0 < flags.sum() < flags.size
+    subprocess.run(command, env=env, check=True, capture_output=True)
+    assert np.asarray(zarr.open_group(str(store), mode="r")["chunk_done"][:]).all()
+
+
 def test_inspect_reports_completeness(tmp_path, capsys):
     _run(tmp_path / "store")
     assert _cli.main(["inspect", str(tmp_path / "store")]) == 0
