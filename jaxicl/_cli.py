@@ -201,6 +201,10 @@ def _sweep(args) -> int:
     return 0
 
 
+# file-system errors that are about the path the user gave: one line naming it
+_PATH_ERRORS = (errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOTDIR, errno.EEXIST)
+
+
 class _Terminated(BaseException):
     """SIGTERM (what batch schedulers send before they kill a job), raised in the main thread
     so that it stops the run as an interrupt does: between steps, with every stored chunk kept."""
@@ -253,6 +257,11 @@ def _guarded(argv) -> int:
         )
         return 1
     except OSError as error:
+        if error.errno in _PATH_ERRORS:
+            # --out under a read-only directory, inside a regular file, and the like
+            where = error.filename or "the output path"
+            print(f"jaxicl: error: cannot write {where}: {error.strerror}.", file=sys.stderr)
+            return 1
         if error.errno not in (errno.ENOSPC, errno.EDQUOT):
             raise
         # What was stored before the write that failed is whole (atomic writes, flags last).

@@ -183,3 +183,32 @@ def test_near_the_bound_one_members_temporaries_join_the_estimate(tmp_path, caps
     err = capsys.readouterr().err
     assert "needs at least" in err and "temporaries by XLA's analysis" in err
     assert "Traceback" not in err
+
+
+def test_a_config_json_that_is_not_json_is_named(tmp_path):
+    (tmp_path / "config.json").write_text("not json")
+    with pytest.raises(ValueError, match=r"config.json is not a jaxicl run's configuration"):
+        claim_run_directory(tmp_path, CONFIG)
+    assert (tmp_path / "config.json").read_text() == "not json"
+
+
+def test_an_out_path_inside_a_regular_file_is_one_line(tmp_path, capsys):
+    """`--out FILE/run`: the file system refuses the directory (not a directory); the command
+    says so in one line naming the path, not with a traceback."""
+    target = tmp_path / "results.txt"
+    target.write_text("mine")
+    code = _cli.main(["run", "paired-heads", "--out", str(target / "run"), "--quiet"])
+    err = capsys.readouterr().err
+    assert code in (1, 2) and "results.txt" in err and "Traceback" not in err
+    assert len(err.strip().splitlines()) == 1
+    assert target.read_text() == "mine"
+
+
+def test_a_path_error_from_deep_inside_is_one_line_naming_the_path(monkeypatch, capsys):
+    def denied(argv):
+        raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), "results/sweeps/H1")
+
+    monkeypatch.setattr(_cli, "_main", denied)
+    assert _cli.main(["run", "paired-heads"]) == 1
+    err = capsys.readouterr().err
+    assert "cannot write results/sweeps/H1" in err and "Traceback" not in err

@@ -53,7 +53,18 @@ def claim_run_directory(out_dir: pathlib.Path, config: dict) -> None:
             "or empty directory, so that nothing in it is overwritten."
         )
     if path.exists():
-        stored = json.loads(path.read_text())
+        try:
+            stored = json.loads(path.read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError) as error:
+            raise ValueError(
+                f"{path} is not a jaxicl run's configuration (not JSON: {error}); choose another "
+                "output directory, so that nothing in this one is overwritten."
+            ) from None
+        if not isinstance(stored, dict):
+            raise ValueError(
+                f"{path} is not a jaxicl run's configuration (a JSON {type(stored).__name__}, "
+                "not an object); choose another output directory."
+            )
         if stored != config:
             differing = sorted(
                 k for k in set(stored) | set(config) if stored.get(k) != config.get(k)
