@@ -18,6 +18,7 @@ from ._attention._ansatz_monte_carlo import (
 )
 from ._attention._decomposable import (
     decomposable_attention as decomposable_attention,
+    factorized_attention as factorized_attention,
 )
 from ._attention._init import (
     init_balanced as init_balanced,

@@ -212,20 +212,26 @@ def test_another_sweep_is_refused_never_overwritten(tmp_path, monkeypatch):
     assert xr.open_zarr(str(tmp_path / "store"), consolidated=False).sizes["seed"] == 5
 
 
+def _subprocess_sweep(tmp_path, store, *, members_per_call: str):
+    """The `jaxicl sweep` command (and its float32 environment) of a 600-seed reduced sweep
+    into `store`, long enough for a signal to land mid-sweep."""
+    sweep = _file(
+        tmp_path,
+        f'study = "reduced-allocation"\nseeds = 600\nmembers_per_call = {members_per_call}\n'
+        "[fixed]\nd = 9\nhorizon = 24.0\nn_records = 8\n"
+        "[grid]\nheads = [2, 3]\ninit_scale = [1e-3, 3e-2]\n",
+    )
+    command = [sys.executable, "-m", "jaxicl", "sweep", str(sweep), "--out", str(store), "--quiet"]
+    return command, {**os.environ, "JAX_ENABLE_X64": "0"}
+
+
 @pytest.mark.slow  # SIGKILL of a subprocess, three times
 def test_a_kill_loop_with_auto_members_per_call_gives_the_uninterrupted_store(tmp_path):
     """SIGKILL an "auto"-sized sweep three times at growing progress, then let it finish: the
     store equals one uninterrupted run bitwise (the resumed and the uninterrupted runs in fresh
     processes, in the same float32 precision)."""
-    sweep = _file(
-        tmp_path,
-        'study = "reduced-allocation"\nseeds = 600\nmembers_per_call = "auto"\n'
-        "[fixed]\nd = 9\nhorizon = 24.0\nn_records = 8\n"
-        "[grid]\nheads = [2, 3]\ninit_scale = [1e-3, 3e-2]\n",
-    )
     killed = tmp_path / "killed"
-    command = [sys.executable, "-m", "jaxicl", "sweep", str(sweep), "--out", str(killed), "--quiet"]
-    env = {**os.environ, "JAX_ENABLE_X64": "0"}
+    command, env = _subprocess_sweep(tmp_path, killed, members_per_call='"auto"')
     counts = []
     for at_least in (1, 3, 5):
         kill_when_flagged(command, env, killed, at_least)
@@ -250,15 +256,8 @@ def test_sigterm_stops_with_a_resume_hint_and_the_rerun_completes(tmp_path):
     silently.)"""
     import signal
 
-    sweep = _file(
-        tmp_path,
-        'study = "reduced-allocation"\nseeds = 600\nmembers_per_call = 100\n'
-        "[fixed]\nd = 9\nhorizon = 24.0\nn_records = 8\n"
-        "[grid]\nheads = [2, 3]\ninit_scale = [1e-3, 3e-2]\n",
-    )
     store = tmp_path / "store"
-    command = [sys.executable, "-m", "jaxicl", "sweep", str(sweep), "--out", str(store), "--quiet"]
-    env = {**os.environ, "JAX_ENABLE_X64": "0"}
+    command, env = _subprocess_sweep(tmp_path, store, members_per_call="100")
     with open(tmp_path / "stderr", "wb") as stderr:
         process = kill_when_flagged(command, env, store, 1, sig=signal.SIGTERM, stderr=stderr)
     text = (tmp_path / "stderr").read_text()

@@ -84,17 +84,18 @@ def test_chen_code_scheme_matches_the_authors_weights(getkey):
     label = jnp.where(jnp.eye(heads, n, dtype=bool), 2 * s, s)
     V = jnp.zeros((heads, width, width)).at[:, d:, d:].set(jax.vmap(jnp.diag)(label))
     O = jnp.swapaxes(V, 1, 2)[:, d:, :]
-    model = ji.FactorizedAttention(
-        Q=s * g_q[:, :, None] * eye[None],
-        K=s * g_k[:, :, None] * eye[None],
-        V=V,
-        O=O,
-        kind="softmax",
-    )
+    Q, K = (s * g[:, :, None] * eye[None] for g in (g_q, g_k))
+    model = ji.FactorizedAttention(Q=Q, K=K, V=V, O=O, kind="softmax")
     omega, mu = ji.semi_singular_values(model, ji.disjoint_blocks(d, n))
     got_omega, got_mu = start.spectral()
     assert jnp.allclose(got_omega, omega, rtol=1e-12) and jnp.allclose(got_mu, mu, rtol=1e-12)
     assert jnp.all(got_mu == jnp.where(jnp.eye(heads, n, dtype=bool), 4, 1) * s**2)
+    # the full model built from the scheme's factors keeps them unbalanced: its Q and K are
+    # the authors' on the x-block (the y-block meets the query's empty label slot only)
+    built = ji.factorized_attention(start, ji.disjoint_blocks(d, n), d)
+    assert jnp.allclose(built.Q[:, :d, :d], Q[:, :d, :d], rtol=1e-12)
+    assert jnp.allclose(built.K[:, :d, :d], K[:, :d, :d], rtol=1e-12)
+    assert jnp.allclose(built.O @ built.V, O @ V, rtol=1e-12)
     with pytest.raises(ValueError, match="width"):
         ji.ChenCode()(heads, n, s, key=key)
 

@@ -13,6 +13,7 @@ from jaxtyping import Array, Float
 from .._custom_types import Blocks
 from .._tasks._regression import block_mask
 from ._models import AbstractAttention, FactorizedAttention, MergedAttention
+from ._reduced import FactorizedSpectral
 
 
 def decomposable_attention(
@@ -27,9 +28,8 @@ def decomposable_attention(
     """The attention model of the decomposable ansatz for (Ω, M) over disjoint `blocks`.
 
     `factorized=False`: a `MergedAttention` with exactly those W, U. `factorized=True`: the
-    balanced `FactorizedAttention` with the same merged weights: Q_h = diagonal √(√D|ω|) on
-    the x-coordinates, K_h = sign(ω) Q_h, V_h = diagonal √|μ| on the label coordinates,
-    O_h[i, d + i] = sign(μ_{h,i}) √|μ_{h,i}|; every other entry is zero.
+    balanced `FactorizedAttention` with the same merged weights (`factorized_attention` of the
+    factors q = √|ω|, k = sign(ω)√|ω|, o = sign(μ)√|μ|, v = √|μ|).
     """
     n_heads, n_tasks = omega.shape
     width = d + n_tasks
@@ -39,14 +39,27 @@ def decomposable_attention(
         W = jnp.zeros((n_heads, width, width), omega.dtype).at[:, coords, coords].set(diagonal)
         U = jnp.zeros((n_heads, n_tasks, width), mu.dtype).at[:, tasks, d + tasks].set(mu)
         return MergedAttention(W=W, U=U, kind=kind)
-    root = jnp.sqrt(math.sqrt(width) * jnp.abs(diagonal))
-    Q = jnp.zeros((n_heads, width, width), omega.dtype).at[:, coords, coords].set(root)
-    K = Q.at[:, coords, coords].multiply(jnp.sign(diagonal))
+    root = jnp.sqrt(jnp.abs(omega))
     label = jnp.sqrt(jnp.abs(mu))
-    V = jnp.zeros((n_heads, width, width), mu.dtype).at[:, d + tasks, d + tasks].set(label)
-    O = (
-        jnp.zeros((n_heads, n_tasks, width), mu.dtype)
-        .at[:, tasks, d + tasks]
-        .set(jnp.sign(mu) * label)
-    )
+    factors = FactorizedSpectral(q=root, k=jnp.sign(omega) * root, o=jnp.sign(mu) * label, v=label)
+    return factorized_attention(factors, blocks, d, kind=kind)
+
+
+def factorized_attention(
+    factors: FactorizedSpectral, blocks: Blocks, d: int, *, kind: str = "softmax"
+) -> FactorizedAttention:
+    """The `FactorizedAttention` of factors ω = q k, μ = o v on the ansatz, balanced or not:
+    Q_h, K_h diagonal on the x-coordinates of block S_i with D^(1/4) q_{h,i}, D^(1/4) k_{h,i}
+    (so W = KᵀQ/√D carries ω), V_h[d + i, d + i] = v_{h,i}, O_h[i, d + i] = o_{h,i}; every
+    other entry is zero. An unbalanced start (|q| ≠ |k|, e.g. `ChenCode`) stays unbalanced."""
+    n_heads, n_tasks = factors.q.shape
+    width = d + n_tasks
+    coords, tasks = jnp.arange(d), jnp.arange(n_tasks)
+    mask = block_mask(blocks, d, factors.q.dtype)
+    per_coordinate = lambda x: math.sqrt(math.sqrt(width)) * (x @ mask)  # noqa: E731  (H, d)
+    zeros = jnp.zeros((n_heads, width, width), factors.q.dtype)
+    Q = zeros.at[:, coords, coords].set(per_coordinate(factors.q))
+    K = zeros.at[:, coords, coords].set(per_coordinate(factors.k))
+    V = zeros.at[:, d + tasks, d + tasks].set(factors.v)
+    O = jnp.zeros((n_heads, n_tasks, width), factors.o.dtype).at[:, tasks, d + tasks].set(factors.o)
     return FactorizedAttention(Q=Q, K=K, V=V, O=O, kind=kind)

@@ -36,8 +36,6 @@ ALLOCATION_DEFAULTS = dict(
     euclidean_dt=0.01,
     records=50,
 )
-# the phase detection's moving-median window: the full model's losses are sampled
-_WINDOW = {"full": 9, "reduced": 1, "reduced-euclidean": 1}
 
 
 def _studies(config):
@@ -112,7 +110,7 @@ def allocation_validation(config, out_dir, *, progress=None) -> tuple[dict, dict
             members_per_call=config.alloc_members,
             progress=progress,
         ).load()
-        outcomes[name] = _outcomes(dataset, _WINDOW[name])
+        outcomes[name] = _outcomes(dataset, study.dynamics.phase_window)
     rows = {name: _rate(outcome) for name, outcome in outcomes.items()}
     full, reduced = outcomes["full"], outcomes["reduced"]
     both = ~full["diverged"] & ~reduced["diverged"]

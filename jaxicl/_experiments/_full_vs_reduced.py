@@ -137,10 +137,6 @@ class FullVsReducedConfig:
         return {k: list(v) if isinstance(v, tuple) else v for k, v in out.items()}
 
 
-# the phase detection's moving-median window: sampled losses are noisy
-_WINDOW = {"reduced": 1, "exact": 5, "ansatz": 9, "full": 9}
-
-
 def _sweeps(config):
     """(dynamics, study, grid) of the four sweeps, cheapest first; every sweep has the same
     seeds (so every dynamics starts from the same (Ω, M) at seed s)."""
@@ -201,7 +197,7 @@ def _arrays(config, dynamics, dataset, length) -> dict:
     }
     time = dataset["time"].values
     loss = run["loss"]
-    window = _WINDOW[dynamics]
+    window = VARIANTS[dynamics].phase_window
     phases = jax.vmap(lambda l: detect_phases(jnp.asarray(time), l, window=window))(
         jnp.asarray(loss)
     )

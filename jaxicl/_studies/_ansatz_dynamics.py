@@ -29,10 +29,10 @@ import numpy as np
 
 from .. import _validation as check
 from .._attention._ansatz_monte_carlo import AnsatzICLLoss
-from .._attention._decomposable import decomposable_attention
+from .._attention._decomposable import decomposable_attention, factorized_attention
 from .._attention._init_schemes import RandomPositive
 from .._attention._observables import semi_singular_values
-from .._attention._reduced import MergedSpectral
+from .._attention._reduced import FactorizedSpectral, MergedSpectral
 from .._attention._reduced_flows import AbstractReducedFlow, EuclideanFlow, WeightFlow
 from .._sweeps._study import AbstractStudy
 from .._tasks._regression import MultiTaskRegression, disjoint_blocks
@@ -42,10 +42,13 @@ from .._train._trainer import sgd
 
 class AbstractDynamics(eqx.Module):
     """One of the dynamics compared: how a start (Ω, M) becomes a trained state, and its loss.
-    `stream`: which stream of the data key it draws from (so two dynamics never share data)."""
+    `stream`: which stream of the data key it draws from (so two dynamics never share data).
+    `phase_window`: the moving-median window its loss curve needs before phase detection
+    (sampled losses are noisy)."""
 
     name: ClassVar[str]
     stream: ClassVar[int]
+    phase_window: ClassVar[int] = 1
 
     @abc.abstractmethod
     def initial_model(self, study: "AnsatzDynamics", start):
@@ -96,24 +99,26 @@ class _OnAnsatz(AbstractDynamics):
 class ExactFlow(_OnAnsatz):
     name: ClassVar[str] = "exact"
     stream: ClassVar[int] = 1
+    phase_window: ClassVar[int] = 5
     control_variates: ClassVar[bool] = True
 
 
 class AnsatzSampled(_OnAnsatz):
     name: ClassVar[str] = "ansatz"
     stream: ClassVar[int] = 2
+    phase_window: ClassVar[int] = 9
     control_variates: ClassVar[bool] = False
 
 
 class FullModel(AbstractDynamics):
     name: ClassVar[str] = "full"
     stream: ClassVar[int] = 3
+    phase_window: ClassVar[int] = 9
 
     def initial_model(self, study, start):
-        factorized = study.parametrization == "factorized"
-        return decomposable_attention(
-            *start.spectral(), study.blocks, study.d, factorized=factorized
-        )
+        if isinstance(start, FactorizedSpectral):  # the start's own factors
+            return factorized_attention(start, study.blocks, study.d)
+        return decomposable_attention(*start.spectral(), study.blocks, study.d)
 
     def objective(self, study):
         task = MultiTaskRegression(study.d, study.context_len, study.blocks)

@@ -18,10 +18,11 @@ import optax
 
 from .. import _validation as check
 from .._attention._analysis import detect_phases, task_allocation
-from .._attention._decomposable import decomposable_attention
+from .._attention._decomposable import decomposable_attention, factorized_attention
 from .._attention._init import init_normal
 from .._attention._init_schemes import INIT_SCHEMES, AbstractInitScheme
 from .._attention._observables import semi_singular_values
+from .._attention._reduced import FactorizedSpectral
 from .._sweeps._study import AbstractStudy
 from .._tasks._regression import MultiTaskRegression, disjoint_blocks
 from .._train._objectives import ICLLoss
@@ -77,7 +78,10 @@ class FullAllocation(AbstractStudy):
         if isinstance(self.init, NormalWeights):
             unit = init_normal(d=self.d, n_out=self.n_tasks, n_heads=self.heads, scale=1.0, key=key)
             return jax.tree.map(lambda w: scale * w, unit)
-        state = self.init(self.heads, self.n_tasks, scale, key=key)
+        width = self.d + self.n_tasks
+        state = self.init(self.heads, self.n_tasks, scale, width=width, key=key)
+        if isinstance(state, FactorizedSpectral):  # its own factors, balanced or not
+            return factorized_attention(state, self.blocks, self.d)
         return decomposable_attention(*state.spectral(), self.blocks, self.d, factorized=True)
 
     def objective(self):
