@@ -1,16 +1,22 @@
 """Experiment `feature-learning`: the mean-field particle solver on Kim & Suzuki's setting
-(d = 20, k = 5, 500 sigmoid neurons; a teacher MLP of 10 neurons), four studies:
+(d = 20, k = 5, 500 sigmoid neurons; a teacher MLP of 10 neurons), six groups:
 
 - `static` vs `attention`: the two-timescale flow (W = W_µ always) against W trained jointly at
   several learning-rate ratios, over an ensemble of seeds; with the success rate of reaching
-  L < ε · L_c from generic inits (L_c = ½ E‖f° − E f°‖², the loss of constant features).
+  L < ε · L_c from generic inits (L_c = ½ E‖f° − E f°‖², the loss of constant features),
+  and how many of these noiseless runs stall above it (`_feature_learning_saddles.py`).
   The Euler step 0.02 keeps the flow's loss monotone in every seed: at 0.05 and 0.1 some seeds
   show short growing oscillations late in training (explicit-Euler instability).
 - `saddle`: a symmetric init (all particles at one point: rank-1 features) under the noiseless
   flow, isotropic perturbations, isotropic perturbations + birth–death, and Hessian-guided
-  perturbations.
-- `mean-field`: L(t) for M = 50 … 1600 from the same initial law; the sup-distance to the
-  largest M's mean curve against M on log-log axes, with the fitted rate.
+  perturbations. Rank-1 features make L jump along any split or mixture (it depends on the
+  features' span only), so this saddle has no finite curvature: any split escapes at once.
+- `escape`: `escape_atoms` atoms (full-rank features) under the noiseless flow (ε = 0: a
+  critical point of the flow) and split by ε: the escape time against log(1/ε), its slope
+  against the flow's splitting curvature, and L's slope and curvature along the mixture with
+  the teacher at the critical point.
+- `mean-field`: L(t) for M = 50 … 800 from independent draws of the same initial law; the
+  spread over draws against M on log-log axes, with the fitted rate and its bootstrap error.
 - `in-context`: the static flow trained in context, on `prompts_per_step` fresh prompts of n
   token pairs each step (the finite-n loss L^n), for n in `prompt_lengths` (0: n = ∞, the
   population loss on the training sample) from the same initial particles: the final loss and
@@ -31,7 +37,7 @@ from .. import _validation as check
 from .._host._checkpoint import claim_run_directory, save_json
 from .._meanfield._neurons import ACTIVATIONS
 from .._meanfield._task import INPUT_LAWS
-from .._studies._feature_learning import FeatureLearning, SymmetricPoint
+from .._studies._feature_learning import FeatureLearning, SplitAtoms, SymmetricPoint
 from .._sweeps._runner import sweep
 from ._feature_learning_figure import plot_feature_learning
 from ._feature_learning_summary import SADDLE_VARIANTS, mask_diverged, summarize
@@ -39,7 +45,8 @@ from ._feature_learning_summary import SADDLE_VARIANTS, mask_diverged, summarize
 
 # the stored series every group's summary and figure read
 _RECORDS = ("loss", "transformer_loss", "train_loss", "condition", "teacher_singular_values")
-_RECORDS += ("a_norm", "w_norm", "w_spread")
+_RECORDS += ("a_norm", "w_norm", "w_spread", "splitting_curvature", "flow_splitting_curvature")
+_RECORDS += ("flow_dissipation",)
 
 
 # Named settings (`jaxicl run feature-learning --preset NAME`); other flags apply on top.
@@ -71,16 +78,23 @@ class FeatureLearningConfig:
     learning_rate: float = 0.02
     steps: int = 2000
     record_every: int = 50
-    n_seeds: int = 8
+    n_seeds: int = 16
     attention_seeds: int = 4
     attention_ratios: tuple[float, ...] = (1.0, 10.0, 100.0, 1000.0)
     success_threshold: float = 0.05
+    stall_tolerance: float = 0.01
     perturbation_size: float = 0.01
     perturb_every: int = 10
     birth_death_rate: float = 10.0
-    mean_field_sizes: tuple[int, ...] = (50, 100, 200, 400, 800, 1600)
-    mean_field_seeds: int = 4
-    mean_field_steps: int = 750
+    escape_atoms: int = 5
+    escape_particles_per_atom: int = 10
+    escape_displacements: tuple[float, ...] = (1e-2, 1e-3, 1e-4, 1e-5, 1e-6)
+    escape_seeds: int = 2
+    escape_steps: int = 8000
+    escape_drop: float = 0.01
+    mean_field_sizes: tuple[int, ...] = (50, 100, 200, 400, 800)
+    mean_field_seeds: int = 16
+    mean_field_steps: int = 500
     prompt_lengths: tuple[int, ...] = (16, 64, 256, 0)
     prompts_per_step: int = 16
     in_context_seeds: int = 4
@@ -109,7 +123,21 @@ class FeatureLearningConfig:
             raise ValueError(
                 f"`k` must be at most `d` ({self.d}) for the coupled init, got {self.k}."
             )
-        for name in ("steps", "mean_field_steps"):
+        for name in ("escape_atoms", "escape_particles_per_atom", "escape_seeds", "escape_steps"):
+            check.positive_int(name, getattr(self, name))
+        check.finite_positive("stall_tolerance", self.stall_tolerance)
+        check.in_open_interval("escape_drop", self.escape_drop, 0.0, 1.0)
+        for eps in self.escape_displacements:
+            check.finite_positive("escape_displacements", eps)
+        check.distinct("escape_displacements", self.escape_displacements)
+        if len(self.escape_displacements) < 3:
+            raise ValueError("`escape_displacements` needs at least 3 values to fit a slope.")
+        if self.mean_field_seeds < 3:
+            raise ValueError(
+                f"`mean_field_seeds` must be at least 3 (a spread over seeds), got "
+                f"{self.mean_field_seeds}."
+            )
+        for name in ("steps", "mean_field_steps", "escape_steps"):
             if getattr(self, name) % self.record_every:
                 raise ValueError(
                     f"`{name}` ({getattr(self, name)}) must be a multiple of `record_every` "
@@ -139,6 +167,7 @@ class FeatureLearningConfig:
         out = dataclasses.asdict(self)
         out["attention_ratios"] = list(self.attention_ratios)
         out["mean_field_sizes"] = list(self.mean_field_sizes)
+        out["escape_displacements"] = list(self.escape_displacements)
         out["prompt_lengths"] = list(self.prompt_lengths)
         return out
 
@@ -184,6 +213,12 @@ def _sweeps(config) -> list:
     mean_field = dict(
         steps=config.mean_field_steps, n_records=config.mean_field_steps // config.record_every
     )
+    split = dict(
+        init=SplitAtoms(config.escape_atoms),
+        particles=config.escape_atoms * config.escape_particles_per_atom,
+        steps=config.escape_steps,
+        n_records=config.escape_steps // config.record_every,
+    )
     return [
         ("static", base, {}, config.n_seeds),
         (
@@ -195,6 +230,12 @@ def _sweeps(config) -> list:
         *(
             (f"saddle_{v}", dataclasses.replace(base, **_saddle_changes(config, v)), {}, 1)
             for v in SADDLE_VARIANTS
+        ),
+        (
+            "escape",
+            dataclasses.replace(base, **split),
+            {"displacement": [0.0, *config.escape_displacements]},
+            config.escape_seeds,
         ),
         (
             "mean_field",
@@ -254,6 +295,16 @@ def run_feature_learning(config: FeatureLearningConfig, out_dir, *, progress=Non
             for ratio in config.attention_ratios:
                 one = dataset.sel(attention_ratio=ratio)
                 results[f"attention_r{ratio:g}"] = _records(one, config.learning_rate)
+        elif name == "escape":
+            for e in [0.0, *config.escape_displacements]:
+                one = dataset.sel(displacement=e)
+                results[f"escape_eps{e:g}"] = {
+                    **_records(one, config.learning_rate),
+                    **{
+                        v: one[v].transpose("seed").values
+                        for v in ("teacher_mixture_slope", "teacher_mixture_curvature")
+                    },
+                }
         elif name == "mean_field":
             for m in config.mean_field_sizes:
                 results[f"mean_field_M{m}"] = _records(

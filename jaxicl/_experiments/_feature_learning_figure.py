@@ -1,4 +1,5 @@
-"""The feature-learning figure: static vs joint W, saddle escape, the mean-field limit."""
+"""The feature-learning figure: static vs joint W, saddle escape (symmetric point and split
+atoms), in context, the mean-field limit."""
 
 import numpy as np
 
@@ -20,8 +21,9 @@ def _band(ax, time, curves, label, color=None):
 def plot_feature_learning(results, summary, path) -> None:
     plt = _pyplot()
     scale = summary["constant_feature_loss"]
-    fig, axes = plt.subplots(2, 4, figsize=(22, 9))
-    ax_curves, ax_gap, ax_saddle, ax_context, ax_mf, ax_rate, ax_final, ax_trend = axes.ravel()
+    fig, axes = plt.subplots(2, 5, figsize=(27, 9))
+    ax_curves, ax_gap, ax_saddle, ax_split, ax_context = axes[0]
+    ax_mf, ax_rate, ax_final, ax_escape, ax_trend = axes[1]
 
     static = results["static"]
     time = static["time"][0]
@@ -53,16 +55,17 @@ def plot_feature_learning(results, summary, path) -> None:
     ax_saddle.legend(fontsize=8)
 
     _in_context(ax_context, ax_trend, results, summary, scale)
+    _escape(ax_split, ax_escape, results, summary, scale)
 
     mf = summary["mean_field"]
-    for m in [*mf["sizes"], mf["reference_M"]]:
+    for m in mf["sizes"]:
         rec = results[f"mean_field_M{m}"]
         _band(ax_mf, rec["time"][0], rec["loss"] / scale, f"M = {m}")
     ax_mf.set(yscale="log", xlabel="flow time t", ylabel="L / L_c")
     ax_mf.set_title("Same initial law, growing M")
     ax_mf.legend(fontsize=8)
 
-    if mf["distance"] is not None:
+    if mf["spread"] is not None:
         _rate(ax_rate, mf)
 
     final = static["loss"][:, -1] / scale
@@ -82,14 +85,48 @@ def plot_feature_learning(results, summary, path) -> None:
 
 
 def _rate(ax_rate, mf) -> None:
-    sizes, distance = np.asarray(mf["sizes"]), np.asarray(mf["distance"])
-    ax_rate.loglog(sizes, distance, "o-", label=f"over t > 0 (fit M^{mf['rate']:.2f})")
-    initial = np.asarray(mf["initial_distance"])
-    ax_rate.loglog(sizes, initial, "s--", label=f"at t = 0 (fit M^{mf['initial_rate']:.2f})")
-    ax_rate.loglog(sizes, distance[0] * (sizes / sizes[0]) ** -0.5, "k:", label="M^-1/2")
-    ax_rate.set(xlabel="particles M", ylabel=f"mean |L_M − L_{mf['reference_M']}|")
-    ax_rate.set_title("Mean-field limit")
+    sizes, spread = np.asarray(mf["sizes"]), np.asarray(mf["spread"])
+    fit = f"M^{mf['rate']:.2f} ± {mf['rate_stderr']:.2f}"
+    ax_rate.loglog(sizes, spread, "o-", label=f"over t > 0 ({fit})")
+    initial = np.asarray(mf["initial_spread"])
+    fit0 = f"M^{mf['initial_rate']:.2f} ± {mf['initial_rate_stderr']:.2f}"
+    ax_rate.loglog(sizes, initial, "s--", label=f"at t = 0 ({fit0})")
+    ax_rate.loglog(sizes, spread[0] * (sizes / sizes[0]) ** -0.5, "k:", label="M^-1/2")
+    ax_rate.set(xlabel="particles M", ylabel="s.d. of L_M(t) over initial draws")
+    ax_rate.set_title("Mean-field limit: fluctuation against M")
     ax_rate.legend(fontsize=8)
+
+
+def _escape(ax_curves, ax_times, results, summary, scale) -> None:
+    esc = summary["escape"]
+    for e in [0.0, *esc["displacements"]]:
+        rec = results[f"escape_eps{e:g}"]
+        label = "ε = 0 (critical point)" if e == 0 else f"ε = {e:g}"
+        _band(ax_curves, rec["time"][0], rec["loss"] / scale, label, "black" if e == 0 else None)
+    ax_curves.set(yscale="log", xlabel="flow time t", ylabel="L / L_c")
+    ax_curves.set_title("Split atoms: noiseless escape")
+    ax_curves.legend(fontsize=8)
+    if esc["critical_point"] is None:
+        return
+    x = np.log(1 / np.asarray(esc["displacements"]))
+    for seed, row in enumerate(esc["escape_times"]):
+        times = np.array([np.nan if t is None else t for t in row])
+        ax_times.plot(x, times, "o", label=f"split {seed}")
+    if esc["slope"] is not None:
+        mean = np.nanmean([[np.nan if t is None else t for t in r] for r in esc["escape_times"]])
+        ax_times.plot(
+            x, mean + esc["slope"] * (x - x.mean()), "k-", label=f"fit: slope {esc['slope']:.2f}"
+        )
+        if esc["predicted_slope"] is not None:
+            ax_times.plot(
+                x,
+                mean + esc["predicted_slope"] * (x - x.mean()),
+                "r--",
+                label=f"1/κ̄ = {esc['predicted_slope']:.2f}",
+            )
+    ax_times.set(xlabel="log(1/ε)", ylabel="escape time")
+    ax_times.set_title("Escape time against log(1/ε)")
+    ax_times.legend(fontsize=8)
 
 
 def _in_context(ax_curves, ax_trend, results, summary, scale) -> None:

@@ -8,6 +8,8 @@ import math
 
 import numpy as np
 
+from ._feature_learning_saddles import diverged_note, escape, saddle_lines, stalls
+
 
 # The saddle-escape variants, in the order the table and figure show them.
 SADDLE_VARIANTS = ("none", "isotropic", "isotropic+birth-death", "hessian")
@@ -36,34 +38,50 @@ def _escape_time(time, loss, level):
     return float(time[below[0]]) if below.size else None
 
 
+def _fluctuation(curves, rng, n_boot):
+    """The seed-to-seed standard deviation of L(t), averaged over t > 0, and at t = 0; with
+    `n_boot` bootstrap resamples of the seeds."""
+
+    def spread(c):
+        sd = c.std(axis=0, ddof=1)
+        return sd[1:].mean(), sd[0]
+
+    boot = [spread(curves[rng.integers(0, len(curves), len(curves))]) for _ in range(n_boot)]
+    return spread(curves), np.asarray(boot)
+
+
+def _slope(sizes, values):
+    return float(np.polyfit(np.log(sizes), np.log(values), 1)[0])
+
+
 def _mean_field(config, results) -> dict:
-    """Distance of each M's L(t) to the largest M's mean curve, averaged over seeds: over the
-    trajectory after t = 0 (time-averaged), and at t = 0 alone (the initial law's sampling)."""
+    """How the particle system's fluctuation shrinks with M: the standard deviation over
+    independent initial draws (seeds) of L_M(t), time-averaged over t > 0 (and at t = 0), and
+    its fitted rate in M; the rate's standard error from 400 bootstrap resamples of each M's
+    seeds (sizes are independent). Propagation of chaos predicts M^-1/2."""
     sizes = list(config.mean_field_sizes)
     records = {m: results[f"mean_field_M{m}"] for m in sizes}
     diverged = {str(m): int(records[m]["diverged"].sum()) for m in sizes}
     curves = {m: records[m]["loss"][~records[m]["diverged"]] for m in sizes}
-    out = {"sizes": sizes[:-1], "reference_M": sizes[-1], "diverged": diverged}
-    if any(curves[m].shape[0] == 0 for m in sizes):
-        # a size with no member left has no curve: no distance, no rate
-        return {
-            **out,
-            "distance": None,
-            "rate": None,
-            "initial_distance": None,
-            "initial_rate": None,
-        }
-    reference = curves[sizes[-1]].mean(axis=0)
-    gaps = {m: np.abs(curves[m] - reference) for m in sizes[:-1]}
-    distance = [float(gaps[m][:, 1:].mean()) for m in sizes[:-1]]
-    initial = [float(gaps[m][:, 0].mean()) for m in sizes[:-1]]
-    log_m = np.log(sizes[:-1])
+    out = {"sizes": sizes, "diverged": diverged}
+    if any(curves[m].shape[0] < 3 for m in sizes):
+        # a size with fewer than 3 members left has no spread worth a rate
+        return {**out, "spread": None, "rate": None, "rate_stderr": None}
+    rng = np.random.default_rng(config.seed)
+    spread, boot = zip(*(_fluctuation(curves[m], rng, 400) for m in sizes))
+    boot = np.stack(boot, axis=1)  # (resample, size, [t > 0, t = 0])
+    # a resample that drew one seed over and over has no spread: no slope from it
+    usable = (boot > 0).all(axis=(1, 2))
+    rates = [_slope(sizes, b[:, 0]) for b in boot[usable]]
+    initial = [_slope(sizes, b[:, 1]) for b in boot[usable]]
     return {
         **out,
-        "distance": distance,
-        "rate": float(np.polyfit(log_m, np.log(distance), 1)[0]),
-        "initial_distance": initial,
-        "initial_rate": float(np.polyfit(log_m, np.log(initial), 1)[0]),
+        "spread": [float(v[0]) for v in spread],
+        "initial_spread": [float(v[1]) for v in spread],
+        "rate": _slope(sizes, [v[0] for v in spread]),
+        "rate_stderr": float(np.std(rates, ddof=1)),
+        "initial_rate": _slope(sizes, [v[1] for v in spread]),
+        "initial_rate_stderr": float(np.std(initial, ddof=1)),
     }
 
 
@@ -140,6 +158,8 @@ def summarize(config, study, results) -> dict:
         "static": _static(config, static, healthy, scale),
         "attention": attention,
         "saddle": _saddle(results, scale),
+        "stalls": stalls(config, static, scale),
+        "escape": escape(config, results, scale),
         "mean_field": _mean_field(config, results),
         "in_context": _in_context(config, results, scale),
     }
@@ -172,10 +192,6 @@ def _in_context(config, results, scale) -> dict:
     return out
 
 
-def _diverged(n: int) -> str:
-    return f" [{n} diverged, not counted]" if n else ""
-
-
 def format_feature_learning_summary(summary: dict) -> str:
     s, cfg = summary["static"], summary["config"]
     lines = [f"losses relative to L_c = {summary['constant_feature_loss']:.4f} (constant features)"]
@@ -188,7 +204,7 @@ def format_feature_learning_summary(summary: dict) -> str:
             f" (max {s['final_relative_max']:.2e});"
             f" success L/L_c < {cfg['success_threshold']:g}: {s['success_rate']:.0%}"
             f" ± {s['success_stderr']:.0%}; training L monotone in {s['monotone_fraction']:.0%}"
-            f" of seeds; cond Σµµ {s['condition_median']:.1f}{_diverged(s['diverged'])}"
+            f" of seeds; cond Σµµ {s['condition_median']:.1f}{diverged_note(s['diverged'])}"
         )
     else:
         lines.append(f"{head} every seed diverged ({s['diverged']})")
@@ -201,7 +217,7 @@ def format_feature_learning_summary(summary: dict) -> str:
             continue
         lines.append(
             f"  {ratio:>6}   {g['mean_gap_relative']:.2e}   {g['max_gap_relative']:.2e}"
-            f"   {g['final_relative_median']:.2e}{_diverged(g['diverged'])}"
+            f"   {g['final_relative_median']:.2e}{diverged_note(g['diverged'])}"
         )
     saddle = summary["saddle"]
     plateau = saddle["plateau_relative"]
@@ -216,17 +232,19 @@ def format_feature_learning_summary(summary: dict) -> str:
             f"  {variant:<22} final L/L_c {v['final_relative']:.2e}, below half the plateau:"
             f" {escape}, w spread {v['final_w_spread']:.2e}"
         )
+    lines += saddle_lines(summary)
     lines += _in_context_lines(summary)
     mf = summary["mean_field"]
     lost = sum(mf["diverged"].values())
-    if mf["distance"] is None:
-        lines.append(f"mean-field limit: a size has no member left ({lost} diverged)")
+    if mf["spread"] is None:
+        lines.append(f"mean-field limit: a size has under 3 members left ({lost} diverged)")
         return "\n".join(lines)
-    pairs = ", ".join(f"M={m}: {d:.2e}" for m, d in zip(mf["sizes"], mf["distance"]))
+    pairs = ", ".join(f"M={m}: {d:.2e}" for m, d in zip(mf["sizes"], mf["spread"]))
     lines.append(
-        f"mean-field limit: time-averaged |L_M − L_ref| (ref: mean of M = {mf['reference_M']})"
-        f" {pairs}; fitted rate M^{mf['rate']:.2f} (at t = 0 alone: M^{mf['initial_rate']:.2f})"
-        f"{_diverged(lost)}"
+        f"mean-field limit: s.d. of L_M(t) over {summary['config']['mean_field_seeds']} initial "
+        f"draws, time-averaged: {pairs}; rate M^{mf['rate']:.2f} ± {mf['rate_stderr']:.2f} "
+        f"(at t = 0: M^{mf['initial_rate']:.2f} ± {mf['initial_rate_stderr']:.2f}; "
+        f"propagation of chaos: M^-0.5){diverged_note(lost)}"
     )
     return "\n".join(lines)
 
@@ -245,7 +263,7 @@ def _in_context_lines(summary) -> list[str]:
         dist = g["feature_distance_mean"]
         lines.append(
             f"  n = {n:>5}   {g['final_relative_mean']:.2e}{err}   "
-            f"{'—' if dist is None else f'{dist:.2e}'}{_diverged(g['diverged'])}"
+            f"{'—' if dist is None else f'{dist:.2e}'}{diverged_note(g['diverged'])}"
         )
     return lines
 

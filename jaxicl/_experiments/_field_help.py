@@ -94,11 +94,21 @@ FIELD_HELP = {
         "attention_seeds": "seeds of the jointly trained W runs (≤ n_seeds)",
         "attention_ratios": "learning-rate ratios of W to the particles, comma-separated",
         "success_threshold": "success: L < threshold × L of the constant predictor",
+        "stall_tolerance": "a static run above the threshold has stalled when its dissipation "
+        "−dL/dt times its flow time is below this × L_c",
         "perturbation_size": "size of the saddle-escape perturbations",
         "perturb_every": "steps between perturbations",
         "birth_death_rate": "rate of the birth–death moves",
+        "escape_atoms": "atoms of the split-atoms saddle (its features have full rank from k)",
+        "escape_particles_per_atom": "particles at each atom of the split-atoms runs",
+        "escape_displacements": "split sizes ε of the escape runs, comma-separated (ε = 0 is "
+        "always run as the reference)",
+        "escape_seeds": "independent splits per ε",
+        "escape_steps": "Euler steps of the escape runs",
+        "escape_drop": "escaped: L below the ε = 0 run by this × L_c",
         "mean_field_sizes": "particle counts M of the mean-field convergence study",
-        "mean_field_seeds": "seeds per M of that study",
+        "mean_field_seeds": "independent initial draws per M of that study (≥ 3: the spread "
+        "over them is the measured fluctuation)",
         "mean_field_steps": "Euler steps of that study",
         "prompt_lengths": "token pairs n per prompt of the in-context runs, comma-separated "
         "(0: n = ∞, the population loss; must be included)",

@@ -20,6 +20,7 @@ from ._loss import losses_from_moments, moments
 from ._model import FeatureAttention
 from ._moves import AfterSteps, BirthDeath, HessianPerturbation, IsotropicPerturbation
 from ._objectives import InContextFeatureLoss, MeanFieldLoss
+from ._saddle import dissipation, least_splitting_curvature
 from ._task import FeatureRegression
 
 
@@ -28,13 +29,19 @@ PERTURBATIONS = ("none", "isotropic", "hessian")
 
 class MeanFieldObservables(eqx.Module):
     """Records of one model on a held-out input sample: `loss` L(µ), `transformer_loss`
-    L_TF(µ, W), `condition` (of Σ_µµ), `teacher_singular_values` (of Σ_µ°µ, descending), and
-    particle statistics (mass-weighted): `a_norm`, `w_norm`, `w_spread` (RMS distance of the w_j
-    to their mean; 0 when all particles coincide)."""
+    L_TF(µ, W), `condition` (of Σ_µµ), `teacher_singular_values` (of Σ_µ°µ, descending),
+    `splitting_curvature` (the least eigenvalue over particles of ∇²_θ δL/δµ: −κ < 0 where a
+    split atom grows at rate κ), and particle statistics (mass-weighted): `a_norm`, `w_norm`,
+    `w_spread` (RMS distance of the w_j to their mean; 0 when all particles coincide). With
+    `flow_sample` (the fixed training sample the flow descends, whose critical points it
+    approaches) also `flow_dissipation` (−dL/dt there: Σ_j m_j ‖∇_θ δL/δµ(θ_j)‖²) and
+    `flow_splitting_curvature` (the flow's own rate of splitting); both NaN without one (in
+    context), so every run records the same names."""
 
     inputs: Float[Array, "n d"]
     targets: Float[Array, "n k"]
     jitter: float | None = eqx.field(static=True, default=None)
+    flow_sample: tuple[Float[Array, "n_train d"], Float[Array, "n_train k"]] | None = None
 
     def __call__(self, model: FeatureAttention) -> dict:
         p = model.particles
@@ -43,11 +50,25 @@ class MeanFieldObservables(eqx.Module):
         loss, loss_tf = losses_from_moments(h, sigma, cross, self.targets, model.W, self.jitter)
         eigenvalues = jnp.linalg.eigvalsh(sigma)
         w_mean = p.mass @ p.w
+        if self.flow_sample is None:
+            nan = jnp.full((), jnp.nan, loss.dtype)
+            out = {"flow_dissipation": nan, "flow_splitting_curvature": nan}
+        else:
+            out = {
+                "flow_dissipation": dissipation(p, *self.flow_sample, self.jitter),
+                "flow_splitting_curvature": least_splitting_curvature(
+                    p, *self.flow_sample, self.jitter
+                ),
+            }
         return {
+            **out,
             "loss": loss,
             "transformer_loss": loss_tf,
             "condition": eigenvalues[-1] / eigenvalues[0],
             "teacher_singular_values": jnp.linalg.svd(cross, compute_uv=False),
+            "splitting_curvature": least_splitting_curvature(
+                p, self.inputs, self.targets, self.jitter
+            ),
             "a_norm": p.mass @ jnp.linalg.norm(p.a, axis=1),
             "w_norm": p.mass @ jnp.linalg.norm(p.w, axis=1),
             "w_spread": jnp.sqrt(p.mass @ jnp.sum((p.w - w_mean[None]) ** 2, axis=1)),
@@ -150,5 +171,10 @@ def particle_solver(
         objective=objective,
         optimizer=particle_flow(learning_rate),
         after_step=AfterSteps(tuple(moves)),
-        observe=MeanFieldObservables(eval_inputs, task.target_features(eval_inputs), jitter),
+        observe=MeanFieldObservables(
+            eval_inputs,
+            task.target_features(eval_inputs),
+            jitter,
+            None if inputs is None else (inputs, task.target_features(inputs)),
+        ),
     )

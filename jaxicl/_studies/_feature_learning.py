@@ -2,14 +2,18 @@
 W = W_µ after every step (`attention = "static"`, the two-timescale limit) or trained
 `attention_ratio` times faster (`"attention"`), optional isotropic or Hessian-guided
 perturbations and birth–death. Particles start from the coupled initial law (`init =
-CoupledLaw()`, W = W_µ0) or all at one point (`SymmetricPoint()`, W = I: a saddle).
+CoupledLaw()`, W = W_µ0), all at one point (`SymmetricPoint()`, W = I: a saddle), or at a few
+shared atoms split by a displacement ε (`SplitAtoms(atoms)`, `displacement` a member axis: the
+escape from a saddle with full-rank features).
 
 The teacher, the training sample and the held-out sample are the problem instance, drawn from
 `problem_seed` and shared by every member; members differ by their initial particles. Per
 record it stores every observable of the held-out sample (L(µ), L_TF, cond Σµµ, the singular
-values of Σµ°µ, particle statistics) and the flow's own objective on the training sample; at
-the end L/L_c (L_c: the loss of constant features), whether it fell below
-`success_threshold` (both NaN for a member that diverged), the learned features h_µ on the
+values of Σµ°µ, the splitting curvature, particle statistics; on the training sample, the
+flow's dissipation −dL/dt and splitting curvature) and the flow's own
+objective on the training sample; at the end L/L_c (L_c: the loss of constant features),
+whether it fell below `success_threshold`, the slope and curvature of L along the mixture with
+the teacher (all NaN for a member that diverged), the learned features h_µ on the
 first `PROBE_INPUTS` held-out inputs (to compare runs' features), and the divergence flag.
 Runs in float64.
 
@@ -29,7 +33,8 @@ import jax.random as jr
 from .. import _validation as check
 from .._meanfield._loss import constant_feature_loss, with_optimal_attention
 from .._meanfield._model import FeatureAttention, init_feature_attention
-from .._meanfield._neurons import ACTIVATIONS, symmetric_measure
+from .._meanfield._neurons import ACTIVATIONS, symmetric_measure, uniform_measure
+from .._meanfield._saddle import mixture_derivatives
 from .._meanfield._solver import PERTURBATIONS, ParticleSolver, particle_solver
 from .._meanfield._task import INPUT_LAWS, feature_regression
 from .._sweeps._study import AbstractStudy
@@ -42,6 +47,7 @@ class _Problem(NamedTuple):
     solver: ParticleSolver
     constant_loss: object
     probe: object
+    teacher: object
 
 
 @eqx.filter_jit
@@ -79,7 +85,26 @@ class SymmetricPoint(eqx.Module):
     name: ClassVar[str] = "symmetric"
 
 
-FEATURE_INITS = {"coupled": CoupledLaw(), "symmetric": SymmetricPoint()}
+class SplitAtoms(eqx.Module):
+    """`atoms` points of the coupled law (drawn from `problem_seed`: the same for every member),
+    `particles / atoms` particles at each, then every particle displaced by the study's
+    `displacement` ε times a normal draw of its member, centred within its atom (a split of the
+    atom that leaves the measure unchanged to first order), W = W_µ. With ε = 0 the noiseless
+    flow keeps the atoms and approaches a critical point with full-rank features (for atoms ≥
+    k); a split at a negative splitting curvature −κ leaves it after (1/κ) log(1/ε) + const."""
+
+    atoms: int = 5
+    name: ClassVar[str] = "split-atoms"
+
+    def __check_init__(self):
+        check.positive_int("init.atoms", self.atoms)
+
+
+FEATURE_INITS = {
+    "coupled": CoupledLaw(),
+    "symmetric": SymmetricPoint(),
+    "split-atoms": SplitAtoms(),
+}
 
 
 # held-out inputs on which each member's final features are stored
@@ -96,11 +121,12 @@ class FeatureLearning(AbstractStudy):
     teacher_neurons: int = eqx.field(static=True, default=5)
     teacher_scale: float = 3.0
     input_law: str = "gaussian"
-    init: CoupledLaw | SymmetricPoint = CoupledLaw()
+    init: CoupledLaw | SymmetricPoint | SplitAtoms = CoupledLaw()
     n_inputs: int = eqx.field(static=True, default=500)
     n_eval_inputs: int = eqx.field(static=True, default=1000)
     learning_rate: float = 0.02
     a_scale: float = 1.0
+    displacement: float = 0.0
     steps: int = eqx.field(static=True, default=2000)
     n_records: int = eqx.field(static=True, default=20)
     success_threshold: float = 0.05
@@ -114,7 +140,7 @@ class FeatureLearning(AbstractStudy):
     prompts_per_step: int = eqx.field(static=True, default=16)
     problem_seed: int = 0
 
-    member_axes: ClassVar[tuple[str, ...]] = ("learning_rate", "a_scale")
+    member_axes: ClassVar[tuple[str, ...]] = ("learning_rate", "a_scale", "displacement")
     time_units: ClassVar[str] = "Euler steps (flow time: learning_rate × step)"
     float64: ClassVar[bool] = True
     variants: ClassVar[dict] = {"init": FEATURE_INITS}
@@ -126,7 +152,16 @@ class FeatureLearning(AbstractStudy):
     }
     meanings: ClassVar[dict[str, str]] = {
         "success": "1 = L/L_c below success_threshold at the end, 0 = not, NaN = diverged or "
-        "not run"
+        "not run",
+        "flow_dissipation": "−dL/dt of the flow (flow time) on the training sample it "
+        "descends (runs on the n = ∞ loss only)",
+        "splitting_curvature": "the least eigenvalue over particles of the Hessian of δL/δµ "
+        "in θ (held out); −κ < 0: a split atom there grows at rate κ (flow time)",
+        "flow_splitting_curvature": "the same on the training sample the flow descends (runs "
+        "on the n = ∞ loss only): the flow's own rate",
+        "teacher_mixture_slope": "at the end, dL/ds / L_c of L((1 − s)µ + s µ°) at s = 0 "
+        "(µ° the teacher; held out)",
+        "teacher_mixture_curvature": "at the end, d²L/ds² / L_c along the same mixture",
     }
 
     def __check_init__(self):
@@ -151,9 +186,15 @@ class FeatureLearning(AbstractStudy):
         for name in ("teacher_scale", "learning_rate", "a_scale", "attention_ratio"):
             check.finite_positive(name, getattr(self, name))
         check.finite_nonnegative("perturbation_size", self.perturbation_size)
+        check.finite_nonnegative("displacement", self.displacement)
         check.finite_nonnegative("birth_death_rate", self.birth_death_rate)
         check.one_of("input_law", self.input_law, INPUT_LAWS)
-        check.variant("init", self.init, CoupledLaw | SymmetricPoint, FEATURE_INITS)
+        check.variant("init", self.init, CoupledLaw | SymmetricPoint | SplitAtoms, FEATURE_INITS)
+        if isinstance(self.init, SplitAtoms) and self.particles % self.init.atoms:
+            raise ValueError(
+                f"`particles` ({self.particles}) must be a multiple of `init.atoms` "
+                f"({self.init.atoms}): every atom holds the same number of particles."
+            )
         check.in_open_interval("success_threshold", self.success_threshold, 0.0, 1.0)
         check.one_of("activation", self.activation, ACTIVATIONS)
         check.one_of("attention", self.attention, ("static", "attention"))
@@ -168,6 +209,13 @@ class FeatureLearning(AbstractStudy):
             )
 
     def check_grid(self, grid):
+        splits = isinstance(self.init, SplitAtoms)
+        if not splits and (self.displacement != 0 or "displacement" in grid):
+            raise ValueError(
+                f"`displacement` only displaces the particles of init = SplitAtoms (the "
+                f"split-atoms init); with init = {type(self.init).__name__}() it would change "
+                "nothing."
+            )
         # W's exact flow integrates over ratio × η with one η per program
         joint = "attention" in grid.get("attention", [self.attention])
         if joint and len(grid.get("learning_rate", [])) > 1:
@@ -206,7 +254,7 @@ class FeatureLearning(AbstractStudy):
         )
         constant = constant_feature_loss(task.target_features(eval_inputs))
         probe = eval_inputs[:PROBE_INPUTS]
-        return _Problem(inputs, task.target_features(inputs), solver, constant, probe)
+        return _Problem(inputs, task.target_features(inputs), solver, constant, probe, task.teacher)
 
     def constant_feature_loss(self):
         """L_c: the held-out loss of constant features, the scale of every relative loss."""
@@ -223,11 +271,32 @@ class FeatureLearning(AbstractStudy):
             return FeatureAttention(particles=particles, W=jnp.eye(self.k, dtype=particles.a.dtype))
         # the coupled law is linear in a_scale: draw at 1 and scale the output weights
         problem = self._problem()
+        if isinstance(self.init, SplitAtoms):
+            return with_optimal_attention(
+                self._split_atoms(values, key), problem.inputs, problem.targets
+            )
         model = init_feature_attention(
             n_particles=self.particles, k=self.k, d=self.d, activation=self.activation, key=key
         )
         model = eqx.tree_at(lambda m: m.particles.a, model, values["a_scale"] * model.particles.a)
         return with_optimal_attention(model, problem.inputs, problem.targets)
+
+    def _split_atoms(self, values, key) -> FeatureAttention:
+        atoms = self.init.atoms
+        centres = init_feature_attention(
+            n_particles=atoms,
+            k=self.k,
+            d=self.d,
+            activation=self.activation,
+            key=jr.fold_in(jr.key(self.problem_seed), 3),
+        ).particles
+        per_atom = self.particles // atoms
+        theta = jnp.concatenate([values["a_scale"] * centres.a, centres.w], axis=-1)
+        noise = jr.normal(key, (atoms, per_atom, theta.shape[-1]), theta.dtype)
+        noise = noise - noise.mean(axis=1, keepdims=True)
+        theta = (theta[:, None] + values["displacement"] * noise).reshape(self.particles, -1)
+        particles = uniform_measure(theta[:, : self.k], theta[:, self.k :], self.activation)
+        return FeatureAttention(particles=particles, W=jnp.eye(self.k, dtype=theta.dtype))
 
     def objective(self):
         return self._problem().solver.objective
@@ -252,9 +321,14 @@ class FeatureLearning(AbstractStudy):
         problem = self._problem()
         final = problem.solver.observe(state.model)["loss"] / problem.constant_loss
         healthy = ~state.diverged
-        features = jax.vmap(state.model.particles.features)(problem.probe)
+        particles = state.model.particles
+        features = jax.vmap(particles.features)(problem.probe)
+        x, f = problem.solver.observe.inputs, problem.solver.observe.targets
+        slope, bend = mixture_derivatives(particles, problem.teacher, x, f)
         return {
             "final_relative_loss": outcome(final, healthy),
+            "teacher_mixture_slope": outcome(slope / problem.constant_loss, healthy),
+            "teacher_mixture_curvature": outcome(bend / problem.constant_loss, healthy),
             "success": outcome(final < self.success_threshold, healthy),
             "final_features": outcome(features, healthy),
             "diverged": state.diverged,
