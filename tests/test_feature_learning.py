@@ -27,10 +27,14 @@ TINY = dict(
     attention_seeds=2,
     attention_ratios=(1.0, 100.0),
     mean_field_sizes=(8, 16, 32),
-    mean_field_seeds=2,
+    mean_field_seeds=3,
     mean_field_steps=30,
     prompt_lengths=(16, 0),
     in_context_seeds=2,
+    escape_atoms=2,
+    escape_particles_per_atom=3,
+    escape_displacements=(1e-2, 1e-3, 1e-4),
+    escape_steps=60,
 )
 
 
@@ -54,7 +58,9 @@ def test_runs_writes_results_and_resumes_without_recomputing(finished, monkeypat
     assert set(stored["saddle"]["variants"]) == set(experiment.SADDLE_VARIANTS)
     assert summary["saddle"]["variants"]["none"]["final_w_spread"] < 1e-12
     assert summary["saddle"]["variants"]["isotropic"]["final_w_spread"] > 1e-3
-    assert len(summary["mean_field"]["distance"]) == 2
+    assert len(summary["mean_field"]["spread"]) == 3
+    assert summary["stalls"]["seeds"] + summary["stalls"]["diverged"] == 3
+    assert len(summary["escape"]["escape_times"]) == 2  # the escape seeds
 
     def no_work(*args, **kwargs):
         raise AssertionError("a stored group was recomputed")
@@ -79,6 +85,11 @@ def test_other_configuration_is_refused(finished):
         ("k", 9, "at most `d`"),
         ("success_threshold", 2.0, "success_threshold"),
         ("mean_field_sizes", (8, 16), "at least 3"),
+        ("mean_field_seeds", 2, "at least 3"),
+        ("escape_displacements", (1e-2, 1e-3), "at least 3"),
+        ("escape_displacements", (1e-2, 0.0, 1e-3), "escape_displacements"),
+        ("escape_drop", 1.5, "escape_drop"),
+        ("escape_steps", 55, "multiple of `record_every`"),
         ("attention_ratios", (1.0, -2.0), "attention_ratios"),
         ("prompt_lengths", (16, 64), "must include 0"),
         ("prompt_lengths", (16, -1, 0), "prompt_lengths"),
@@ -112,6 +123,11 @@ def _synthetic_results(config, diverged_static, diverged_saddle):
             "a_norm": loss,
             "w_norm": loss,
             "w_spread": loss,
+            "splitting_curvature": -0.1 + 0 * loss,
+            "flow_splitting_curvature": -0.1 + 0 * loss,
+            "flow_dissipation": 1e-6 + 0 * loss,
+            "teacher_mixture_slope": np.full(n, -0.1),
+            "teacher_mixture_curvature": np.full(n, 0.5),
             "diverged": np.asarray(diverged),
         }
         out = summary_module.mask_diverged(records)
@@ -123,8 +139,10 @@ def _synthetic_results(config, diverged_static, diverged_saddle):
         results[f"attention_r{ratio:g}"] = group(2, [False, False])
     for variant in experiment.SADDLE_VARIANTS:
         results[f"saddle_{variant}"] = group(1, [diverged_saddle == variant])
+    for e in (0.0, *config.escape_displacements):
+        results[f"escape_eps{e:g}"] = group(2, [False, e == 1e-3])
     for m in config.mean_field_sizes:
-        results[f"mean_field_M{m}"] = group(2, [False, m == 16])
+        results[f"mean_field_M{m}"] = group(3, [False, m == 16, False])
     for n in config.prompt_lengths:
         results[f"in_context_n{n}"] = group(2, [False, n == 16])
         results[f"in_context_n{n}"]["final_features"] = rng.normal(size=(2, 8, 2))
@@ -150,6 +168,19 @@ def test_diverged_members_are_counted_never_averaged():
     assert summary["saddle"]["variants"]["hessian"] == {"diverged": True}
     assert summary["saddle"]["variants"]["none"]["final_relative"] == pytest.approx(0.01)
     assert summary["mean_field"]["diverged"] == {"8": 0, "16": 1, "32": 0}
+    assert summary["mean_field"]["spread"] is None  # M = 16 has 2 members left: no spread
+    assert summary["stalls"] == {
+        **summary["stalls"],
+        "seeds": 2,
+        "diverged": 1,
+        "reached": 2,
+        "stalled": 0,
+        "unfinished": 0,
+    }
+    # every ε's curve equals the ε = 0 one: nothing escaped, and the diverged one is not
+    # counted among those that did not escape
+    escape = summary["escape"]
+    assert escape["diverged"] == 1 and escape["not_escaped"] == 5 and escape["slope"] is None
     # n = 16's seed 1 diverged: one seed's loss, one pair's feature distance
     assert summary["in_context"]["16"]["seeds"] == 1
     assert summary["in_context"]["16"]["diverged"] == 1
