@@ -17,6 +17,7 @@ from jaxicl._meanfield._loss import readout, two_timescale_loss
 from jaxicl._meanfield._neurons import ACTIVATIONS, NeuronMeasure, random_measure
 from jaxicl._meanfield._saddle import (
     dissipation,
+    least_eigenvalue as ji_least_eigenvalue,
     mixture,
     mixture_derivatives,
     particle_velocities,
@@ -160,3 +161,19 @@ def test_mean_field_rate_recovers_a_known_exponent_with_an_honest_error():
         assert abs(mf["rate"] + 0.5) < 3 * mf["rate_stderr"]
         errors.append(mf["rate_stderr"])
     assert errors[1] < 0.75 * errors[0]
+
+
+@pytest.mark.parametrize("n", [1, 2, 5, 25])
+def test_least_eigenvalue_matches_lapack(n):
+    """The plain-array eigensolver (the one observables use) against LAPACK through NumPy:
+    random symmetric matrices, with the splitting Hessian's zero block, and degenerate ones."""
+    rng = np.random.default_rng(n)
+    a = rng.normal(size=(40, n, n))
+    a = a + np.swapaxes(a, 1, 2)
+    a[:, : min(3, n - 1), : min(3, n - 1)] = 0.0
+    expected = np.linalg.eigvalsh(a)[:, 0]
+    got = np.asarray(ji_least_eigenvalue(jnp.asarray(a)))
+    assert np.abs(got - expected).max() < 1e-12 * max(1.0, np.abs(expected).max())
+    diagonal = jnp.asarray(np.diag(np.r_[np.ones(n - 1), -3.0]))  # repeated eigenvalues
+    assert float(ji_least_eigenvalue(diagonal)) == pytest.approx(-3.0, abs=1e-12)
+    assert float(ji_least_eigenvalue(jnp.zeros((n, n)))) == pytest.approx(0.0, abs=1e-12)
