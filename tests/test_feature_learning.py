@@ -31,6 +31,7 @@ TINY = dict(
     mean_field_steps=30,
     prompt_lengths=(16, 0),
     in_context_seeds=2,
+    in_context_joint_ratio=100.0,
     escape_atoms=2,
     escape_particles_per_atom=3,
     escape_displacements=(1e-2, 1e-3, 1e-4),
@@ -54,7 +55,7 @@ def test_runs_writes_results_and_resumes_without_recomputing(finished, monkeypat
     stored = json.loads((out / "summary.json").read_text())
     assert stored["static"]["seeds"] == 3
     assert set(stored["attention"]) == {"1", "100"}
-    assert set(stored["in_context"]) == {"16", "∞"}
+    assert set(stored["in_context"]) == set(stored["in_context_joint"]) == {"16", "∞"}
     assert set(stored["saddle"]["variants"]) == set(experiment.SADDLE_VARIANTS)
     assert summary["saddle"]["variants"]["none"]["final_w_spread"] < 1e-12
     assert summary["saddle"]["variants"]["isotropic"]["final_w_spread"] > 1e-3
@@ -146,6 +147,7 @@ def _synthetic_results(config, diverged_static, diverged_saddle):
     for n in config.prompt_lengths:
         results[f"in_context_n{n}"] = group(2, [False, n == 16])
         results[f"in_context_n{n}"]["final_features"] = rng.normal(size=(2, 8, 2))
+        results[f"in_context_joint_n{n}"] = group(2, [n == 0, False])
     return results
 
 
@@ -185,6 +187,10 @@ def test_diverged_members_are_counted_never_averaged():
     assert summary["in_context"]["16"]["seeds"] == 1
     assert summary["in_context"]["16"]["diverged"] == 1
     assert summary["in_context"]["∞"]["feature_distance_mean"] == pytest.approx(0.0, abs=1e-12)
+    # joint n = ∞ seed 0 and static n = 16 seed 1 diverged: one pair each
+    joint = summary["in_context_joint"]
+    assert joint["∞"]["seeds"] == 1 and joint["∞"]["diverged"] == 1
+    assert joint["16"]["seeds"] == 1 and joint["16"]["diverged"] == 0
     text = summary_module.format_feature_learning_summary(summary)
     assert "[1 diverged, not counted]" in text and "hessian" in text
     everything = _synthetic_results(config, [True] * 3, diverged_saddle="none")

@@ -20,7 +20,10 @@
 - `in-context`: the static flow trained in context, on `prompts_per_step` fresh prompts of n
   token pairs each step (the finite-n loss L^n), for n in `prompt_lengths` (0: n = ∞, the
   population loss on the training sample) from the same initial particles: the final loss and
-  the distance of the learned features from the n = ∞ run's, as n grows.
+  the distance of the learned features from the n = ∞ run's, as n grows. With
+  `in_context_joint_ratio` > 0, the same runs with W trained jointly (`in_context_joint`):
+  the particles descend L^n at the current W, and W follows its gradient flow on L_TF of the
+  step's prompts' inputs at that ratio.
 
 All runs share one fixed training sample (a deterministic flow) and are recorded on a held-out
 sample. Every group is a sweep of the `FeatureLearning` study, streamed into a store under
@@ -56,7 +59,12 @@ PRESETS = {
     # n = 1000 against n = ∞ only. Scaled down: 16 prompts a step (the paper: 10,000), 2000
     # Euler steps; the jointly trained W runs on the population loss of the training sample,
     # not in context.
-    "kim-suzuki": dict(prompt_lengths=(1000, 0), prompts_per_step=16, in_context_seeds=4),
+    "kim-suzuki": dict(
+        prompt_lengths=(1000, 0),
+        prompts_per_step=16,
+        in_context_seeds=4,
+        in_context_joint_ratio=100.0,
+    ),
 }
 
 
@@ -98,6 +106,7 @@ class FeatureLearningConfig:
     prompt_lengths: tuple[int, ...] = (16, 64, 256, 0)
     prompts_per_step: int = 16
     in_context_seeds: int = 4
+    in_context_joint_ratio: float = 0.0
     seed: int = 0
 
     def __post_init__(self):
@@ -151,6 +160,7 @@ class FeatureLearningConfig:
             raise ValueError("`mean_field_sizes` needs at least 3 sizes to fit a rate.")
         check.positive_int("prompts_per_step", self.prompts_per_step)
         check.positive_int("in_context_seeds", self.in_context_seeds)
+        check.finite_nonnegative("in_context_joint_ratio", self.in_context_joint_ratio)
         for n in self.prompt_lengths:
             if not isinstance(n, int) or n < 0:
                 raise ValueError(
@@ -219,7 +229,7 @@ def _sweeps(config) -> list:
         steps=config.escape_steps,
         n_records=config.escape_steps // config.record_every,
     )
-    return [
+    groups = [
         ("static", base, {}, config.n_seeds),
         (
             "attention",
@@ -250,6 +260,21 @@ def _sweeps(config) -> list:
             config.in_context_seeds,
         ),
     ]
+    if config.in_context_joint_ratio > 0:
+        joint = dict(
+            prompts_per_step=config.prompts_per_step,
+            attention="attention",
+            attention_ratio=config.in_context_joint_ratio,
+        )
+        groups.append(
+            (
+                "in_context_joint",
+                dataclasses.replace(base, **joint),
+                {"prompt_length": list(config.prompt_lengths)},
+                config.in_context_seeds,
+            )
+        )
+    return groups
 
 
 def _records(dataset, learning_rate: float) -> dict:
@@ -310,10 +335,10 @@ def run_feature_learning(config: FeatureLearningConfig, out_dir, *, progress=Non
                 results[f"mean_field_M{m}"] = _records(
                     dataset.sel(particles=m), config.learning_rate
                 )
-        elif name == "in_context":
+        elif name in ("in_context", "in_context_joint"):
             for n in config.prompt_lengths:
                 one = dataset.sel(prompt_length=n)
-                results[f"in_context_n{n}"] = {
+                results[f"{name}_n{n}"] = {
                     **_records(one, config.learning_rate),
                     "final_features": one["final_features"].transpose("seed", ...).values,
                 }

@@ -135,6 +135,14 @@ def _in_context(ax_curves, ax_trend, results, summary, scale) -> None:
         rec = results[f"in_context_n{n}"]
         label = "n = ∞ (population)" if n == 0 else f"n = {n}"
         _band(ax_curves, rec["time"][0], rec["loss"] / scale, label, "black" if n == 0 else None)
+    if summary["in_context_joint"] is not None:
+        for n in lengths:
+            rec = results[f"in_context_joint_n{n}"]
+            curves = rec["transformer_loss"] / scale
+            curves = curves[~np.isnan(curves).all(axis=1)]
+            if curves.shape[0]:
+                label = f"joint W, n = {'∞' if n == 0 else n}"
+                ax_curves.plot(rec["time"][0], np.median(curves, axis=0), "--", label=label)
     ax_curves.set(yscale="log", xlabel="flow time t", ylabel="held-out L / L_c")
     ax_curves.set_title("Trained in context on prompts of n pairs")
     ax_curves.legend(fontsize=8)

@@ -162,7 +162,29 @@ def summarize(config, study, results) -> dict:
         "escape": escape(config, results, scale),
         "mean_field": _mean_field(config, results),
         "in_context": _in_context(config, results, scale),
+        "in_context_joint": _in_context_joint(config, results, scale),
     }
+
+
+def _in_context_joint(config, results, scale) -> dict | None:
+    """Per n, the in-context runs with W trained jointly against the static ones of the same
+    seeds: final held-out L_TF/L_c and the time-averaged |L_TF(joint) − L_TF(static)| / L_c
+    (W as trained in both; pairs with a diverged member are left out)."""
+    if config.in_context_joint_ratio == 0:
+        return None
+    out = {}
+    for n in config.prompt_lengths:
+        joint, static = results[f"in_context_joint_n{n}"], results[f"in_context_n{n}"]
+        both = ~joint["diverged"] & ~static["diverged"]
+        gap = np.abs(joint["transformer_loss"][both] - static["transformer_loss"][both]) / scale
+        final = joint["transformer_loss"][both, -1] / scale
+        out["∞" if n == 0 else str(n)] = {
+            "seeds": int(both.sum()),
+            "diverged": int(joint["diverged"].sum()),
+            "final_relative_mean": float(final.mean()) if final.size else None,
+            "mean_gap_relative": float(gap.mean()) if gap.size else None,
+        }
+    return out
 
 
 def _in_context(config, results, scale) -> dict:
@@ -264,6 +286,21 @@ def _in_context_lines(summary) -> list[str]:
         lines.append(
             f"  n = {n:>5}   {g['final_relative_mean']:.2e}{err}   "
             f"{'—' if dist is None else f'{dist:.2e}'}{diverged_note(g['diverged'])}"
+        )
+    joint = summary["in_context_joint"]
+    if joint is None:
+        return lines
+    lines.append(
+        f"in context, W trained jointly (ratio {cfg['in_context_joint_ratio']:g}): final held-out "
+        "L_TF/L_c (mean), time-averaged |L_TF(joint) − L_TF(static)| / L_c"
+    )
+    for n, g in joint.items():
+        if g["final_relative_mean"] is None:
+            lines.append(f"  n = {n:>5}   no pair without a diverged member")
+            continue
+        lines.append(
+            f"  n = {n:>5}   {g['final_relative_mean']:.2e}   {g['mean_gap_relative']:.2e}"
+            f"{diverged_note(g['diverged'])}"
         )
     return lines
 

@@ -114,6 +114,8 @@ FIELD_HELP = {
         "(0: n = ∞, the population loss; must be included)",
         "prompts_per_step": "fresh prompts per Euler step of the in-context runs",
         "in_context_seeds": "seeds of the in-context runs",
+        "in_context_joint_ratio": "0: none; > 0: also run the in-context runs with W trained "
+        "jointly at this learning-rate ratio",
         "seed": "root random seed, in [0, 2**63)",
     },
 }

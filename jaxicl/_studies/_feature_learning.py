@@ -31,6 +31,7 @@ import jax.numpy as jnp
 import jax.random as jr
 
 from .. import _validation as check
+from .._meanfield._flow import particle_flow
 from .._meanfield._loss import constant_feature_loss, with_optimal_attention
 from .._meanfield._model import FeatureAttention, init_feature_attention
 from .._meanfield._neurons import ACTIVATIONS, symmetric_measure, uniform_measure
@@ -302,7 +303,9 @@ class FeatureLearning(AbstractStudy):
         return self._problem().solver.objective
 
     def optimizer(self):
-        return self._problem().solver.optimizer
+        # the particle flow's Euler step alone (the solver's own is the same): built per member
+        # from its learning rate, which may be traced here
+        return particle_flow(self.learning_rate)
 
     def after_step(self):
         return self._problem().solver.after_step

@@ -11,29 +11,14 @@ import jax
 import jax.numpy as jnp
 import jax.random as jr
 import numpy as np
-import optax
 
 from .._train._objectives import AbstractObjective
 from .._train._state import init_ensemble_state
-from .._train._trainer import compile_ensemble_steps, ensemble_steps_shapes, train_ensemble_steps
+from .._train._trainer import _no_observables, compile_ensemble_steps, ensemble_steps_shapes
+from .._train._trainer import _run as run_steps
+from .._train._trainer import train_ensemble_steps
+from ._member_values import member_optimizer, member_optimizer_state, unused_inputs
 from ._study import AbstractStudy
-
-
-_MISSING = object()
-
-
-def _per_member_hyperparameters(states, member_axes, values: dict):
-    """Set each member axis that names an `inject_hyperparams` hyperparameter in the stacked
-    optimizer states (e.g. one learning rate per member)."""
-    opt_state = states.opt_state
-    for name in member_axes:
-        found = optax.tree_utils.tree_get(
-            opt_state, name, _MISSING, filtering=lambda _, v: eqx.is_array(v)
-        )
-        if found is not _MISSING:
-            value = jnp.asarray(values[name], found.dtype)
-            opt_state = optax.tree_utils.tree_set(opt_state, **{name: value})
-    return eqx.tree_at(lambda s: s.opt_state, states, opt_state)
 
 
 @eqx.filter_jit
@@ -43,9 +28,12 @@ def _init_states(study: AbstractStudy, optimizer, init_key, values: dict, seeds)
     keys = jax.vmap(lambda s: jr.fold_in(init_key, s))(seeds)
     models = eqx.filter_vmap(study.initial_model)(values, keys)
     states = init_ensemble_state(models, optimizer)
+    # each member's optimizer is built from its own member-axis values
+    params = eqx.filter(models, eqx.is_inexact_array)
+    opt_states = eqx.filter_vmap(lambda p, v: member_optimizer_state(study, p, v))(params, values)
+    states = eqx.tree_at(lambda s: s.opt_state, states, opt_states)
     # a member's own data stream (per-member data) is its seed's, wherever it runs
-    states = eqx.tree_at(lambda s: s.member, states, seeds)
-    return _per_member_hyperparameters(states, type(study).member_axes, values)
+    return eqx.tree_at(lambda s: s.member, states, seeds)
 
 
 @eqx.filter_jit
@@ -67,7 +55,7 @@ class Group:
         self.n_records, self.record_every = study.schedule()
         self.time = np.asarray(study.time())
         self.objective = study.objective()
-        self.optimizer = study.optimizer()
+        self.optimizer = member_optimizer(study)
         moves = {"observe": study.observe(), "after_step": study.after_step()}
         self.extra = {name: f for name, f in moves.items() if f is not None}
 
@@ -98,6 +86,33 @@ class Group:
         """`{name: (members,) array}` from the final states and the members' whole series."""
         arrays = {name: jnp.asarray(v) for name, v in series.items()}
         return {name: np.asarray(v) for name, v in _summaries(self.study, states, arrays).items()}
+
+    def unused_member_axes(self, member_values: dict, axes: tuple[str, ...]) -> tuple[str, ...]:
+        """Those of the swept member `axes` that nothing one member computes (its initial
+        model, steps, records, summaries) depends on, from the traced program alone."""
+        if not axes:
+            return ()
+        fixed = {n: jnp.asarray(v[:1]) for n, v in member_values.items() if n not in axes}
+
+        def one_member(swept):
+            states = self.init({**fixed, **swept}, jnp.zeros(1, jnp.int32))
+            config = (  # the whole run: traced, never compiled
+                self.n_records * self.record_every,
+                self.record_every,
+                self.extra.get("observe", _no_observables),
+                type(self.study).shared_data,
+                None,
+                self.extra.get("after_step"),
+            )
+            start = jnp.zeros((), jnp.int32)
+            states, trajectory = run_steps(
+                states, self.objective, self.optimizer, self.data_key, start, config
+            )
+            series = _series(self.study, trajectory)
+            return series, _summaries(self.study, states, series)
+
+        swept = {n: jnp.asarray(member_values[n][:1]) for n in axes}
+        return unused_inputs(one_member, swept)
 
     def dtypes(self, member_values: dict) -> tuple[dict, dict]:
         """From tracing alone: the series as `{name: (dtype, shape per record)}` and the

@@ -163,6 +163,21 @@ def _unit_index(plan: SweepPlan, group: int, start: int, stop: int) -> tuple:
     )
 
 
+def _check_member_axes_matter(plan: SweepPlan, group, values: dict) -> None:
+    """Refuse a swept member axis that no member's computation reads: its members would all
+    run the same while the results label them with different values."""
+    unused = group.unused_member_axes(values, plan.swept_member_axes)
+    if unused:
+        name = type(plan.study).__name__
+        raise ValueError(
+            f"`grid.{unused[0]}` is a member axis of {name}, but nothing a member computes "
+            f"depends on it (its initial model, optimizer, objective, moves, records and "
+            f"summaries never read `{unused[0]}` per member): every member would run the same. "
+            "Read it in `initial_model(values, …)` or `optimizer()`, or sweep it as a group "
+            "axis (leave it out of `member_axes`)."
+        )
+
+
 def _check_precision(plan: SweepPlan) -> None:
     if type(plan.study).float64 and not store_io.float64():
         raise ValueError(
@@ -233,6 +248,7 @@ def run_plan(plan: SweepPlan, store=None, *, progress=None, on_chunk=None):
     groups = [Group(s, **keys) for s in plan.group_studies()]
     values = _member_values(plan, 0, 1)[0]
     dtypes = groups[0].dtypes(values)
+    _check_member_axes_matter(plan, groups[0], values)
     for g in groups[1:]:
         if g.dtypes(values) != dtypes:
             raise ValueError("the groups of this grid record different series or summaries.")
