@@ -28,9 +28,11 @@ class AbstractStudy(eqx.Module):
     **Class variables** (override in a subclass):
 
     - `member_axes`: settings that may differ between members of one compiled call (numbers
-      only). `initial_model` receives them as `values`; one that names a hyperparameter of an
-      `optax.inject_hyperparams` optimizer (e.g. `learning_rate`) is also set per member in its
-      optimizer state. Every other setting swept in a grid makes compiled groups.
+      only). `initial_model` receives them as `values`, and `optimizer()` is built for each
+      member with its own values in these fields (traced), so `optax.adam(self.learning_rate)`
+      trains each member at its own rate. `objective`, `after_step` and `observe` are shared by
+      a call's members: a swept member axis that nothing a member computes reads is refused
+      before the sweep starts. Every other setting swept in a grid makes compiled groups.
     - `variants`: for settings whose values are Modules (e.g. an init scheme), the names the
       command line and sweep files use: `{field: {name: module}}`.
     - `time_units`: what the record times count.
