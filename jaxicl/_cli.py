@@ -143,6 +143,12 @@ def _build_parser() -> argparse.ArgumentParser:
     sweep.add_argument("--out", required=True, help="Zarr store to stream results into")
     sweep.add_argument("--quiet", action="store_true", help="no progress bar")
     sweep.add_argument(
+        "--allow-code-change",
+        action="store_true",
+        help="resume although the study's code changed since the store was started (recorded "
+        "in the store)",
+    )
+    sweep.add_argument(
         "--coordinator", help="host:port of process 0, to split the sweep over processes"
     )
     sweep.add_argument("--num-processes", type=int, help="processes in the distributed sweep")
@@ -193,7 +199,12 @@ def _sweep(args) -> int:
                 args.process_id,
                 timeout=args.connect_timeout,
             )
-        run_plan(plan, args.out, progress=False if args.quiet else None)
+        run_plan(
+            plan,
+            args.out,
+            progress=False if args.quiet else None,
+            allow_code_change=args.allow_code_change,
+        )
     except (ValueError, FileNotFoundError) as error:
         print(f"jaxicl: error: {error}", file=sys.stderr)
         return 2

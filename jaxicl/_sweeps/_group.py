@@ -14,9 +14,13 @@ import numpy as np
 
 from .._train._objectives import AbstractObjective
 from .._train._state import init_ensemble_state
-from .._train._trainer import _no_observables, compile_ensemble_steps, ensemble_steps_shapes
-from .._train._trainer import _run as run_steps
-from .._train._trainer import train_ensemble_steps
+from .._train._trainer import (
+    _no_observables,
+    _run as run_steps,
+    compile_ensemble_steps,
+    ensemble_steps_shapes,
+    train_ensemble_steps,
+)
 from ._member_values import member_optimizer, member_optimizer_state, unused_inputs
 from ._study import AbstractStudy
 

@@ -198,6 +198,7 @@ def sweep(
     chunk_records: int | str = "auto",
     progress: bool | None = None,
     on_chunk=None,
+    allow_code_change: bool = False,
 ):
     """Run (or resume) `study` over `grid` × `seeds`; returns the labelled xarray dataset.
 
@@ -218,6 +219,9 @@ def sweep(
       equal chunks: the divisor of the record count nearest a quarter of it).
     - `progress`: a progress bar (None: only on a terminal).
     - `on_chunk(unit, step_chunk)`: called after each step chunk is stored.
+    - `allow_code_change`: resume a store although the study's code (its module's source, or
+      jaxicl's version) changed since it was started; the change is recorded in the store.
+      Without it such a resume is refused: the store would mix results of two versions.
 
     Member i gets the same trajectory whether it runs alone, with any chunking, on any number
     of devices or processes, or resumed after a kill.
@@ -232,10 +236,12 @@ def sweep(
         members_per_call=members_per_call,
         chunk_records=chunk_records,
     )
-    return run_plan(plan, store, progress=progress, on_chunk=on_chunk)
+    return run_plan(
+        plan, store, progress=progress, on_chunk=on_chunk, allow_code_change=allow_code_change
+    )
 
 
-def run_plan(plan: SweepPlan, store=None, *, progress=None, on_chunk=None):
+def run_plan(plan: SweepPlan, store=None, *, progress=None, on_chunk=None, allow_code_change=False):
     """`sweep` of a checked plan (e.g. from `load_sweep`)."""
     _check_precision(plan)
     n_processes = jax.process_count()
@@ -258,7 +264,15 @@ def run_plan(plan: SweepPlan, store=None, *, progress=None, on_chunk=None):
     _check_memory(plan, groups, layout)
     process = jax.process_index()
     time_axis = (groups[0].time, type(plan.study).time_units)
-    root = store_io.open_store(store, plan, time_axis, dtypes, layout, create=process == 0)
+    root = store_io.open_store(
+        store,
+        plan,
+        time_axis,
+        dtypes,
+        layout,
+        create=process == 0,
+        allow_code_change=allow_code_change,
+    )
     run = _Run(plan, groups, layout, root, store, progress, on_chunk)
     if n_processes > 1:
         run.run(process, n_processes)

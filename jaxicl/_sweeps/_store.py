@@ -32,6 +32,7 @@ import jax
 import numpy as np
 
 from .._host._checkpoint import load_checkpoint, save_checkpoint
+from ._code import check_code, code_fingerprint
 from ._plan import SweepPlan, label
 from ._plots import plot_figures
 
@@ -97,13 +98,16 @@ def stored_layout(path, plan: SweepPlan) -> dict | None:
     return dict(root.attrs["layout"])
 
 
-def open_store(path, plan: SweepPlan, time_axis, dtypes, layout, *, create=True):
+def open_store(
+    path, plan: SweepPlan, time_axis, dtypes, layout, *, create=True, allow_code_change=False
+):
     """Create the store of `plan` (in memory when `path` is None), or reopen it if it holds the
     same sweep. `time_axis` is `(times, units)`; `dtypes` is `(series, summaries)`: name →
     (dtype, shape per record) and name → (dtype, shape per member); `layout` (a dict) gives
     the units, step chunks, seeds per unit and records per step chunk. With `create=False`
     (processes other than the first of a distributed sweep) wait for the store to appear
-    instead of creating it."""
+    instead of creating it. Resuming under other code of the study is refused unless
+    `allow_code_change` (see `_code.py`)."""
     description = plan.description(float64())
     if path is None:
         root = _zarr().open_group(_zarr().storage.MemoryStore(), mode="w")
@@ -113,7 +117,7 @@ def open_store(path, plan: SweepPlan, time_axis, dtypes, layout, *, create=True)
     if not create:
         _wait_for(path / "zarr.json")
     if (path / "zarr.json").exists():
-        return _reopen(path, description, "a")
+        return _resume(path, description, plan, create, allow_code_change)
     # Built beside its final path, in a directory of this process's own, and renamed into
     # place: a kill never leaves half a store, and of two processes creating it at once one
     # store wins whole (the other's rename fails and it opens the winner's).
@@ -132,8 +136,15 @@ def open_store(path, plan: SweepPlan, time_axis, dtypes, layout, *, create=True)
             raise ValueError(
                 f"{path} exists and is not a sweep store; choose another output path."
             ) from None
-        return _reopen(path, description, "a")
+        return _resume(path, description, plan, create, allow_code_change)
     return _zarr().open_group(str(path), mode="a")
+
+
+def _resume(path, description, plan, writer: bool, allow_code_change: bool):
+    root = _reopen(path, description, "a")
+    if writer:  # the process that created or resumes the store speaks for it
+        check_code(root, path, plan.study, allow_code_change=allow_code_change)
+    return root
 
 
 @contextlib.contextmanager
@@ -224,6 +235,7 @@ def _create(root, plan: SweepPlan, time_axis, dtypes, layout: dict, description:
     root.attrs["study"] = described["study"]
     root.attrs["settings"] = described["settings"]
     root.attrs["layout"] = layout
+    root.attrs["code"] = code_fingerprint(plan.study)
 
 
 def _wait_for(marker: pathlib.Path, timeout: float = 600.0) -> None:
