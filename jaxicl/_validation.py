@@ -32,6 +32,11 @@ def seed(name: str, value) -> int:
 def whole_record_blocks(fields: str, steps, n_records: int, records_field: str) -> int:
     """A schedule that runs exactly: `steps` (e.g. horizon / dt) is a whole number of steps, at
     least one and a whole number per record. Returns the step count; never rounds silently."""
+    if not _is_real(steps) or not math.isfinite(steps) or steps >= 2**31:
+        # the compiled program counts steps in int32
+        raise ValueError(
+            f"{fields} must give fewer than 2**31 steps (a finite number); got {steps:g} steps."
+        )
     count = round(steps)
     if abs(steps - count) > 1e-6 or count < n_records or count % n_records:
         raise ValueError(

@@ -9,7 +9,7 @@ import zarr
 
 import jaxicl
 
-STUDY = '''
+STUDY = """
 from typing import ClassVar
 import equinox as eqx
 import jax.numpy as jnp
@@ -40,7 +40,7 @@ class Drift(jaxicl.AbstractStudy):
 
 
 TARGET = 1.0
-'''
+"""
 
 
 class _Stop(Exception):

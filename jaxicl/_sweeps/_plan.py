@@ -81,6 +81,9 @@ class SweepPlan:
                 f"`grid` must be a dict of setting → list of values, got {self.grid!r}."
             )
         check.positive_int("seeds", self.seeds)
+        if self.seeds >= 2**31:
+            # seeds are int32 inside the compiled program (as are its step counters)
+            raise ValueError(f"`seeds` must be below 2**31, got {self.seeds}.")
         check.seed("root_seed", self.root_seed)
         for name in ("members_per_call", "chunk_records"):
             if getattr(self, name) != "auto":

@@ -1,0 +1,26 @@
+"""Sizes the compiled program cannot count are refused in one line before anything is created:
+int32 seeds and step counters."""
+
+import pytest
+
+import jaxicl
+from jaxicl._studies._feature_learning import FeatureLearning
+from jaxicl._studies._reduced_allocation import ReducedAllocation
+
+
+@pytest.mark.parametrize(
+    "settings",
+    [dict(horizon=1e300, dt=1e-10), dict(horizon=1e12, dt=1.0)],
+)
+def test_a_schedule_beyond_int32_steps_is_refused(settings):
+    with pytest.raises(ValueError, match=r"`horizon` / `dt` must give fewer than 2\*\*31 steps"):
+        ReducedAllocation(**settings)
+    with pytest.raises(ValueError, match=r"`steps` must give fewer than 2\*\*31 steps"):
+        FeatureLearning(steps=2**31, n_records=1)
+
+
+def test_seeds_beyond_int32_are_refused_before_a_store_exists(tmp_path):
+    store = tmp_path / "store"
+    with pytest.raises(ValueError, match=r"`seeds` must be below 2\*\*31, got 1000000000000000"):
+        jaxicl.sweep(ReducedAllocation(), seeds=10**15, store=store)
+    assert not store.exists()
