@@ -9,6 +9,7 @@ import zarr
 
 import jaxicl
 
+
 STUDY = """
 from typing import ClassVar
 import equinox as eqx
