@@ -1,5 +1,6 @@
 """The `jaxicl` command line: `jaxicl run EXPERIMENT [--field value ...]`,
-`jaxicl sweep FILE.toml --out STORE`, `jaxicl inspect STORE`."""
+`jaxicl sweep FILE.toml --out STORE`, `jaxicl inspect STORE`, `jaxicl plot STORE`,
+`jaxicl bench`."""
 
 import argparse
 import dataclasses
