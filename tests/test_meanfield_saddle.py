@@ -131,6 +131,9 @@ def test_split_atoms_share_their_atoms_and_split_around_them():
         FeatureLearning(particles=10, init=SplitAtoms(3))
     with pytest.raises(ValueError, match="`displacement` only displaces"):
         FeatureLearning().check_grid({"displacement": [0.0, 1e-3]})
+    # a move built once per group must not silently run at the default learning rate
+    with pytest.raises(ValueError, match="needs birth_death_rate = 0"):
+        FeatureLearning(birth_death_rate=1.0).check_grid({"learning_rate": [0.01, 0.02]})
 
 
 def test_stall_upper_bound_is_clopper_pearson():

@@ -225,6 +225,14 @@ class FeatureLearning(AbstractStudy):
                 'with attention = "attention", W\'s flow is tied to one learning rate; '
                 "sweep the learning rate in separate sweeps."
             )
+        # birth–death's jump rate per step is rate × η, built once per group
+        births = any(r > 0 for r in grid.get("birth_death_rate", [self.birth_death_rate]))
+        if births and len(grid.get("learning_rate", [])) > 1:
+            raise ValueError(
+                f"`grid.learning_rate` ({grid['learning_rate']}) needs birth_death_rate = 0: "
+                "birth–death's jumps are tied to one learning rate; sweep the learning rate "
+                "in separate sweeps."
+            )
 
     def _problem(self) -> _Problem:
         task, inputs, eval_inputs = _instance(
