@@ -30,6 +30,7 @@ def test_escape_time_grows_as_log_one_over_epsilon_at_the_splitting_rate():
         n_eval_inputs=300,
         init=SplitAtoms(3),
         particles=9,
+        geometry=True,
         steps=12500,
         n_records=250,
     )

@@ -224,13 +224,14 @@ def _sweeps(config) -> list:
         steps=config.mean_field_steps, n_records=config.mean_field_steps // config.record_every
     )
     split = dict(
+        geometry=True,
         init=SplitAtoms(config.escape_atoms),
         particles=config.escape_atoms * config.escape_particles_per_atom,
         steps=config.escape_steps,
         n_records=config.escape_steps // config.record_every,
     )
     groups = [
-        ("static", base, {}, config.n_seeds),
+        ("static", dataclasses.replace(base, geometry=True), {}, config.n_seeds),
         (
             "attention",
             dataclasses.replace(base, attention="attention"),
@@ -280,7 +281,8 @@ def _sweeps(config) -> list:
 def _records(dataset, learning_rate: float) -> dict:
     """A group's arrays, members first (as `groups` of the summary and figure read them);
     `time` is flow time (learning rate × Euler steps); a diverged member's series are NaN."""
-    out = {name: dataset[name].transpose("seed", ...).values for name in _RECORDS}
+    # the geometry records (dissipation, splitting curvature) only where a group asked
+    out = {n: dataset[n].transpose("seed", ...).values for n in _RECORDS if n in dataset}
     out["diverged"] = dataset["diverged"].transpose("seed").values == 1
     out = mask_diverged(out)
     out["time"] = np.broadcast_to(learning_rate * dataset["time"].values, out["loss"].shape)

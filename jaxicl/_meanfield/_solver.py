@@ -29,19 +29,22 @@ PERTURBATIONS = ("none", "isotropic", "hessian")
 
 class MeanFieldObservables(eqx.Module):
     """Records of one model on a held-out input sample: `loss` L(µ), `transformer_loss`
-    L_TF(µ, W), `condition` (of Σ_µµ), `teacher_singular_values` (of Σ_µ°µ, descending),
+    L_TF(µ, W), `condition` (of Σ_µµ), `teacher_singular_values` (of Σ_µ°µ, descending), and
+    particle statistics (mass-weighted): `a_norm`, `w_norm`, `w_spread` (RMS distance of the
+    w_j to their mean; 0 when all particles coincide).
+
+    With `geometry` (a Hessian per particle per record, so off by default) also
     `splitting_curvature` (the least eigenvalue over particles of ∇²_θ δL/δµ: −κ < 0 where a
-    split atom grows at rate κ), and particle statistics (mass-weighted): `a_norm`, `w_norm`,
-    `w_spread` (RMS distance of the w_j to their mean; 0 when all particles coincide). With
-    `flow_sample` (the fixed training sample the flow descends, whose critical points it
-    approaches) also `flow_dissipation` (−dL/dt there: Σ_j m_j ‖∇_θ δL/δµ(θ_j)‖²) and
-    `flow_splitting_curvature` (the flow's own rate of splitting); both NaN without one (in
-    context), so every run records the same names."""
+    split atom grows at rate κ) and, on `flow_sample` (the fixed training sample the flow
+    descends, whose critical points it approaches), `flow_dissipation` (−dL/dt there:
+    Σ_j m_j ‖∇_θ δL/δµ(θ_j)‖²) and `flow_splitting_curvature` (the flow's own rate of
+    splitting); both NaN without one (in context), so every run records the same names."""
 
     inputs: Float[Array, "n d"]
     targets: Float[Array, "n k"]
     jitter: float | None = eqx.field(static=True, default=None)
     flow_sample: tuple[Float[Array, "n_train d"], Float[Array, "n_train k"]] | None = None
+    geometry: bool = eqx.field(static=True, default=False)
 
     def __call__(self, model: FeatureAttention) -> dict:
         p = model.particles
@@ -50,29 +53,30 @@ class MeanFieldObservables(eqx.Module):
         loss, loss_tf = losses_from_moments(h, sigma, cross, self.targets, model.W, self.jitter)
         eigenvalues = jnp.linalg.eigvalsh(sigma)
         w_mean = p.mass @ p.w
+        out = {
+            "loss": loss,
+            "transformer_loss": loss_tf,
+            "condition": eigenvalues[-1] / eigenvalues[0],
+            "teacher_singular_values": jnp.linalg.svd(cross, compute_uv=False),
+            "a_norm": p.mass @ jnp.linalg.norm(p.a, axis=1),
+            "w_norm": p.mass @ jnp.linalg.norm(p.w, axis=1),
+            "w_spread": jnp.sqrt(p.mass @ jnp.sum((p.w - w_mean[None]) ** 2, axis=1)),
+        }
+        return {**out, **self._geometry(p, loss.dtype)} if self.geometry else out
+
+    def _geometry(self, p, dtype) -> dict:
+        held_out = least_splitting_curvature(p, self.inputs, self.targets, self.jitter)
         if self.flow_sample is None:
-            nan = jnp.full((), jnp.nan, loss.dtype)
-            out = {"flow_dissipation": nan, "flow_splitting_curvature": nan}
+            nan = jnp.full((), jnp.nan, dtype)
+            flow = {"flow_dissipation": nan, "flow_splitting_curvature": nan}
         else:
-            out = {
+            flow = {
                 "flow_dissipation": dissipation(p, *self.flow_sample, self.jitter),
                 "flow_splitting_curvature": least_splitting_curvature(
                     p, *self.flow_sample, self.jitter
                 ),
             }
-        return {
-            **out,
-            "loss": loss,
-            "transformer_loss": loss_tf,
-            "condition": eigenvalues[-1] / eigenvalues[0],
-            "teacher_singular_values": jnp.linalg.svd(cross, compute_uv=False),
-            "splitting_curvature": least_splitting_curvature(
-                p, self.inputs, self.targets, self.jitter
-            ),
-            "a_norm": p.mass @ jnp.linalg.norm(p.a, axis=1),
-            "w_norm": p.mass @ jnp.linalg.norm(p.w, axis=1),
-            "w_spread": jnp.sqrt(p.mass @ jnp.sum((p.w - w_mean[None]) ** 2, axis=1)),
-        }
+        return {"splitting_curvature": held_out, **flow}
 
 
 class ParticleSolver(NamedTuple):
@@ -125,6 +129,7 @@ def particle_solver(
     birth_death_rate: float = 0.0,
     jitter: float | None = None,
     context_len: int | None = None,
+    geometry: bool = False,
 ) -> ParticleSolver:
     """Configure the particle solver of the Wasserstein gradient flow of L (or L_TF).
 
@@ -144,6 +149,8 @@ def particle_solver(
       `perturbation_size`, every `perturb_every` steps.
     - `birth_death_rate`: rate of the birth–death jumps (0: none).
     - `jitter`: relative ridge on Σ_µµ (see `two_timescale_loss`).
+    - `geometry`: also record the splitting curvature and the flow's dissipation (see
+      `MeanFieldObservables`; a Hessian per particle per record).
     """
     check.finite_positive("learning_rate", learning_rate)
     check.one_of("perturbation", perturbation, PERTURBATIONS)
@@ -176,5 +183,6 @@ def particle_solver(
             task.target_features(eval_inputs),
             jitter,
             None if inputs is None else (inputs, task.target_features(inputs)),
+            geometry,
         ),
     )

@@ -9,8 +9,8 @@ escape from a saddle with full-rank features).
 The teacher, the training sample and the held-out sample are the problem instance, drawn from
 `problem_seed` and shared by every member; members differ by their initial particles. Per
 record it stores every observable of the held-out sample (L(µ), L_TF, cond Σµµ, the singular
-values of Σµ°µ, the splitting curvature, particle statistics; on the training sample, the
-flow's dissipation −dL/dt and splitting curvature) and the flow's own
+values of Σµ°µ, particle statistics; with `geometry`, the splitting curvature and, on the
+training sample, the flow's dissipation −dL/dt and splitting curvature) and the flow's own
 objective on the training sample; at the end L/L_c (L_c: the loss of constant features),
 whether it fell below `success_threshold`, the slope and curvature of L along the mixture with
 the teacher (all NaN for a member that diverged), the learned features h_µ on the
@@ -140,6 +140,7 @@ class FeatureLearning(AbstractStudy):
     prompt_length: int = eqx.field(static=True, default=0)
     prompts_per_step: int = eqx.field(static=True, default=16)
     problem_seed: int = 0
+    geometry: bool = eqx.field(static=True, default=False)
 
     member_axes: ClassVar[tuple[str, ...]] = ("learning_rate", "a_scale", "displacement")
     time_units: ClassVar[str] = "Euler steps (flow time: learning_rate × step)"
@@ -260,6 +261,7 @@ class FeatureLearning(AbstractStudy):
             perturbation_size=self.perturbation_size,
             perturb_every=self.perturb_every,
             birth_death_rate=self.birth_death_rate,
+            geometry=self.geometry,
         )
         constant = constant_feature_loss(task.target_features(eval_inputs))
         probe = eval_inputs[:PROBE_INPUTS]
