@@ -8,6 +8,7 @@ import pytest
 import zarr
 
 import jaxicl
+from jaxicl._sweeps._store import describe_store
 
 
 STUDY = """
@@ -17,6 +18,7 @@ import jax.numpy as jnp
 import jax.random as jr
 import optax
 import jaxicl
+from jaxicl._sweeps._store import describe_store
 
 
 class Point(eqx.Module):
@@ -75,3 +77,17 @@ def test_resume_with_edited_study_code_is_refused_unless_accepted(tmp_path, monk
     assert changes[0]["from"]["source"] != changes[0]["to"]["source"]
     # the same code again resumes (here: reopens the finished store) without a word
     jaxicl.sweep(study, progress=False, **kwargs)
+
+
+def test_inspect_names_the_code_and_a_leftover_creation(tmp_path, monkeypatch):
+    module = tmp_path / "drift_study.py"
+    module.write_text(STUDY)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    sys.modules.pop("drift_study", None)
+    study = importlib.import_module("drift_study").Drift()
+    store = tmp_path / "store"
+    jaxicl.sweep(study, seeds=1, store=store, progress=False)
+    (tmp_path / ".store.building-abc123").mkdir()  # what a kill during creation leaves
+    text = describe_store(store)
+    assert "code: drift_study.Drift (source " in text
+    assert ".store.building-abc123 is a creation of this store that was killed" in text

@@ -372,6 +372,19 @@ def describe_store(path) -> str:
             f"damaged: units {damaged} do not read back as written (a chunk file deleted or "
             "truncated); rerun the sweep to recompute them."
         )
+    code = root.attrs.get("code")
+    if code is not None:
+        changes = len(root.attrs.get("code_changes", []))
+        lines.append(
+            f"code: {code['class']} (source {code['source']}, jaxicl {code['jaxicl']})"
+            + (f"; {changes} accepted code change(s) while it ran" if changes else "")
+        )
+    path = pathlib.Path(path)
+    for leftover in sorted(path.parent.glob(f".{path.name}.building-*")):
+        lines.append(
+            f"leftover: {leftover} is a creation of this store that was killed before it "
+            "finished; nothing reads it, delete it."
+        )
     lines.append(str(dataset.drop_vars(["chunk_done", "chunk_digest"], errors="ignore")))
     return "\n".join(lines)
 
