@@ -200,16 +200,31 @@ def test_killed_between_checkpoint_and_records_stores_them_from_the_checkpoint(
 
 def test_another_sweep_is_refused_never_overwritten(tmp_path, monkeypatch):
     _run(tmp_path / "store")
-    with pytest.raises(ValueError, match="different sweep"):
+    with pytest.raises(ValueError, match="different sweep .seeds: stored 5, asked 6.;"):
         _run(tmp_path / "store", seeds=6)
-    with pytest.raises(ValueError, match="different sweep"):
+    # each differing setting named with both values, in one line
+    with pytest.raises(ValueError, match=r"settings.dt: stored .*, asked 0.01\)") as refused:
         _run(tmp_path / "store", study=ReducedAllocation(d=9, horizon=2.0, n_records=4, dt=0.01))
+    assert "\n" not in str(refused.value)
     with pytest.raises(ValueError, match="different sweep"):
         _run(tmp_path / "store", root_seed=1)
     monkeypatch.setattr(sweep_store, "float64", lambda: False)  # as if x64 were off
     with pytest.raises(ValueError, match="different sweep"):
         _run(tmp_path / "store")
     assert xr.open_zarr(str(tmp_path / "store"), consolidated=False).sizes["seed"] == 5
+
+
+def test_a_number_written_another_way_is_the_same_sweep():
+    stored = {"settings": {"horizon": 8.0, "heads": [2, 3]}, "seeds": 4}
+    assert (
+        sweep_store.sweep_differences(
+            stored, {**stored, "settings": {"horizon": 8, "heads": [2.0, 3]}}
+        )
+        == []
+    )
+    assert sweep_store.sweep_differences(stored, {**stored, "seeds": 5}) == [
+        "seeds: stored 4, asked 5"
+    ]
 
 
 def _subprocess_sweep(tmp_path, store, *, members_per_call: str):

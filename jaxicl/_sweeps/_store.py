@@ -82,11 +82,46 @@ def _reopen(path: pathlib.Path, description: str, mode: str):
     root = _zarr().open_group(str(path), mode=mode)
     stored = root.attrs.get("sweep")
     if stored != description:
-        raise ValueError(
-            f"{path} holds a different sweep ({stored}); it is never overwritten. "
-            "Choose another output path or delete it."
+        differences = (
+            ["it holds no sweep description"]
+            if stored is None
+            else sweep_differences(json.loads(stored), json.loads(description))
         )
+        if differences:
+            raise ValueError(
+                f"{path} holds a different sweep ({'; '.join(differences)}); it is never "
+                "overwritten. Choose another output path or delete it."
+            )
     return root
+
+
+def _same(a, b) -> bool:
+    """Equal as settings: numbers by value (8 == 8.0), lists and dicts item by item."""
+    number = lambda v: isinstance(v, int | float) and not isinstance(v, bool)  # noqa: E731
+    if number(a) and number(b):
+        return a == b
+    if isinstance(a, list) and isinstance(b, list):
+        return len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b))
+    if isinstance(a, dict) and isinstance(b, dict):
+        return a.keys() == b.keys() and all(_same(a[k], b[k]) for k in a)
+    return a == b
+
+
+def sweep_differences(stored: dict, asked: dict) -> list[str]:
+    """What differs between a stored sweep description and the one asked for, field by field
+    (`settings.horizon: stored 8.0, asked 9`); empty when they are the same sweep."""
+    out = []
+    for key in sorted(stored.keys() | asked.keys()):
+        old, new = stored.get(key), asked.get(key)
+        if isinstance(old, dict) and isinstance(new, dict):
+            for field in sorted(old.keys() | new.keys()):
+                if not _same(old.get(field), new.get(field)):
+                    out.append(
+                        f"{key}.{field}: stored {old.get(field)!r}, asked {new.get(field)!r}"
+                    )
+        elif not _same(old, new):
+            out.append(f"{key}: stored {old!r}, asked {new!r}")
+    return out
 
 
 def stored_layout(path, plan: SweepPlan) -> dict | None:
