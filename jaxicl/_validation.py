@@ -3,6 +3,7 @@
 Every error names the offending field, the value it got and what is allowed.
 """
 
+import difflib
 import math
 import numbers
 from collections.abc import Iterable
@@ -77,8 +78,17 @@ def one_of(name: str, value, allowed: Iterable):
     allowed = tuple(allowed)
     if value not in allowed:
         choices = ", ".join(repr(a) for a in allowed)
-        raise ValueError(f"`{name}` must be one of {choices}; got {value!r}.")
+        raise ValueError(
+            f"`{name}` must be one of {choices}; got {value!r}.{_did_you_mean(value, allowed)}"
+        )
     return value
+
+
+def _did_you_mean(value, allowed) -> str:
+    """ " Did you mean 'x'?" for a misspelt name close to one allowed, else ""."""
+    names = [a for a in allowed if isinstance(a, str)]
+    close = difflib.get_close_matches(value, names, n=1) if isinstance(value, str) else []
+    return f" Did you mean {close[0]!r}?" if close else ""
 
 
 def variant(name: str, value, base, names: Iterable[str]):

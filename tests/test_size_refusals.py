@@ -1,5 +1,5 @@
-"""Sizes the compiled program cannot count are refused in one line before anything is created:
-int32 seeds and step counters."""
+"""Bad input refused in one line before anything is created: sizes the compiled program cannot
+count (int32 seeds and step counters), misspelt names (with a suggestion)."""
 
 import pytest
 
@@ -24,3 +24,8 @@ def test_seeds_beyond_int32_are_refused_before_a_store_exists(tmp_path):
     with pytest.raises(ValueError, match=r"`seeds` must be below 2\*\*31, got 1000000000000000"):
         jaxicl.sweep(ReducedAllocation(), seeds=10**15, store=store)
     assert not store.exists()
+
+
+def test_a_misspelt_name_gets_a_suggestion():
+    with pytest.raises(ValueError, match=r"got 'init_scal'. Did you mean 'init_scale'\?"):
+        jaxicl.sweep(ReducedAllocation(), grid={"init_scal": [0.1]}, seeds=1)
