@@ -25,6 +25,7 @@ import json
 import os
 import pathlib
 import shutil
+import sys
 import tempfile
 import time
 
@@ -61,6 +62,51 @@ def _coordinates(plan: SweepPlan) -> dict:
     out = {name: np.asarray([label(v) for v in plan.axis(name)]) for name in _dimensions(plan)[:-1]}
     out["seed"] = np.arange(plan.seeds)
     return out
+
+
+def _coordinate_digest(values) -> str:
+    values = np.asarray(values)
+    if values.dtype.kind in "UOT":  # labels (NumPy, object or variable-length strings): text
+        data = "\x00".join(str(v) for v in values.ravel()).encode()
+    else:
+        data = values.dtype.str.encode() + np.ascontiguousarray(values).tobytes()
+    return hashlib.sha256(data).hexdigest()[:16]
+
+
+def _digests(arrays: dict) -> dict:
+    return {name: _coordinate_digest(values) for name, values in arrays.items()}
+
+
+def damaged_coordinates(root) -> list[str]:
+    """The coordinate arrays (grid values, seeds, times) whose stored values no longer match
+    the checksums taken when the store was created (a flipped bit or a deleted chunk would
+    relabel results silently). Stores from before the checksums: none."""
+    expected = dict(root.attrs.get("coordinates", {}))
+    damaged = []
+    for name, digest in expected.items():
+        try:
+            if _coordinate_digest(root[name][:]) != digest:
+                damaged.append(name)
+        except Exception:  # an unreadable array is damaged too, whatever Zarr raised
+            damaged.append(name)
+    return damaged
+
+
+def repair_coordinates(root, path, plan, times) -> None:
+    """Rewrite damaged coordinate arrays from the sweep's own plan (they are a function of it),
+    saying which in one line each."""
+    damaged = damaged_coordinates(root)
+    if not damaged:
+        return
+    values = {**_coordinates(plan), "time": times}
+    for name in damaged:
+        array = root[name]
+        array[:] = values[name].astype(object) if values[name].dtype.kind == "U" else values[name]
+        print(
+            f"jaxicl: {path}: coordinate `{name}` did not read back as written; rewritten from "
+            "the sweep's description.",
+            file=sys.stderr,
+        )
 
 
 def _check_metadata(path) -> None:
@@ -152,7 +198,7 @@ def open_store(
     if not create:
         _wait_for(path / "zarr.json")
     if (path / "zarr.json").exists():
-        return _resume(path, description, plan, create, allow_code_change)
+        return _resume(path, description, plan, time_axis[0], create, allow_code_change)
     # Built beside its final path, in a directory of this process's own, and renamed into
     # place: a kill never leaves half a store, and of two processes creating it at once one
     # store wins whole (the other's rename fails and it opens the winner's).
@@ -171,14 +217,15 @@ def open_store(
             raise ValueError(
                 f"{path} exists and is not a sweep store; choose another output path."
             ) from None
-        return _resume(path, description, plan, create, allow_code_change)
+        return _resume(path, description, plan, time_axis[0], create, allow_code_change)
     return _zarr().open_group(str(path), mode="a")
 
 
-def _resume(path, description, plan, writer: bool, allow_code_change: bool):
+def _resume(path, description, plan, times, writer: bool, allow_code_change: bool):
     root = _reopen(path, description, "a")
     if writer:  # the process that created or resumes the store speaks for it
         check_code(root, path, plan.study, allow_code_change=allow_code_change)
+        repair_coordinates(root, path, plan, times)
     return root
 
 
@@ -219,6 +266,7 @@ def _create(root, plan: SweepPlan, time_axis, dtypes, layout: dict, description:
     )
     time_array[:] = times
     time_array.attrs["units"] = units
+    root.attrs["coordinates"] = _digests({**coords, "time": times})
     shape = tuple(len(coords[d]) for d in dims)
     # a unit spans every member point and `seed_block` seeds of one group
     n_groups = len(plan.group_axes)
@@ -406,6 +454,12 @@ def describe_store(path) -> str:
         lines.append(
             f"damaged: units {damaged} do not read back as written (a chunk file deleted or "
             "truncated); rerun the sweep to recompute them."
+        )
+    coordinates = damaged_coordinates(root)
+    if coordinates:
+        lines.append(
+            f"damaged coordinates: {', '.join(coordinates)} do not read back as written (their "
+            "labels would be wrong); rerun the sweep to rewrite them from its description."
         )
     code = root.attrs.get("code")
     if code is not None:
