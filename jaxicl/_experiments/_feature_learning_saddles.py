@@ -56,7 +56,9 @@ def stalls(config, static, scale) -> dict:
     }
 
 
-def _first_below(time, curve, reference):
+def first_below(time, curve, reference):
+    """The first record time at which `curve` is below `reference` (a level or a curve), or
+    None if it never is: an escape that did not happen gets no time."""
     below = np.flatnonzero(curve < reference)
     return float(time[below[0]]) if below.size else None
 
@@ -85,7 +87,7 @@ def escape(config, results, scale) -> dict:
         run = results[f"escape_eps{e:g}"]
         diverged += int(run["diverged"].sum())
         for s in np.flatnonzero(~run["diverged"]):
-            hit = _first_below(time, run["loss"][s], reference)
+            hit = first_below(time, run["loss"][s], reference)
             times[s, i] = np.nan if hit is None else hit
     out = {
         "critical_point": critical,

@@ -8,7 +8,7 @@ import math
 
 import numpy as np
 
-from ._feature_learning_saddles import diverged_note, escape, saddle_lines, stalls
+from ._feature_learning_saddles import diverged_note, escape, first_below, saddle_lines, stalls
 
 
 # The saddle-escape variants, in the order the table and figure show them.
@@ -31,11 +31,6 @@ def mask_diverged(records: dict) -> dict:
 def _median(values):
     values = np.asarray(values)
     return float(np.median(values)) if values.size else None
-
-
-def _escape_time(time, loss, level):
-    below = np.nonzero(loss < level)[0]
-    return float(time[below[0]]) if below.size else None
 
 
 def _fluctuation(curves, rng, n_boot):
@@ -97,7 +92,7 @@ def _saddle(results, scale) -> dict:
             continue
         escape = None
         if plateau is not None:
-            escape = _escape_time(rec["time"][0], rec["loss"][0], 0.5 * plateau)
+            escape = first_below(rec["time"][0], rec["loss"][0], 0.5 * plateau)
         out["variants"][variant] = {
             "diverged": False,
             "final_relative": float(rec["loss"][0, -1]) / scale,
