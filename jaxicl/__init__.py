@@ -110,6 +110,7 @@ from ._meanfield._task import (
     FeatureRegression as FeatureRegression,
     feature_regression as feature_regression,
 )
+from ._registry import load_sweep as load_sweep
 from ._studies._ansatz_dynamics import (
     AnsatzDynamics as AnsatzDynamics,
     AnsatzSampled as AnsatzSampled,
@@ -131,7 +132,6 @@ from ._studies._full_allocation import (
     NormalWeights as NormalWeights,
 )
 from ._studies._reduced_allocation import ReducedAllocation as ReducedAllocation
-from ._sweeps._file import load_sweep as load_sweep
 from ._sweeps._plan import SweepPlan as SweepPlan
 from ._sweeps._runner import run_plan as run_plan, sweep as sweep
 from ._sweeps._store import open_sweep as open_sweep, plot_sweep as plot_sweep

@@ -13,67 +13,12 @@ import sys
 import jax
 
 from ._bench import format_bench, run_bench
-from ._experiments._feature_learning import (
-    PRESETS as FEATURE_LEARNING_PRESETS,
-    FeatureLearningConfig,
-    run_feature_learning,
-)
-from ._experiments._feature_learning_summary import format_feature_learning_summary
-from ._experiments._field_help import FIELD_HELP
-from ._experiments._full_vs_reduced import (
-    FullVsReducedConfig,
-    format_full_vs_reduced_summary,
-    run_full_vs_reduced,
-)
-from ._experiments._overlapping_tasks import (
-    OverlappingTasksConfig,
-    format_overlapping_summary,
-    run_overlapping_tasks,
-)
-from ._experiments._paired_heads import (
-    PairedHeadsConfig,
-    format_paired_heads_summary,
-    run_paired_heads,
-)
-from ._experiments._task_allocation import (
-    PRESETS as TASK_ALLOCATION_PRESETS,
-    TaskAllocationConfig,
-    format_allocation_summary,
-    run_task_allocation,
-)
 from ._host._devices import use_all_cpu_cores
 from ._host._distributed import join_processes
-from ._studies import STUDIES
-from ._sweeps._file import load_sweep, study_fields
+from ._registry import EXPERIMENTS, STUDIES, load_sweep
+from ._sweeps._file import study_fields
 from ._sweeps._runner import run_plan
 from ._sweeps._store import describe_store, plot_sweep
-
-
-EXPERIMENTS = {
-    "task-allocation": (TaskAllocationConfig, run_task_allocation, format_allocation_summary),
-    "full-vs-reduced": (
-        FullVsReducedConfig,
-        run_full_vs_reduced,
-        format_full_vs_reduced_summary,
-    ),
-    "paired-heads": (PairedHeadsConfig, run_paired_heads, format_paired_heads_summary),
-    "overlapping-tasks": (
-        OverlappingTasksConfig,
-        run_overlapping_tasks,
-        format_overlapping_summary,
-    ),
-    "feature-learning": (
-        FeatureLearningConfig,
-        run_feature_learning,
-        format_feature_learning_summary,
-    ),
-}
-PRESETS = {
-    "task-allocation": TASK_ALLOCATION_PRESETS,
-    "feature-learning": FEATURE_LEARNING_PRESETS,
-}
-# The mean-field solver meets ill-conditioned k×k systems; it runs in float64.
-FLOAT64_EXPERIMENTS = ("feature-learning",)
 
 
 def _parse_field(field_type, text: str):
@@ -107,20 +52,21 @@ def _build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True)
     run = commands.add_parser("run", help="run (or resume) an experiment")
     experiments = run.add_subparsers(dest="experiment", required=True)
-    for name, (config_cls, _, _) in EXPERIMENTS.items():
+    for name, experiment in EXPERIMENTS.items():
+        config_cls, presets = experiment.config, experiment.presets
         sub = experiments.add_parser(name, help=(config_cls.__doc__ or "").splitlines()[0])
         sub.add_argument(
             "--out", default=f"results/{name}", help=f"results directory (default: results/{name})"
         )
         sub.add_argument("--quiet", action="store_true", help="no progress bar")
-        if name in PRESETS:
+        if presets:
             sub.add_argument(
                 "--preset",
-                choices=sorted(PRESETS[name]),
+                choices=sorted(presets),
                 help="named settings; other flags apply on top: "
                 + "; ".join(
                     f"{k}: " + ", ".join(f"{f}={v}" for f, v in p.items())
-                    for k, p in PRESETS[name].items()
+                    for k, p in presets.items()
                 ),
             )
         for field in dataclasses.fields(config_cls):
@@ -132,7 +78,7 @@ def _build_parser() -> argparse.ArgumentParser:
                 dest=field.name,
                 type=str,
                 default=None,
-                help=f"{FIELD_HELP[name][field.name]} (default: {shown})",
+                help=f"{field.metadata['help']} (default: {shown})",
             )
     sweep = commands.add_parser(
         "sweep",
@@ -313,10 +259,11 @@ def _main(argv) -> int:
         print(format_bench(report))
         print(f"report written to {args.out}")
         return 0
-    if args.experiment in FLOAT64_EXPERIMENTS:
+    experiment = EXPERIMENTS[args.experiment]
+    if experiment.float64:
         jax.config.update("jax_enable_x64", True)
-    config_cls, run, describe = EXPERIMENTS[args.experiment]
-    overrides = dict(PRESETS.get(args.experiment, {}).get(getattr(args, "preset", None), {}))
+    config_cls, run, describe = experiment.config, experiment.run, experiment.describe
+    overrides = dict(experiment.presets.get(getattr(args, "preset", None), {}))
     try:
         for field in dataclasses.fields(config_cls):
             text = getattr(args, field.name)

@@ -13,8 +13,8 @@ import zarr
 from helpers import kill_when_flagged
 
 from jaxicl import RandomPositive, ReducedAllocation, WeightFlow, _cli, sweep
+from jaxicl._registry import load_sweep
 from jaxicl._sweeps import _group as group_module, _store as sweep_store
-from jaxicl._sweeps._file import load_sweep
 from jaxicl._train._trainer import sgd, train
 
 

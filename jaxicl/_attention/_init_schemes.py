@@ -115,6 +115,41 @@ class ChenCode(AbstractInitScheme):
         return FactorizedSpectral(q=q, k=k, o=label, v=label)
 
 
+class RandomPositiveCentre(AbstractInitScheme):
+    """The centre of `RandomPositive(spread)`'s law: ω = μ = s(1 + spread/2) on every head and
+    task (a symmetric start; no randomness)."""
+
+    spread: float = 0.1
+    name: ClassVar[str] = "random-positive-centre"
+    deterministic: ClassVar[bool] = True
+
+    def __check_init__(self):
+        check.finite_nonnegative("spread", self.spread)
+
+    def __call__(self, n_heads, n_tasks, scale, *, width=None, key):
+        centre = jnp.full((n_heads, n_tasks), scale * (1 + self.spread / 2))
+        return balanced_factorization(centre, centre)
+
+
+class Merged(AbstractInitScheme):
+    """`scheme`'s start in the merged parametrization (Ω, M), where signs are free to change."""
+
+    scheme: AbstractInitScheme
+    merged: ClassVar[bool] = True
+
+    @property
+    def name(self) -> str:
+        return f"{self.scheme.name}-merged"
+
+    @property
+    def deterministic(self) -> bool:
+        return self.scheme.deterministic
+
+    def __call__(self, n_heads, n_tasks, scale, *, width=None, key):
+        start = self.scheme(n_heads, n_tasks, scale, width=width, key=key)
+        return MergedSpectral(*start.spectral())
+
+
 # The names the command line and sweep files use, in the order experiments report them.
 INIT_SCHEMES: dict[str, AbstractInitScheme] = {
     s.name: s for s in (Balanced(), RandomPositive(), RandomSign(), ChenCode())

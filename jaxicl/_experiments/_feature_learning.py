@@ -33,7 +33,6 @@ sample. Every group is a sweep of the `FeatureLearning` study, streamed into a s
 import dataclasses
 import pathlib
 
-import jax
 import numpy as np
 
 from .. import _validation as check
@@ -42,8 +41,14 @@ from .._meanfield._neurons import ACTIVATIONS
 from .._meanfield._task import INPUT_LAWS
 from .._studies._feature_learning import FeatureLearning, SplitAtoms, SymmetricPoint
 from .._sweeps._runner import sweep
+from ._experiment import Experiment, setting
 from ._feature_learning_figure import plot_feature_learning
-from ._feature_learning_summary import SADDLE_VARIANTS, mask_diverged, summarize
+from ._feature_learning_summary import (
+    SADDLE_VARIANTS,
+    format_feature_learning_summary,
+    mask_diverged,
+    summarize,
+)
 
 
 # the stored series every group's summary and figure read
@@ -73,41 +78,66 @@ class FeatureLearningConfig:
     """Configuration of `feature-learning` (mean-field particle solver); validated on
     construction."""
 
-    d: int = 20
-    k: int = 5
-    n_particles: int = 500
-    activation: str = "sigmoid"
-    teacher_neurons: int = 10
-    teacher_scale: float = 3.0
-    input_law: str = "gaussian"
-    a_scale: float = 1.0
-    n_inputs: int = 1000
-    n_eval_inputs: int = 4000
-    learning_rate: float = 0.02
-    steps: int = 2000
-    record_every: int = 50
-    n_seeds: int = 16
-    attention_seeds: int = 4
-    attention_ratios: tuple[float, ...] = (1.0, 10.0, 100.0, 1000.0)
-    success_threshold: float = 0.05
-    stall_tolerance: float = 0.01
-    perturbation_size: float = 0.01
-    perturb_every: int = 10
-    birth_death_rate: float = 10.0
-    escape_atoms: int = 5
-    escape_particles_per_atom: int = 10
-    escape_displacements: tuple[float, ...] = (1e-2, 1e-3, 1e-4, 1e-5, 1e-6)
-    escape_seeds: int = 2
-    escape_steps: int = 8000
-    escape_drop: float = 0.01
-    mean_field_sizes: tuple[int, ...] = (50, 100, 200, 400, 800)
-    mean_field_seeds: int = 16
-    mean_field_steps: int = 500
-    prompt_lengths: tuple[int, ...] = (16, 64, 256, 0)
-    prompts_per_step: int = 16
-    in_context_seeds: int = 4
-    in_context_joint_ratio: float = 0.0
-    seed: int = 0
+    d: int = setting(20, "input dimension")
+    k: int = setting(5, "features per neuron output (W is k × k)")
+    n_particles: int = setting(500, "particles M of the mean-field measure")
+    activation: str = setting("sigmoid", "sigmoid, tanh or relu")
+    teacher_neurons: int = setting(10, "neurons of the teacher MLP")
+    teacher_scale: float = setting(3.0, "scale of the teacher's output weights")
+    input_law: str = setting("gaussian", "gaussian or spherical inputs")
+    a_scale: float = setting(1.0, "scale of the particles' initial output weights")
+    n_inputs: int = setting(1000, "training inputs (a fixed sample)")
+    n_eval_inputs: int = setting(4000, "held-out inputs of the recorded losses")
+    learning_rate: float = setting(0.02, "Euler step η of the particle flow")
+    steps: int = setting(2000, "Euler steps")
+    record_every: int = setting(50, "steps between records")
+    n_seeds: int = setting(16, "seeds of the static (two-timescale) flow")
+    attention_seeds: int = setting(4, "seeds of the jointly trained W runs (≤ n_seeds)")
+    attention_ratios: tuple[float, ...] = setting(
+        (1.0, 10.0, 100.0, 1000.0), "learning-rate ratios of W to the particles, comma-separated"
+    )
+    success_threshold: float = setting(0.05, "success: L < threshold × L of the constant predictor")
+    stall_tolerance: float = setting(
+        0.01,
+        "a static run above the threshold has stalled when its dissipation −dL/dt times its "
+        "flow time is below this × L_c",
+    )
+    perturbation_size: float = setting(0.01, "size of the saddle-escape perturbations")
+    perturb_every: int = setting(10, "steps between perturbations")
+    birth_death_rate: float = setting(10.0, "rate of the birth–death moves")
+    escape_atoms: int = setting(
+        5, "atoms of the split-atoms saddle (its features have full rank from k)"
+    )
+    escape_particles_per_atom: int = setting(10, "particles at each atom of the split-atoms runs")
+    escape_displacements: tuple[float, ...] = setting(
+        (1e-2, 1e-3, 1e-4, 1e-5, 1e-6),
+        "split sizes ε of the escape runs, comma-separated (ε = 0 is always run as the reference)",
+    )
+    escape_seeds: int = setting(2, "independent splits per ε")
+    escape_steps: int = setting(8000, "Euler steps of the escape runs")
+    escape_drop: float = setting(0.01, "escaped: L below the ε = 0 run by this × L_c")
+    mean_field_sizes: tuple[int, ...] = setting(
+        (50, 100, 200, 400, 800), "particle counts M of the mean-field convergence study"
+    )
+    mean_field_seeds: int = setting(
+        16,
+        "independent initial draws per M of that study (≥ 3: the spread over them is the "
+        "measured fluctuation)",
+    )
+    mean_field_steps: int = setting(500, "Euler steps of that study")
+    prompt_lengths: tuple[int, ...] = setting(
+        (16, 64, 256, 0),
+        "token pairs n per prompt of the in-context runs, comma-separated (0: n = ∞, the "
+        "population loss; must be included)",
+    )
+    prompts_per_step: int = setting(16, "fresh prompts per Euler step of the in-context runs")
+    in_context_seeds: int = setting(4, "seeds of the in-context runs")
+    in_context_joint_ratio: float = setting(
+        0.0,
+        "0: none; > 0: also run the in-context runs with W trained jointly at this "
+        "learning-rate ratio",
+    )
+    seed: int = setting(0, "root random seed, in [0, 2**63)")
 
     def __post_init__(self):
         for name in ("d", "k", "n_particles", "teacher_neurons", "n_inputs", "n_eval_inputs"):
@@ -289,21 +319,11 @@ def _records(dataset, learning_rate: float) -> dict:
     return out
 
 
-def check_precision() -> None:
-    if not jax.config.jax_enable_x64:
-        raise ValueError(
-            "`feature-learning` runs in float64: call jax.config.update('jax_enable_x64', True) "
-            "before any other JAX work (the `jaxicl` command does this for you). Jointly trained "
-            "W meets ill-conditioned Σ_µµ, where float32 diverges."
-        )
-
-
 def run_feature_learning(config: FeatureLearningConfig, out_dir, *, progress=None):
     """Run (or resume) into `out_dir`: the sweep stores under `sweeps/`, `summary.json`,
     `feature_learning.png`. Each group streams into its store, so an interrupted run resumes
     at the first step chunk it had not stored."""
 
-    check_precision()
     out_dir = pathlib.Path(out_dir)
     claim_run_directory(out_dir, config.as_dict())
     results = {}
@@ -350,3 +370,13 @@ def run_feature_learning(config: FeatureLearningConfig, out_dir, *, progress=Non
     save_json(out_dir / "summary.json", summary)
     plot_feature_learning(results, summary, out_dir / "feature_learning.png")
     return summary
+
+
+EXPERIMENT = Experiment(
+    name="feature-learning",
+    config=FeatureLearningConfig,
+    run=run_feature_learning,
+    describe=format_feature_learning_summary,
+    studies=(FeatureLearning,),
+    presets=PRESETS,
+)

@@ -49,6 +49,7 @@ from ._allocation_validation import (
     allocation_validation,
     format_allocation_validation,
 )
+from ._experiment import Experiment, setting
 from ._full_vs_reduced_figure import plot_full_vs_reduced
 
 
@@ -57,31 +58,58 @@ class FullVsReducedConfig:
     """Configuration of `full-vs-reduced` (the full model against the reduced flow); validated
     on construction."""
 
-    d: int = 15
-    n_tasks: int = 3
-    heads: int = 3
-    context_lens: tuple[int, ...] = (100, 200)
-    batches: tuple[int, ...] = (256, 1024)
-    exact_batch: int = 1024
-    n_seeds: int = 2
-    init_scale: float = 0.03
-    init_spread: float = 0.1
-    parametrization: str = "factorized"
-    horizon: float = 50.0
-    dt: float = 0.25
-    n_records: int = 40
-    eval_prompts: int = 8192
-    seed: int = 0
-    alloc_d: int = ALLOCATION_DEFAULTS["d"]
-    alloc_context_len: int = ALLOCATION_DEFAULTS["context_len"]
-    alloc_init_scale: float = ALLOCATION_DEFAULTS["init_scale"]
-    alloc_init_spread: float = ALLOCATION_DEFAULTS["init_spread"]
-    alloc_members: int = ALLOCATION_DEFAULTS["members"]
-    alloc_batch: int = ALLOCATION_DEFAULTS["batch"]
-    alloc_horizon: float = ALLOCATION_DEFAULTS["horizon"]
-    alloc_dt: float = ALLOCATION_DEFAULTS["dt"]
-    alloc_euclidean_horizon: float = ALLOCATION_DEFAULTS["euclidean_horizon"]
-    alloc_euclidean_dt: float = ALLOCATION_DEFAULTS["euclidean_dt"]
+    d: int = setting(15, "input dimension, split into n_tasks disjoint blocks")
+    n_tasks: int = setting(3, "regression tasks n (one block each)")
+    heads: int = setting(3, "head count H")
+    context_lens: tuple[int, ...] = setting(
+        (100, 200), "context lengths L, comma-separated (one set of runs each)"
+    )
+    batches: tuple[int, ...] = setting(
+        (256, 1024), "prompts per step B of the full model and the sampled ansatz flow"
+    )
+    exact_batch: int = setting(1024, "prompts per step of the exact flow (with control variates)")
+    n_seeds: int = setting(2, "random-positive inits, shared by all dynamics")
+    init_scale: float = setting(0.03, "init scale s of ω, μ")
+    init_spread: float = setting(0.1, "c in ω, μ = s(1 + c·U(0, 1))")
+    parametrization: str = setting(
+        "factorized", "factorized (Q, K, V, O from a balanced start) or merged (W, U)"
+    )
+    horizon: float = setting(50.0, "steps × learning rate of every run (plain SGD's clock)")
+    dt: float = setting(0.25, "the SGD learning rate of every dynamics (one step each)")
+    n_records: int = setting(40, "records per run (must divide the steps)")
+    eval_prompts: int = setting(8192, "Monte Carlo prompts of each final loss")
+    seed: int = setting(0, "root random seed, in [0, 2**63)")
+    alloc_d: int = setting(
+        ALLOCATION_DEFAULTS["d"], "allocation check: input dimension (the full model's size)"
+    )
+    alloc_context_len: int = setting(
+        ALLOCATION_DEFAULTS["context_len"], "allocation check: context length L"
+    )
+    alloc_init_scale: float = setting(
+        ALLOCATION_DEFAULTS["init_scale"],
+        "allocation check: init scale s of the random-positive inits",
+    )
+    alloc_init_spread: float = setting(
+        ALLOCATION_DEFAULTS["init_spread"], "allocation check: c in ω, μ = s(1 + c·U(0, 1))"
+    )
+    alloc_members: int = setting(
+        ALLOCATION_DEFAULTS["members"], "allocation check: members (each its own prompts)"
+    )
+    alloc_batch: int = setting(
+        ALLOCATION_DEFAULTS["batch"], "allocation check: prompts per member and step"
+    )
+    alloc_horizon: float = setting(
+        ALLOCATION_DEFAULTS["horizon"],
+        "allocation check: steps × learning rate (full model, weights' flow)",
+    )
+    alloc_dt: float = setting(ALLOCATION_DEFAULTS["dt"], "allocation check: the SGD learning rate")
+    alloc_euclidean_horizon: float = setting(
+        ALLOCATION_DEFAULTS["euclidean_horizon"],
+        "allocation check: horizon of the Euclidean flow (own clock)",
+    )
+    alloc_euclidean_dt: float = setting(
+        ALLOCATION_DEFAULTS["euclidean_dt"], "allocation check: Euler step of the Euclidean flow"
+    )
 
     def __post_init__(self):
         for name in ("d", "n_tasks", "heads", "exact_batch", "n_seeds", "n_records"):
@@ -358,3 +386,12 @@ def format_full_vs_reduced_summary(summary: dict) -> str:
     if "allocation" in summary:
         lines += format_allocation_validation(summary["allocation"])
     return "\n".join(lines)
+
+
+EXPERIMENT = Experiment(
+    name="full-vs-reduced",
+    config=FullVsReducedConfig,
+    run=run_full_vs_reduced,
+    describe=format_full_vs_reduced_summary,
+    studies=(AnsatzDynamics,),
+)

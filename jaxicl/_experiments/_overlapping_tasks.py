@@ -21,8 +21,10 @@ import numpy as np
 from .. import _validation as check
 from .._attention._analysis import task_allocation
 from .._host._checkpoint import claim_run_directory, save_json
+from .._studies._attention_regression import AttentionRegression
 from .._tasks._regression import overlapping_two_task
 from ._attention_groups import check_training_config, population_losses, train_group
+from ._experiment import Experiment, setting
 from ._overlapping_tasks_figure import plot_overlapping_tasks
 
 
@@ -35,18 +37,20 @@ OWN_COORDINATES = ((0, 2), (4, 6))  # coordinates read by task 1 only, by task 2
 class OverlappingTasksConfig:
     """Configuration of `overlapping-tasks`; every field is validated on construction."""
 
-    noise_var: float = 0.1
-    context_len: int = 48
-    heads: tuple[int, ...] = (2, 3, 4, 6)
-    n_members: int = 32
-    steps: int = 4000
-    record_every: int = 50
-    chunk_steps: int = 500
-    batch_size: int = 256
-    learning_rate: float = 1e-3
-    init_scale: float = 0.1
-    eval_prompts: int = 4096
-    seed: int = 0
+    noise_var: float = setting(0.1, "label noise variance σ² (context and query)")
+    context_len: int = setting(48, "context length L (examples per prompt)")
+    heads: tuple[int, ...] = setting(
+        (2, 3, 4, 6), "head counts H, comma-separated (one group each)"
+    )
+    n_members: int = setting(32, "ensemble members (random inits) per head count")
+    steps: int = setting(4000, "optimizer steps")
+    record_every: int = setting(50, "steps between records")
+    chunk_steps: int = setting(500, "steps per checkpointed chunk (a kill loses at most one)")
+    batch_size: int = setting(256, "sampled prompts per step")
+    learning_rate: float = setting(1e-3, "Adam learning rate")
+    init_scale: float = setting(0.1, "standard deviation of the initial weights (> 0)")
+    eval_prompts: int = setting(4096, "prompts of the Monte Carlo population loss")
+    seed: int = setting(0, "root random seed, in [0, 2**63)")
 
     def __post_init__(self):
         check.positive_int("context_len", self.context_len)
@@ -152,3 +156,12 @@ def format_overlapping_summary(summary: dict) -> str:
             + (f"  [{g['diverged']} diverged, not counted]" if g["diverged"] else "")
         )
     return "\n".join(lines)
+
+
+EXPERIMENT = Experiment(
+    name="overlapping-tasks",
+    config=OverlappingTasksConfig,
+    run=run_overlapping_tasks,
+    describe=format_overlapping_summary,
+    studies=(AttentionRegression,),
+)

@@ -19,8 +19,10 @@ import numpy as np
 from .. import _validation as check
 from .._attention._observables import head_structure
 from .._host._checkpoint import claim_run_directory, save_json
+from .._studies._attention_regression import AttentionRegression
 from .._tasks._regression import LinearRegression
 from ._attention_groups import check_training_config, population_losses, train_group
+from ._experiment import Experiment, setting
 from ._length_generalization import model_losses_by_length, predictor_risks
 from ._paired_heads_figure import plot_paired_heads
 
@@ -33,20 +35,24 @@ class PairedHeadsConfig:
     a short horizon so that the whole run takes a few CPU-minutes.
     """
 
-    d: int = 5
-    context_len: int = 40
-    noise_var: float = 0.1
-    heads: tuple[int, ...] = (1, 2, 4, 8)
-    n_members: int = 64
-    steps: int = 3000
-    record_every: int = 50
-    chunk_steps: int = 500
-    batch_size: int = 256
-    learning_rate: float = 1e-3
-    init_scale: float = 0.1
-    eval_prompts: int = 4096
-    eval_lengths: tuple[int, ...] = (10, 20, 40, 60, 80, 100)
-    seed: int = 0
+    d: int = setting(5, "input dimension x ∈ R^d")
+    context_len: int = setting(40, "context length L (examples per prompt)")
+    noise_var: float = setting(0.1, "label noise variance σ² (context and query)")
+    heads: tuple[int, ...] = setting(
+        (1, 2, 4, 8), "head counts H, comma-separated (one group each)"
+    )
+    n_members: int = setting(64, "ensemble members (random inits) per head count")
+    steps: int = setting(3000, "optimizer steps")
+    record_every: int = setting(50, "steps between records")
+    chunk_steps: int = setting(500, "steps per checkpointed chunk (a kill loses at most one)")
+    batch_size: int = setting(256, "sampled prompts per step")
+    learning_rate: float = setting(1e-3, "Adam learning rate")
+    init_scale: float = setting(0.1, "standard deviation of the initial weights (> 0)")
+    eval_prompts: int = setting(4096, "prompts of the Monte Carlo population loss")
+    eval_lengths: tuple[int, ...] = setting(
+        (10, 20, 40, 60, 80, 100), "context lengths L of the length-generalization curve"
+    )
+    seed: int = setting(0, "root random seed, in [0, 2**63)")
 
     def __post_init__(self):
         check.positive_int("d", self.d)
@@ -257,3 +263,12 @@ def format_paired_heads_summary(summary: dict) -> str:
     for name, values in rows:
         lines.append(f"  {name:<29}" + "  ".join(_or_dash(v, "6.3f") for v in values))
     return "\n".join(lines)
+
+
+EXPERIMENT = Experiment(
+    name="paired-heads",
+    config=PairedHeadsConfig,
+    run=run_paired_heads,
+    describe=format_paired_heads_summary,
+    studies=(AttentionRegression,),
+)

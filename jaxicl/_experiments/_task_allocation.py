@@ -28,21 +28,24 @@ import dataclasses
 import math
 import pathlib
 
-import jax.numpy as jnp
-import jax.random as jr
 import numpy as np
 
 from .. import _validation as check
-from .._attention._analysis import detect_phases
-from .._attention._init_schemes import INIT_SCHEMES, AbstractInitScheme, Balanced, RandomPositive
-from .._attention._reduced import MergedSpectral, balanced_factorization
+from .._attention._init_schemes import (
+    INIT_SCHEMES,
+    AbstractInitScheme,
+    Balanced,
+    Merged,
+    RandomPositive,
+    RandomPositiveCentre,
+)
 from .._attention._reduced_flows import REDUCED_FLOWS
 from .._host._checkpoint import claim_run_directory, save_json
 from .._host._progress import progress_bar
 from .._studies import ReducedAllocation
 from .._sweeps._runner import sweep
 from .._tasks._regression import disjoint_blocks
-from .._train._trainer import sgd, train
+from ._experiment import Experiment, setting
 from ._layout_optima import layout_optima, loss_ratio
 from ._separation import separation
 from ._task_allocation_figure import plot_task_allocation
@@ -88,25 +91,42 @@ PRESETS = {
 class TaskAllocationConfig:
     """Configuration of `task-allocation` (reduced dynamics); validated on construction."""
 
-    d: int = 50
-    n_tasks: int = 3
-    context_len: int = 100
-    heads: tuple[int, ...] = (2, 3, 4)
-    flow: str = "weights"
-    schemes: tuple[str, ...] = DEFAULT_SCHEMES
-    n_seeds: int = 1024
-    init_scale: float = 1e-3
-    init_spread: float = 0.1
-    horizon: float = 50.0
-    horizon_cap: float = 4000.0
-    horizon_merged: float = 20.0
-    dt_factorized: float = 0.25
-    dt_merged: float = 0.005
-    n_records: int = 200
-    warmup_scales: tuple[float, ...] = (3e-4, 1e-3, 3e-3, 1e-2)
-    separation_lengths: tuple[int, ...] = (100, 400, 1600)
-    separation_prompts: int = 8192
-    seed: int = 0
+    d: int = setting(50, "input dimension, split into n_tasks disjoint blocks")
+    n_tasks: int = setting(3, "regression tasks n (one block each)")
+    context_len: int = setting(100, "context length L of the reduced loss")
+    heads: tuple[int, ...] = setting((2, 3, 4), "head counts H, comma-separated")
+    flow: str = setting(
+        "weights",
+        "reduced flow: weights (gradient flow on the attention weights, plain SGD's clock) or "
+        "euclidean (gradient flow of ℓ on (Ω, M); see preset euclidean-flow)",
+    )
+    schemes: tuple[str, ...] = setting(
+        DEFAULT_SCHEMES,
+        "init schemes, comma-separated: balanced, random-positive, random-sign, chen-code",
+    )
+    n_seeds: int = setting(
+        1024, "seeds per random init scheme and H (the balanced init is run once)"
+    )
+    init_scale: float = setting(1e-3, "init scale s of ω, μ")
+    init_spread: float = setting(0.1, "c in random-positive's ω, μ = s(1 + c·U(0, 1))")
+    horizon: float = setting(50.0, "shortest horizon of the factorized model (the flow's time)")
+    horizon_cap: float = setting(
+        4000.0, "longest horizon: the factorized model runs 2.5× the probes' warm-up, at most this"
+    )
+    horizon_merged: float = setting(20.0, "horizon of the merged model (random-sign)")
+    dt_factorized: float = setting(
+        0.25, "Euler step of the factorized model (for the weights' flow: the SGD learning rate)"
+    )
+    dt_merged: float = setting(0.005, "Euler step of the merged model")
+    n_records: int = setting(200, "records per run (must divide the steps)")
+    warmup_scales: tuple[float, ...] = setting(
+        (3e-4, 1e-3, 3e-3, 1e-2), "init scales of the warm-up-against-scale panel, comma-separated"
+    )
+    separation_lengths: tuple[int, ...] = setting(
+        (100, 400, 1600), "context lengths of the single- vs multi-head ratio"
+    )
+    separation_prompts: int = setting(8192, "Monte Carlo prompts of the full model's ratio")
+    seed: int = setting(0, "root random seed, in [0, 2**63)")
 
     def __post_init__(self):
         for name in (
@@ -173,15 +193,30 @@ def init_scheme(config, name: str) -> AbstractInitScheme:
     return RandomPositive(config.init_spread) if name == "random-positive" else INIT_SCHEMES[name]
 
 
-def _integrate(config, start, dt, *, horizon):
-    """One deterministic state (a probe of the horizon or of the warm-up scan) under the
-    configured flow; no data is drawn, so the key is unused."""
-    flow = REDUCED_FLOWS[config.flow]
-    state = flow.state(start, config.block_sizes)
-    objective = flow.objective(config.block_sizes, config.context_len)
-    steps = round(horizon / dt)
-    record_every = steps // config.n_records
-    return train(state, objective, sgd(dt), steps=steps, record_every=record_every, key=jr.key(0))
+def _warmup_end(config, scheme, scale, dt, horizon, store, progress) -> float:
+    """The warm-up end of one deterministic start (a probe of the horizon or a point of the
+    warm-up scan, H = n), run through the sweep runner like every other member: resumable in
+    `store` (None: in memory), keyed by the run's seed (the reduced flows draw no data)."""
+    study = ReducedAllocation(
+        d=config.d,
+        n_tasks=config.n_tasks,
+        heads=config.n_tasks,
+        context_len=config.context_len,
+        scheme=scheme,
+        flow=REDUCED_FLOWS[config.flow],
+        init_scale=scale,
+        horizon=horizon,
+        dt=dt,
+        n_records=config.n_records,
+    )
+    result = sweep(
+        study, seeds=1, store=store, root_seed=config.seed, members_per_call=1, progress=progress
+    )
+    return float(result["warmup_end"].values.reshape(-1)[0])
+
+
+def _probe_store(out_dir, name):
+    return None if out_dir is None else pathlib.Path(out_dir) / "sweeps" / name
 
 
 def _on_grid(config, horizon: float, dt: float) -> float:
@@ -190,23 +225,27 @@ def _on_grid(config, horizon: float, dt: float) -> float:
     return math.ceil(horizon / block - 1e-9) * block
 
 
-def factorized_horizon(config) -> float:
+def factorized_horizon(config, out_dir=None, *, progress=None) -> float:
     """Horizon of the balanced factorized flow's groups: at least `horizon`, and 2.5 times the
     warm-up end of the slower of two deterministic probes (the balanced init, and the symmetric
     start ω = μ = s(1 + c/2) at the centre of random-positive's law), so that seeds leave
     their plateau and settle; at most `horizon_cap`. Warm-up ∝ 1/s and grows as r shrinks, so
-    no fixed horizon fits every d (at d = 15 it ends near t ≈ 50 from s = 1e-3)."""
-    n = config.n_tasks
-    centre = config.init_scale * (1 + config.init_spread / 2)
-    probes = [
-        Balanced()(n, n, config.init_scale, key=jr.key(0)),
-        balanced_factorization(jnp.full((n, n), centre), jnp.full((n, n), centre)),
-    ]
+    no fixed horizon fits every d (at d = 15 it ends near t ≈ 50 from s = 1e-3). The probes
+    stream into `out_dir/sweeps/probe-*` when `out_dir` is given."""
+    probes = {"balanced": Balanced(), "centre": RandomPositiveCentre(config.init_spread)}
     cap = _on_grid(config, config.horizon_cap, config.dt_factorized)
-    ends = []
-    for probe in probes:
-        _, traj = _integrate(config, probe, config.dt_factorized, horizon=cap)
-        ends.append(float(detect_phases(traj.time, traj.loss).warmup_end))
+    ends = [
+        _warmup_end(
+            config,
+            scheme,
+            config.init_scale,
+            config.dt_factorized,
+            cap,
+            _probe_store(out_dir, f"probe-{name}"),
+            progress,
+        )
+        for name, scheme in probes.items()
+    ]
     wanted = 2.5 * max(ends) if all(np.isfinite(ends)) else cap
     return min(cap, _on_grid(config, max(config.horizon, wanted), config.dt_factorized))
 
@@ -287,10 +326,11 @@ def _group_arrays(members, history) -> dict:
     }
 
 
-def warmup_scaling(config, horizon) -> dict:
+def warmup_scaling(config, horizon, out_dir=None, *, progress=None) -> dict:
     """Warm-up end against init scale for the balanced init (H = n), both parametrizations,
     with the least-squares slope of log(warm-up) on log(scale) over the scales whose run left
-    warm-up. The factorized horizon grows ∝ 1/scale below `init_scale` (up to the cap)."""
+    warm-up. The factorized horizon grows ∝ 1/scale below `init_scale` (up to the cap). Each
+    run streams into `out_dir/sweeps/warmup-*` when `out_dir` is given."""
     out = {}
     if not config.warmup_scales:
         return out
@@ -300,18 +340,16 @@ def warmup_scaling(config, horizon) -> dict:
         times = []
         for scale in config.warmup_scales:
             if flow == "merged":
-                dt, length = config.dt_merged / 10, config.horizon_merged
+                scheme, dt = Merged(Balanced()), config.dt_merged / 10
+                length = config.horizon_merged
             else:
-                dt = config.dt_factorized
+                scheme, dt = Balanced(), config.dt_factorized
                 stretched = horizon * max(1.0, config.init_scale / scale)
                 length = min(
                     _on_grid(config, stretched, dt), _on_grid(config, config.horizon_cap, dt)
                 )
-            state = Balanced()(config.n_tasks, config.n_tasks, scale, key=jr.key(0))
-            if flow == "merged":
-                state = MergedSpectral(*state.spectral())
-            _, traj = _integrate(config, state, dt, horizon=length)
-            times.append(float(detect_phases(traj.time, traj.loss).warmup_end))
+            store = _probe_store(out_dir, f"warmup-{flow}-{scale:g}")
+            times.append(_warmup_end(config, scheme, scale, dt, length, store, progress))
         times = np.asarray(times)
         finite = np.isfinite(times)
         slope = (
@@ -343,7 +381,7 @@ def run_task_allocation(config: TaskAllocationConfig, out_dir, *, progress=None,
     # scheme's sweeps show their own member-step bars
     bar = progress_bar(4, description="task-allocation", unit="stage", enabled=progress)
     bar.set_postfix_str("horizon from deterministic probes")
-    horizon = factorized_horizon(config)
+    horizon = factorized_horizon(config, out_dir, progress=progress)
     bar.update(1)
     groups = {}
     for scheme in config.schemes:
@@ -351,7 +389,7 @@ def run_task_allocation(config: TaskAllocationConfig, out_dir, *, progress=None,
             _scheme_sweeps(config, scheme, horizon, out_dir, progress=progress, on_chunk=on_chunk)
         )
     bar.set_postfix_str("warm-up against init scale")
-    scaling = warmup_scaling(config, horizon)
+    scaling = warmup_scaling(config, horizon, out_dir, progress=progress)
     bar.update(1)
     bar.set_postfix_str("separation ratio (Monte Carlo of the full model)")
     separation_rows = separation(config)
@@ -526,3 +564,13 @@ def _optimality_lines(summary) -> list[str]:
             f"{best['full_model']:.3f} ± {best['full_model_stderr']:.3f})"
         )
     return lines
+
+
+EXPERIMENT = Experiment(
+    name="task-allocation",
+    config=TaskAllocationConfig,
+    run=run_task_allocation,
+    describe=format_allocation_summary,
+    studies=(ReducedAllocation,),
+    presets=PRESETS,
+)

@@ -1,12 +1,5 @@
-"""The built-in studies, by the names sweep files and the command line use."""
+"""The built-in studies (named for sweep files and the command line by `jaxicl._registry`)."""
 
-from ._feature_learning import FeatureLearning
-from ._full_allocation import FullAllocation
-from ._reduced_allocation import ReducedAllocation
-
-
-STUDIES = {
-    "reduced-allocation": ReducedAllocation,
-    "full-allocation": FullAllocation,
-    "feature-learning": FeatureLearning,
-}
+from ._feature_learning import FeatureLearning as FeatureLearning
+from ._full_allocation import FullAllocation as FullAllocation
+from ._reduced_allocation import ReducedAllocation as ReducedAllocation

@@ -142,6 +142,7 @@ class FeatureLearning(AbstractStudy):
     problem_seed: int = 0
     geometry: bool = eqx.field(static=True, default=False)
 
+    registry_name: ClassVar[str] = "feature-learning"
     member_axes: ClassVar[tuple[str, ...]] = ("learning_rate", "a_scale", "displacement")
     time_units: ClassVar[str] = "Euler steps (flow time: learning_rate × step)"
     float64: ClassVar[bool] = True

@@ -53,6 +53,7 @@ class FullAllocation(AbstractStudy):
     steps: int = eqx.field(static=True, default=1500)
     n_records: int = eqx.field(static=True, default=30)
 
+    registry_name: ClassVar[str] = "full-allocation"
     member_axes: ClassVar[tuple[str, ...]] = ("init_scale", "learning_rate")
     meanings: ClassVar[dict[str, str]] = {
         "success": "1 = the heads allocate the tasks, 0 = they do not, NaN = diverged or not run"

@@ -41,6 +41,7 @@ class ReducedAllocation(AbstractStudy):
     n_records: int = eqx.field(static=True, default=40)
     history: bool = eqx.field(static=True, default=False)
 
+    registry_name: ClassVar[str] = "reduced-allocation"
     member_axes: ClassVar[tuple[str, ...]] = ("init_scale",)
     variants: ClassVar[dict] = {"scheme": INIT_SCHEMES, "flow": REDUCED_FLOWS}
     time_units: ClassVar[str] = "steps × dt (the flow's own clock)"

@@ -24,19 +24,19 @@ import pathlib
 import tomllib
 
 from .. import _validation as check
-from .._studies import STUDIES
 from ._plan import SweepPlan
 from ._study import AbstractStudy
 
 
-def study_class(name) -> type[AbstractStudy]:
-    """A built-in study by name, or a user's study by import path `package.module:Class`."""
+def study_class(name, studies: dict) -> type[AbstractStudy]:
+    """A built-in study by name (in `studies`), or a user's study by import path
+    `package.module:Class`."""
     if not isinstance(name, str):
         raise ValueError(f"`study` must be a string, got {name!r}.")
-    if name in STUDIES:
-        return STUDIES[name]
+    if name in studies:
+        return studies[name]
     if ":" not in name:
-        choices = ", ".join(repr(n) for n in STUDIES)
+        choices = ", ".join(repr(n) for n in studies)
         raise ValueError(
             f"`study` must be one of {choices} or an import path 'package.module:Class'; "
             f"got {name!r}."
@@ -82,8 +82,8 @@ def _fixed_study(cls: type[AbstractStudy], fixed: dict) -> AbstractStudy:
         raise ValueError(f"in [fixed]: {error}") from None
 
 
-def load_sweep(path) -> SweepPlan:
-    """Read and validate a sweep file."""
+def load_sweep(path, studies: dict) -> SweepPlan:
+    """Read and validate a sweep file; `studies`: the built-in studies by name."""
     if not pathlib.Path(path).is_file():
         raise ValueError(f"the sweep file {path} is not a file.")
     with open(path, "rb") as f:
@@ -105,7 +105,7 @@ def load_sweep(path) -> SweepPlan:
                 f"`{key}` in {path} must be a table ([{key}] with name = value lines), got "
                 f"{raw[key]!r}."
             )
-    cls = study_class(raw["study"])
+    cls = study_class(raw["study"], studies)
     fixed, grid = dict(raw.get("fixed", {})), dict(raw.get("grid", {}))
     for name, values in grid.items():
         if name in fixed:

@@ -16,7 +16,6 @@ import numbers
 import equinox as eqx
 
 from .. import _validation as check
-from .._studies import STUDIES
 from ._study import AbstractStudy
 
 
@@ -182,9 +181,9 @@ class SweepPlan:
 
 
 def _import_path(cls) -> str:
-    """A built-in study's name, or the import path a sweep file would name the class by."""
-    names = {c: name for name, c in STUDIES.items()}
-    return names.get(cls, f"{cls.__module__}:{cls.__qualname__}")
+    """A built-in study's name, or the import path a sweep file would name the class by (a
+    subclass of a built-in study is not the built-in study: its own path)."""
+    return cls.__dict__.get("registry_name") or f"{cls.__module__}:{cls.__qualname__}"
 
 
 def chunk_bounds(n: int, size: int) -> list[tuple[int, int]]:

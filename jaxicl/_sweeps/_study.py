@@ -35,6 +35,8 @@ class AbstractStudy(eqx.Module):
       before the sweep starts. Every other setting swept in a grid makes compiled groups.
     - `variants`: for settings whose values are Modules (e.g. an init scheme), the names the
       command line and sweep files use: `{field: {name: module}}`.
+    - `registry_name`: a built-in study's name in sweep files and stored descriptions (None:
+      its import path `module:Class`; a subclass does not inherit it).
     - `time_units`: what the record times count.
     - `float64`: the study needs `jax_enable_x64`.
     - `member_chunk`: members vectorized at once inside a call (as in `train_ensemble_steps`).
@@ -54,6 +56,7 @@ class AbstractStudy(eqx.Module):
 
     member_axes: ClassVar[tuple[str, ...]] = ()
     variants: ClassVar[dict[str, dict[str, eqx.Module]]] = {}
+    registry_name: ClassVar[str | None] = None
     time_units: ClassVar[str] = "optimizer steps"
     float64: ClassVar[bool] = False
     member_chunk: ClassVar[int | None | str] = "auto"
