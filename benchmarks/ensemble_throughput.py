@@ -24,7 +24,7 @@ import optax
 
 import jaxicl as ji
 from jaxicl._host._devices import use_all_cpu_cores
-from jaxicl._train._trainer import compile_ensemble_steps  # for XLA's cost analysis
+from jaxicl._train._lowering import compile_ensemble_steps  # for XLA's cost analysis
 
 
 D_IN, CONTEXT, HEADS, BATCH, LR, NOISE = 5, 40, 2, 256, 1e-3, math.sqrt(0.1)

@@ -27,9 +27,13 @@ from ._attention._init import (
 )
 from ._attention._init_schemes import (
     AbstractInitScheme as AbstractInitScheme,
+    AbstractWeightInit as AbstractWeightInit,
     Balanced as Balanced,
     ChenCode as ChenCode,
+    Merged as Merged,
+    NormalWeights as NormalWeights,
     RandomPositive as RandomPositive,
+    RandomPositiveCentre as RandomPositiveCentre,
     RandomSign as RandomSign,
 )
 from ._attention._models import (
@@ -71,7 +75,10 @@ from ._attention._reduced_flows import (
     WeightFlow as WeightFlow,
 )
 from ._meanfield._flow import (
+    AbstractAttentionTreatment as AbstractAttentionTreatment,
     AttentionFlow as AttentionFlow,
+    JointAttention as JointAttention,
+    OptimalAttention as OptimalAttention,
     StaticAttention as StaticAttention,
     particle_flow as particle_flow,
 )
@@ -101,6 +108,12 @@ from ._meanfield._objectives import (
     FeatureICLLoss as FeatureICLLoss,
     MeanFieldLoss as MeanFieldLoss,
 )
+from ._meanfield._perturbations import (
+    AbstractPerturbation as AbstractPerturbation,
+    HessianNoise as HessianNoise,
+    IsotropicNoise as IsotropicNoise,
+    NoPerturbation as NoPerturbation,
+)
 from ._meanfield._solver import (
     MeanFieldObservables as MeanFieldObservables,
     ParticleSolver as ParticleSolver,
@@ -123,14 +136,13 @@ from ._studies._attention_regression import (
     trained_models as trained_models,
 )
 from ._studies._feature_learning import (
+    AbstractFeatureInit as AbstractFeatureInit,
     CoupledLaw as CoupledLaw,
     FeatureLearning as FeatureLearning,
+    SplitAtoms as SplitAtoms,
     SymmetricPoint as SymmetricPoint,
 )
-from ._studies._full_allocation import (
-    FullAllocation as FullAllocation,
-    NormalWeights as NormalWeights,
-)
+from ._studies._full_allocation import FullAllocation as FullAllocation
 from ._studies._reduced_allocation import ReducedAllocation as ReducedAllocation
 from ._sweeps._plan import SweepPlan as SweepPlan
 from ._sweeps._runner import run_plan as run_plan, sweep as sweep
@@ -154,6 +166,7 @@ from ._train._objectives import (
     ICLLoss as ICLLoss,
     monte_carlo_loss as monte_carlo_loss,
 )
+from ._train._optimizers import sgd as sgd
 from ._train._state import (
     TrainState as TrainState,
     Trajectory as Trajectory,
@@ -161,7 +174,6 @@ from ._train._state import (
     init_train_state as init_train_state,
 )
 from ._train._trainer import (
-    sgd as sgd,
     train as train,
     train_ensemble as train_ensemble,
     train_ensemble_steps as train_ensemble_steps,

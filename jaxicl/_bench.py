@@ -22,9 +22,11 @@ from ._meanfield._model import init_feature_attention
 from ._meanfield._solver import particle_solver
 from ._meanfield._task import feature_regression
 from ._tasks._regression import LinearRegression
+from ._train._lowering import compile_ensemble_steps
 from ._train._objectives import ICLLoss
+from ._train._optimizers import sgd
 from ._train._state import init_ensemble_state
-from ._train._trainer import compile_ensemble_steps, sgd, train_ensemble_steps
+from ._train._trainer import train_ensemble_steps
 
 
 def matmul_peak(n: int = 2048, repeats: int = 5) -> float:

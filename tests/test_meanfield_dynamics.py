@@ -108,7 +108,7 @@ def test_symmetric_init_plateaus_and_perturbations_escape(problem):
         models,
         steps=2000,
         record_every=100,
-        perturbation="isotropic",
+        perturbation=ji.IsotropicNoise(),
         perturbation_size=1e-3,
         perturb_every=10,
     )
@@ -134,7 +134,7 @@ def test_joint_attention_tracks_static_as_the_ratio_grows(problem):
             models,
             steps=600,
             record_every=20,
-            attention="attention",
+            attention=ji.JointAttention(),
             attention_ratio=ratio,
         )
         # time-averaged gap per member, averaged over members

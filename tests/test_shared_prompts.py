@@ -12,7 +12,7 @@ from helpers import tree_allclose
 
 import jaxicl as ji
 from jaxicl._train._objectives import AbstractObjective, _members_predictor
-from jaxicl._train._trainer import JOINT_LOSS_MEMBERS
+from jaxicl._train._step import JOINT_LOSS_MEMBERS
 
 
 KINDS = [

@@ -12,10 +12,9 @@ import xarray as xr
 import zarr
 from helpers import kill_when_flagged
 
-from jaxicl import RandomPositive, ReducedAllocation, WeightFlow, _cli, sweep
+from jaxicl import RandomPositive, ReducedAllocation, WeightFlow, _cli, sgd, sweep, train
 from jaxicl._registry import load_sweep
 from jaxicl._sweeps import _group as group_module, _store as sweep_store
-from jaxicl._train._trainer import sgd, train
 
 
 STUDY = ReducedAllocation(d=9, horizon=2.0, n_records=4)

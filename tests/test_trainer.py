@@ -276,11 +276,11 @@ def test_auto_member_chunk_fits_the_smallest_cache_holding_a_vector_of_members()
 
 
 def test_auto_member_chunk_is_chosen_once_per_workload(getkey, monkeypatch):
-    from jaxicl._train import _member_chunk, _trainer
+    from jaxicl._train import _member_chunk, _members
 
     calls = []
     real = _member_chunk.temp_bytes_per_member
-    monkeypatch.setattr(_trainer, "auto_member_chunk", _member_chunk.auto_member_chunk)
+    monkeypatch.setattr(_members, "auto_member_chunk", _member_chunk.auto_member_chunk)
     monkeypatch.setattr(
         _member_chunk, "temp_bytes_per_member", lambda *a: calls.append(a) or real(*a)
     )

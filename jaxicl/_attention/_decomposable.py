@@ -13,7 +13,7 @@ from jaxtyping import Array, Float
 from .._custom_types import Blocks
 from .._tasks._regression import block_mask
 from ._models import AbstractAttention, FactorizedAttention, MergedAttention
-from ._reduced import FactorizedSpectral
+from ._reduced import AbstractSpectral, FactorizedSpectral
 
 
 def decomposable_attention(
@@ -63,3 +63,14 @@ def factorized_attention(
     V = zeros.at[:, d + tasks, d + tasks].set(factors.v)
     O = jnp.zeros((n_heads, n_tasks, width), factors.o.dtype).at[:, tasks, d + tasks].set(factors.o)
     return FactorizedAttention(Q=Q, K=K, V=V, O=O, kind=kind)
+
+
+def attention_from_start(
+    start: AbstractSpectral, blocks: Blocks, d: int, *, factorized: bool = False
+) -> AbstractAttention:
+    """The full model of a reduced start on the decomposable ansatz: a factorized start with
+    its own factors (balanced or not); a merged start as the merged model, or with
+    `factorized` as its balanced factors."""
+    if isinstance(start, FactorizedSpectral):
+        return factorized_attention(start, blocks, d)
+    return decomposable_attention(*start.spectral(), blocks, d, factorized=factorized)

@@ -26,11 +26,16 @@ import math
 from typing import ClassVar
 
 import equinox as eqx
+import jax
 import jax.numpy as jnp
 import jax.random as jr
 from jaxtyping import Array, PRNGKeyArray
 
 from .. import _validation as check
+from .._custom_types import Blocks
+from ._decomposable import attention_from_start
+from ._init import init_normal
+from ._models import AbstractAttention
 from ._reduced import (
     AbstractSpectral,
     FactorizedSpectral,
@@ -39,13 +44,43 @@ from ._reduced import (
 )
 
 
-class AbstractInitScheme(eqx.Module):
+class AbstractWeightInit(eqx.Module):
+    """How the weights of a full factorized model on disjoint `blocks` of R^d start, at init
+    scale `scale`. `name` is how sweep files and the command line refer to it."""
+
+    name: ClassVar[str]
+
+    @abc.abstractmethod
+    def weights(
+        self, n_heads: int, blocks: Blocks, d: int, scale, *, key: PRNGKeyArray
+    ) -> AbstractAttention:
+        raise NotImplementedError
+
+
+class NormalWeights(AbstractWeightInit):
+    """Every weight i.i.d. N(0, scale²) (random signs, off the ansatz)."""
+
+    name: ClassVar[str] = "normal"
+
+    def weights(self, n_heads, blocks, d, scale, *, key):
+        unit = init_normal(d=d, n_out=len(blocks), n_heads=n_heads, scale=1.0, key=key)
+        return jax.tree.map(lambda w: scale * w, unit)
+
+
+class AbstractInitScheme(AbstractWeightInit):
     """One seed's initial (Ω, M) state of shape (n_heads, n_tasks) at init scale `scale`;
-    `width` is the token width D = d + n (used by schemes defined on the weights)."""
+    `width` is the token width D = d + n (used by schemes defined on the weights). As a
+    `AbstractWeightInit`, the state put into the weights through the decomposable ansatz
+    (zero off it; a factorized state with its own factors)."""
 
     name: ClassVar[str]
     deterministic: ClassVar[bool] = False
     merged: ClassVar[bool] = False
+
+    def weights(self, n_heads, blocks, d, scale, *, key):
+        n_tasks = len(blocks)
+        start = self(n_heads, n_tasks, scale, width=d + n_tasks, key=key)
+        return attention_from_start(start, blocks, d, factorized=True)
 
     @abc.abstractmethod
     def __call__(

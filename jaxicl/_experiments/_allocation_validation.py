@@ -18,9 +18,20 @@ import jax.numpy as jnp
 import numpy as np
 
 from .._attention._analysis import detect_phases, task_allocation
+from .._attention._init_schemes import AbstractInitScheme, Merged, RandomPositive
 from .._attention._reduced_flows import EuclideanFlow
 from .._studies._ansatz_dynamics import AnsatzDynamics, FullModel, ReducedFlow
 from .._sweeps._runner import sweep
+
+
+# the command line's names of the two parametrizations of the random-positive start
+PARAMETRIZATIONS = ("factorized", "merged")
+
+
+def random_positive_start(parametrization: str, spread: float) -> AbstractInitScheme:
+    """The random-positive scheme of `spread`, in the factorized or the merged parametrization."""
+    scheme = RandomPositive(spread)
+    return Merged(scheme) if parametrization == "merged" else scheme
 
 
 ALLOCATION_DEFAULTS = dict(
@@ -45,9 +56,8 @@ def _studies(config):
         heads=config.heads,
         context_len=config.alloc_context_len,
         batch_size=config.alloc_batch,
-        parametrization=config.parametrization,
+        scheme=random_positive_start(config.parametrization, config.alloc_init_spread),
         init_scale=config.alloc_init_scale,
-        init_spread=config.alloc_init_spread,
         dt=config.alloc_dt,
         horizon=config.alloc_horizon,
         n_records=ALLOCATION_DEFAULTS["records"],

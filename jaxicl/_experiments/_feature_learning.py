@@ -37,7 +37,9 @@ import numpy as np
 
 from .. import _validation as check
 from .._host._checkpoint import claim_run_directory, save_json
+from .._meanfield._flow import JointAttention
 from .._meanfield._neurons import ACTIVATIONS
+from .._meanfield._perturbations import HessianNoise, IsotropicNoise
 from .._meanfield._task import INPUT_LAWS
 from .._studies._feature_learning import FeatureLearning, SplitAtoms, SymmetricPoint
 from .._sweeps._runner import sweep
@@ -240,10 +242,10 @@ def _saddle_changes(config, variant) -> dict:
     if variant == "none":
         return changes
     if variant == "hessian":
-        return dict(changes, perturbation="hessian")
+        return dict(changes, perturbation=HessianNoise())
     if variant == "isotropic":
-        return dict(changes, perturbation="isotropic")
-    return dict(changes, perturbation="isotropic", birth_death_rate=config.birth_death_rate)
+        return dict(changes, perturbation=IsotropicNoise())
+    return dict(changes, perturbation=IsotropicNoise(), birth_death_rate=config.birth_death_rate)
 
 
 def _sweeps(config) -> list:
@@ -264,7 +266,7 @@ def _sweeps(config) -> list:
         ("static", dataclasses.replace(base, geometry=True), {}, config.n_seeds),
         (
             "attention",
-            dataclasses.replace(base, attention="attention"),
+            dataclasses.replace(base, attention=JointAttention()),
             {"attention_ratio": list(config.attention_ratios)},
             config.attention_seeds,
         ),
@@ -294,7 +296,7 @@ def _sweeps(config) -> list:
     if config.in_context_joint_ratio > 0:
         joint = dict(
             prompts_per_step=config.prompts_per_step,
-            attention="attention",
+            attention=JointAttention(),
             attention_ratio=config.in_context_joint_ratio,
         )
         groups.append(

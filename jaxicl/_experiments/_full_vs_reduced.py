@@ -40,14 +40,16 @@ from .._attention._ansatz_monte_carlo import ansatz_monte_carlo_loss
 from .._attention._decomposable import decomposable_attention
 from .._attention._models import MergedAttention
 from .._host._checkpoint import claim_run_directory, save_json
-from .._studies._ansatz_dynamics import DYNAMICS as VARIANTS, PARAMETRIZATIONS, AnsatzDynamics
+from .._studies._ansatz_dynamics import DYNAMICS as VARIANTS, AnsatzDynamics
 from .._sweeps._runner import sweep
 from .._tasks._regression import MultiTaskRegression, disjoint_blocks
 from .._train._objectives import monte_carlo_loss
 from ._allocation_validation import (
     ALLOCATION_DEFAULTS,
+    PARAMETRIZATIONS,
     allocation_validation,
     format_allocation_validation,
+    random_positive_start,
 )
 from ._experiment import Experiment, setting
 from ._full_vs_reduced_figure import plot_full_vs_reduced
@@ -173,9 +175,8 @@ def _sweeps(config):
         n_tasks=config.n_tasks,
         heads=config.heads,
         context_len=config.context_lens[0],
-        parametrization=config.parametrization,
+        scheme=random_positive_start(config.parametrization, config.init_spread),
         init_scale=config.init_scale,
-        init_spread=config.init_spread,
         dt=config.dt,
         horizon=config.horizon,
         n_records=config.n_records,

@@ -9,14 +9,17 @@ either set to W_µ (`StaticAttention`, the two-timescale limit) or moved along i
 flow on L_TF for time `ratio · η` (`AttentionFlow`, joint training at a learning-rate ratio).
 """
 
+import abc
+from typing import ClassVar
+
 import equinox as eqx
 import jax.numpy as jnp
 import optax
 from jaxtyping import Array, Float, PRNGKeyArray
 
 from .. import _validation as check
-from .._train._trainer import sgd
-from ._loss import moments, with_optimal_attention
+from .._train._optimizers import sgd
+from ._loss import moments, transformer_loss, two_timescale_loss, with_optimal_attention
 from ._model import FeatureAttention
 
 
@@ -95,3 +98,55 @@ class AttentionFlow(eqx.Module):
         w_tilde = u.T @ model.W @ v
         w_tilde = w_tilde * decay + (u.T @ v) * gain
         return eqx.tree_at(lambda m: m.W, model, u @ w_tilde @ v.T)
+
+
+class AbstractAttentionTreatment(eqx.Module):
+    """How the attention matrix W is treated while the particles move: the n = ∞ loss the
+    particles descend, and the move applied after each of their steps. `name` is how sweep
+    files and the command line refer to it; `trained`: whether W moves by its own flow (tied
+    to the particles' learning rate)."""
+
+    name: ClassVar[str]
+    trained: ClassVar[bool] = False
+
+    @abc.abstractmethod
+    def loss(self, model: FeatureAttention, x, f, jitter: float | None) -> Float[Array, ""]:
+        """The loss of `model` on inputs `x` with target features `f`."""
+
+    @abc.abstractmethod
+    def move(self, *, learning_rate, ratio: float, jitter: float | None) -> eqx.Module:
+        """The after-step move of W for particle steps of `learning_rate` (`ratio`: W's rate
+        relative to the particles', for a treatment that trains W)."""
+
+
+class OptimalAttention(AbstractAttentionTreatment):
+    """W at its closed-form optimum W_µ after every step; the particles descend L(µ) (the
+    two-timescale limit)."""
+
+    name: ClassVar[str] = "static"
+
+    def loss(self, model, x, f, jitter):
+        return two_timescale_loss(model.particles, x, f, jitter)
+
+    def move(self, *, learning_rate, ratio, jitter):
+        del learning_rate, ratio
+        return StaticAttention(jitter)
+
+
+class JointAttention(AbstractAttentionTreatment):
+    """W trained jointly: the particles descend L_TF(µ, W) at the current W, and W follows its
+    exact gradient flow on L_TF `ratio` times faster (`AttentionFlow`)."""
+
+    name: ClassVar[str] = "attention"
+    trained: ClassVar[bool] = True
+
+    def loss(self, model, x, f, jitter):
+        del jitter
+        return transformer_loss(model, x, f)
+
+    def move(self, *, learning_rate, ratio, jitter):
+        del jitter
+        return AttentionFlow(ratio, learning_rate)
+
+
+ATTENTION_TREATMENTS = {t.name: t for t in (OptimalAttention(), JointAttention())}

@@ -11,24 +11,21 @@ from jaxtyping import Array, Float, PRNGKeyArray
 from .. import _validation as check
 from .._tasks._prompt import Prompt
 from .._train._objectives import AbstractObjective, ICLLoss
-from ._loss import transformer_loss, two_timescale_loss
+from ._flow import AbstractAttentionTreatment, OptimalAttention
 from ._model import FeatureAttention
 from ._task import FeatureRegression
 
 
-ATTENTION_MODES = ("static", "attention")
-
-
 class MeanFieldLoss(AbstractObjective):
-    """The n = ∞ loss: L(µ) (`attention="static"`: W at its closed-form optimum, the
-    two-timescale limit) or L_TF(µ, W) (`attention="attention"`: W is a trained parameter).
+    """The n = ∞ loss: L(µ) (`attention=OptimalAttention()`: W at its closed-form optimum, the
+    two-timescale limit) or L_TF(µ, W) (`JointAttention()`: W is a trained parameter).
 
     Expectations over x are sample means over `inputs` (a fixed sample: deterministic flow), or
     over `batch_size` fresh inputs per step when `inputs` is None.
     """
 
     task: FeatureRegression
-    attention: str = eqx.field(static=True)
+    attention: AbstractAttentionTreatment
     inputs: Float[Array, "n d"] | None
     targets: Float[Array, "n k"] | None
     batch_size: int | None = eqx.field(static=True)
@@ -38,13 +35,15 @@ class MeanFieldLoss(AbstractObjective):
         self,
         task: FeatureRegression,
         *,
-        attention: str = "static",
+        attention: AbstractAttentionTreatment = OptimalAttention(),
         inputs: Float[Array, "n d"] | None = None,
         batch_size: int | None = None,
         jitter: float | None = None,
     ):
         self.task = task
-        self.attention = check.one_of("attention", attention, ATTENTION_MODES)
+        self.attention = check.variant(
+            "attention", attention, AbstractAttentionTreatment, ("static", "attention")
+        )
         if (inputs is None) == (batch_size is None):
             raise ValueError("Give exactly one of `inputs` (a fixed sample) and `batch_size`.")
         if inputs is not None and (inputs.ndim != 2 or inputs.shape[1] != task.d):
@@ -64,9 +63,7 @@ class MeanFieldLoss(AbstractObjective):
 
     def evaluate(self, model: FeatureAttention, data) -> Float[Array, ""]:
         x, f = data
-        if self.attention == "static":
-            return two_timescale_loss(model.particles, x, f, self.jitter)
-        return transformer_loss(model, x, f)
+        return self.attention.loss(model, x, f, self.jitter)
 
 
 class FeatureICLLoss(AbstractObjective):

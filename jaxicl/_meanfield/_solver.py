@@ -15,16 +15,14 @@ from jaxtyping import Array, Float, PRNGKeyArray
 from .. import _validation as check
 from .._train._state import TrainState, Trajectory, init_ensemble_state
 from .._train._trainer import train_ensemble_steps
-from ._flow import AttentionFlow, StaticAttention, particle_flow
+from ._flow import AbstractAttentionTreatment, OptimalAttention, particle_flow
 from ._loss import losses_from_moments, moments
 from ._model import FeatureAttention
-from ._moves import AfterSteps, BirthDeath, HessianPerturbation, IsotropicPerturbation
+from ._moves import AfterSteps, BirthDeath
 from ._objectives import InContextFeatureLoss, MeanFieldLoss
+from ._perturbations import PERTURBATIONS, AbstractPerturbation, NoPerturbation
 from ._saddle import dissipation, least_splitting_curvature
 from ._task import FeatureRegression
-
-
-PERTURBATIONS = ("none", "isotropic", "hessian")
 
 
 class MeanFieldObservables(eqx.Module):
@@ -121,9 +119,9 @@ def particle_solver(
     eval_inputs: Float[Array, "n_eval d"],
     inputs: Float[Array, "n_inputs d"] | None = None,
     batch_size: int | None = None,
-    attention: str = "static",
+    attention: AbstractAttentionTreatment = OptimalAttention(),
     attention_ratio: float = 10.0,
-    perturbation: str = "none",
+    perturbation: AbstractPerturbation = NoPerturbation(),
     perturbation_size: float = 0.0,
     perturb_every: int = 1,
     birth_death_rate: float = 0.0,
@@ -142,18 +140,18 @@ def particle_solver(
     - `context_len`: train in context instead: `batch_size` fresh prompts of `context_len`
       token pairs each step, on the finite-n loss L^n (`InContextFeatureLoss`); W's treatment
       then reads the moments on the step's prompts' inputs.
-    - `attention`: `"static"` (W = W_µ after every step, particles follow ∇L: the two-timescale
-      limit) or `"attention"` (particles follow ∇L_TF at the current W, and W follows its
-      gradient flow on L_TF `attention_ratio` times faster; see `AttentionFlow`).
-    - `perturbation`: `"none"`, `"isotropic"` or `"hessian"` (Hessian-guided), of size
-      `perturbation_size`, every `perturb_every` steps.
+    - `attention`: `OptimalAttention()` (W = W_µ after every step, particles follow ∇L: the
+      two-timescale limit) or `JointAttention()` (particles follow ∇L_TF at the current W, and
+      W follows its gradient flow on L_TF `attention_ratio` times faster; see `AttentionFlow`).
+    - `perturbation`: `NoPerturbation()`, `IsotropicNoise()` or `HessianNoise()`
+      (Hessian-guided), of size `perturbation_size`, every `perturb_every` steps.
     - `birth_death_rate`: rate of the birth–death jumps (0: none).
     - `jitter`: relative ridge on Σ_µµ (see `two_timescale_loss`).
     - `geometry`: also record the splitting curvature and the flow's dissipation (see
       `MeanFieldObservables`; a Hessian per particle per record).
     """
     check.finite_positive("learning_rate", learning_rate)
-    check.one_of("perturbation", perturbation, PERTURBATIONS)
+    check.variant("perturbation", perturbation, AbstractPerturbation, PERTURBATIONS)
     check.finite_nonnegative("birth_death_rate", birth_death_rate)
     if context_len is not None:
         if batch_size is None or inputs is not None:
@@ -163,17 +161,11 @@ def particle_solver(
         objective = MeanFieldLoss(
             task, attention=attention, inputs=inputs, batch_size=batch_size, jitter=jitter
         )
-    moves = []
-    if perturbation == "isotropic":
-        moves.append(IsotropicPerturbation(perturbation_size, perturb_every))
-    elif perturbation == "hessian":
-        moves.append(HessianPerturbation(perturbation_size, perturb_every, jitter))
+    noise = perturbation.move(size=perturbation_size, every=perturb_every, jitter=jitter)
+    moves = [] if noise is None else [noise]
     if birth_death_rate > 0:
         moves.append(BirthDeath(birth_death_rate, learning_rate, jitter))
-    if attention == "static":
-        moves.append(StaticAttention(jitter))
-    else:
-        moves.append(AttentionFlow(attention_ratio, learning_rate))
+    moves.append(attention.move(learning_rate=learning_rate, ratio=attention_ratio, jitter=jitter))
     return ParticleSolver(
         objective=objective,
         optimizer=particle_flow(learning_rate),

@@ -29,15 +29,14 @@ import numpy as np
 
 from .. import _validation as check
 from .._attention._ansatz_monte_carlo import AnsatzICLLoss
-from .._attention._decomposable import decomposable_attention, factorized_attention
-from .._attention._init_schemes import RandomPositive
+from .._attention._decomposable import attention_from_start
+from .._attention._init_schemes import INIT_SCHEMES, AbstractInitScheme, RandomPositive
 from .._attention._observables import semi_singular_values
-from .._attention._reduced import FactorizedSpectral, MergedSpectral
 from .._attention._reduced_flows import AbstractReducedFlow, EuclideanFlow, WeightFlow
 from .._sweeps._study import AbstractStudy
 from .._tasks._regression import MultiTaskRegression, disjoint_blocks
 from .._train._objectives import AbstractObjective, ICLLoss
-from .._train._trainer import sgd
+from .._train._optimizers import sgd
 
 
 class AbstractDynamics(eqx.Module):
@@ -62,6 +61,11 @@ class AbstractDynamics(eqx.Module):
         """(Ω, M) of a trained object."""
         return model.spectral()
 
+    def final_weights(self, model) -> dict:
+        """The trained object's weights worth storing per member (none for the reduced
+        states: their (Ω, M) is stored already)."""
+        return {}
+
 
 class ReducedFlow(AbstractDynamics):
     flow: AbstractReducedFlow = WeightFlow()
@@ -69,7 +73,7 @@ class ReducedFlow(AbstractDynamics):
 
     @property
     def name(self) -> str:
-        return "reduced" if isinstance(self.flow, WeightFlow) else f"reduced-{self.flow.name}"
+        return "reduced" if self.flow == WeightFlow() else f"reduced-{self.flow.name}"
 
     def initial_model(self, study, start):
         return self.flow.state(start, study.block_sizes)
@@ -116,9 +120,7 @@ class FullModel(AbstractDynamics):
     phase_window: ClassVar[int] = 9
 
     def initial_model(self, study, start):
-        if isinstance(start, FactorizedSpectral):  # the start's own factors
-            return factorized_attention(start, study.blocks, study.d)
-        return decomposable_attention(*start.spectral(), study.blocks, study.d)
+        return attention_from_start(start, study.blocks, study.d)
 
     def objective(self, study):
         task = MultiTaskRegression(study.d, study.context_len, study.blocks)
@@ -126,6 +128,10 @@ class FullModel(AbstractDynamics):
 
     def spectral(self, study, model):
         return semi_singular_values(model, study.blocks)
+
+    def final_weights(self, model):
+        merged = model.merged()
+        return {"W": merged.W, "U": merged.U}
 
 
 DYNAMICS = {
@@ -138,7 +144,6 @@ DYNAMICS = {
         FullModel(),
     )
 }
-PARAMETRIZATIONS = ("factorized", "merged")
 
 
 class OwnStream(AbstractObjective):
@@ -164,15 +169,14 @@ class AnsatzDynamics(AbstractStudy):
     heads: int = eqx.field(static=True, default=3)
     context_len: int = eqx.field(static=True, default=100)
     batch_size: int = eqx.field(static=True, default=256)
-    parametrization: str = eqx.field(static=True, default="factorized")
+    scheme: AbstractInitScheme = RandomPositive(0.1)
     init_scale: float = 0.03
-    init_spread: float = 0.1
     dt: float = 0.01
     horizon: float = 3.0
     n_records: int = eqx.field(static=True, default=30)
 
     member_axes: ClassVar[tuple[str, ...]] = ("init_scale",)
-    variants: ClassVar[dict] = {"dynamics": DYNAMICS}
+    variants: ClassVar[dict] = {"dynamics": DYNAMICS, "scheme": INIT_SCHEMES}
     time_units: ClassVar[str] = "steps × dt (the full model's SGD clock)"
     shared_data: ClassVar[bool] = False
     series_dims: ClassVar[dict] = {"omega": ("head", "task"), "mu": ("head", "task")}
@@ -188,10 +192,9 @@ class AnsatzDynamics(AbstractStudy):
         for name in ("d", "n_tasks", "heads", "context_len", "batch_size", "n_records"):
             check.positive_int(name, getattr(self, name))
         disjoint_blocks(self.d, self.n_tasks)
-        check.one_of("parametrization", self.parametrization, PARAMETRIZATIONS)
+        check.variant("scheme", self.scheme, AbstractInitScheme, INIT_SCHEMES)
         for name in ("init_scale", "dt", "horizon"):
             check.finite_positive(name, getattr(self, name))
-        check.finite_nonnegative("init_spread", self.init_spread)
         check.whole_record_blocks(
             "`horizon` / `dt`", self.horizon / self.dt, self.n_records, "`n_records`"
         )
@@ -209,11 +212,8 @@ class AnsatzDynamics(AbstractStudy):
         return round(self.horizon / self.dt)
 
     def initial_model(self, values, key):
-        start = RandomPositive(self.init_spread)(
-            self.heads, self.n_tasks, values["init_scale"], key=key
-        )
-        if self.parametrization == "merged":
-            start = MergedSpectral(*start.spectral())
+        width = self.d + self.n_tasks
+        start = self.scheme(self.heads, self.n_tasks, values["init_scale"], width=width, key=key)
         return self.dynamics.initial_model(self, start)
 
     def objective(self):
@@ -241,8 +241,9 @@ class AnsatzDynamics(AbstractStudy):
 
     def summarize(self, state, series):
         omega, mu = self._spectral(state.model)
-        out = {"omega_final": omega, "mu_final": mu, "diverged": state.diverged}
-        if isinstance(self.dynamics, FullModel):
-            merged = state.model.merged()
-            out.update(W=merged.W, U=merged.U)
-        return out
+        return {
+            "omega_final": omega,
+            "mu_final": mu,
+            "diverged": state.diverged,
+            **self.dynamics.final_weights(state.model),
+        }

@@ -1,10 +1,10 @@
 """Study `feature-learning`: the mean-field particle solver on the feature-regression task, with
-W = W_µ after every step (`attention = "static"`, the two-timescale limit) or trained
-`attention_ratio` times faster (`"attention"`), optional isotropic or Hessian-guided
-perturbations and birth–death. Particles start from the coupled initial law (`init =
-CoupledLaw()`, W = W_µ0), all at one point (`SymmetricPoint()`, W = I: a saddle), or at a few
-shared atoms split by a displacement ε (`SplitAtoms(atoms)`, `displacement` a member axis: the
-escape from a saddle with full-rank features).
+W = W_µ after every step (`attention = OptimalAttention()`, "static": the two-timescale limit)
+or trained `attention_ratio` times faster (`JointAttention()`, "attention"), optional isotropic
+or Hessian-guided perturbations (`perturbation`) and birth–death. Particles start from the
+coupled initial law (`init = CoupledLaw()`, W = W_µ0), all at one point (`SymmetricPoint()`,
+W = I: a saddle), or at a few shared atoms split by a displacement ε (`SplitAtoms(atoms)`,
+`displacement` a member axis: the escape from a saddle with full-rank features).
 
 The teacher, the training sample and the held-out sample are the problem instance, drawn from
 `problem_seed` and shared by every member; members differ by their initial particles. Per
@@ -23,6 +23,7 @@ Runs in float64.
 prompts' inputs. The held-out records are the same n = ∞ observables either way.
 """
 
+import abc
 from typing import ClassVar, NamedTuple
 
 import equinox as eqx
@@ -31,12 +32,18 @@ import jax.numpy as jnp
 import jax.random as jr
 
 from .. import _validation as check
-from .._meanfield._flow import particle_flow
+from .._meanfield._flow import (
+    ATTENTION_TREATMENTS,
+    AbstractAttentionTreatment,
+    OptimalAttention,
+    particle_flow,
+)
 from .._meanfield._loss import constant_feature_loss, with_optimal_attention
 from .._meanfield._model import FeatureAttention, init_feature_attention
 from .._meanfield._neurons import ACTIVATIONS, symmetric_measure, uniform_measure
+from .._meanfield._perturbations import PERTURBATIONS, AbstractPerturbation, NoPerturbation
 from .._meanfield._saddle import mixture_derivatives
-from .._meanfield._solver import PERTURBATIONS, ParticleSolver, particle_solver
+from .._meanfield._solver import ParticleSolver, particle_solver
 from .._meanfield._task import INPUT_LAWS, feature_regression
 from .._sweeps._study import AbstractStudy
 from ._outcome import outcome
@@ -72,21 +79,51 @@ def _instance(
     return task, inputs, task.inputs(n_eval, key=jr.fold_in(key, 2))
 
 
-class CoupledLaw(eqx.Module):
+class AbstractFeatureInit(eqx.Module):
+    """How a member's particles start: `initial_model(study, values, key)`. `name` is how sweep
+    files and the command line refer to it; `displaced` says whether the study's
+    `displacement` moves its particles."""
+
+    name: ClassVar[str]
+    displaced: ClassVar[bool] = False
+
+    def check(self, study: "FeatureLearning") -> None:
+        """Refuse settings this init cannot start from."""
+
+    @abc.abstractmethod
+    def initial_model(self, study: "FeatureLearning", values, key) -> FeatureAttention:
+        """One member's model from its member-axis `values` and its key."""
+
+
+class CoupledLaw(AbstractFeatureInit):
     """Generic particles of the coupled initial law (output weights tied to the first k input
     weights), with W = W_µ0 on the training sample."""
 
     name: ClassVar[str] = "coupled"
 
+    def initial_model(self, study, values, key):
+        model = init_feature_attention(
+            n_particles=study.particles, k=study.k, d=study.d, activation=study.activation, key=key
+        )
+        # the coupled law is linear in a_scale: draw at 1 and scale the output weights
+        model = eqx.tree_at(lambda m: m.particles.a, model, values["a_scale"] * model.particles.a)
+        return study.with_optimal_attention(model)
 
-class SymmetricPoint(eqx.Module):
+
+class SymmetricPoint(AbstractFeatureInit):
     """All particles at one random point (rank-1 features), W = I: a saddle the noiseless flow
     never leaves."""
 
     name: ClassVar[str] = "symmetric"
 
+    def initial_model(self, study, values, key):
+        particles = symmetric_measure(
+            n_particles=study.particles, k=study.k, d=study.d, activation=study.activation, key=key
+        )
+        return FeatureAttention(particles=particles, W=jnp.eye(study.k, dtype=particles.a.dtype))
 
-class SplitAtoms(eqx.Module):
+
+class SplitAtoms(AbstractFeatureInit):
     """`atoms` points of the coupled law (drawn from `problem_seed`: the same for every member),
     `particles / atoms` particles at each, then every particle displaced by the study's
     `displacement` ε times a normal draw of its member, centred within its atom (a split of the
@@ -96,9 +133,34 @@ class SplitAtoms(eqx.Module):
 
     atoms: int = 5
     name: ClassVar[str] = "split-atoms"
+    displaced: ClassVar[bool] = True
 
     def __check_init__(self):
         check.positive_int("init.atoms", self.atoms)
+
+    def check(self, study):
+        if study.particles % self.atoms:
+            raise ValueError(
+                f"`particles` ({study.particles}) must be a multiple of `init.atoms` "
+                f"({self.atoms}): every atom holds the same number of particles."
+            )
+
+    def initial_model(self, study, values, key):
+        centres = init_feature_attention(
+            n_particles=self.atoms,
+            k=study.k,
+            d=study.d,
+            activation=study.activation,
+            key=jr.fold_in(jr.key(study.problem_seed), 3),
+        ).particles
+        per_atom = study.particles // self.atoms
+        theta = jnp.concatenate([values["a_scale"] * centres.a, centres.w], axis=-1)
+        noise = jr.normal(key, (self.atoms, per_atom, theta.shape[-1]), theta.dtype)
+        noise = noise - noise.mean(axis=1, keepdims=True)
+        theta = (theta[:, None] + values["displacement"] * noise).reshape(study.particles, -1)
+        particles = uniform_measure(theta[:, : study.k], theta[:, study.k :], study.activation)
+        model = FeatureAttention(particles=particles, W=jnp.eye(study.k, dtype=theta.dtype))
+        return study.with_optimal_attention(model)
 
 
 FEATURE_INITS = {
@@ -122,7 +184,7 @@ class FeatureLearning(AbstractStudy):
     teacher_neurons: int = eqx.field(static=True, default=5)
     teacher_scale: float = 3.0
     input_law: str = "gaussian"
-    init: CoupledLaw | SymmetricPoint | SplitAtoms = CoupledLaw()
+    init: AbstractFeatureInit = CoupledLaw()
     n_inputs: int = eqx.field(static=True, default=500)
     n_eval_inputs: int = eqx.field(static=True, default=1000)
     learning_rate: float = 0.02
@@ -131,9 +193,9 @@ class FeatureLearning(AbstractStudy):
     steps: int = eqx.field(static=True, default=2000)
     n_records: int = eqx.field(static=True, default=20)
     success_threshold: float = 0.05
-    attention: str = "static"
+    attention: AbstractAttentionTreatment = OptimalAttention()
     attention_ratio: float = 10.0
-    perturbation: str = "none"
+    perturbation: AbstractPerturbation = NoPerturbation()
     perturbation_size: float = 0.01
     perturb_every: int = 10
     birth_death_rate: float = 0.0
@@ -146,7 +208,11 @@ class FeatureLearning(AbstractStudy):
     member_axes: ClassVar[tuple[str, ...]] = ("learning_rate", "a_scale", "displacement")
     time_units: ClassVar[str] = "Euler steps (flow time: learning_rate × step)"
     float64: ClassVar[bool] = True
-    variants: ClassVar[dict] = {"init": FEATURE_INITS}
+    variants: ClassVar[dict] = {
+        "init": FEATURE_INITS,
+        "attention": ATTENTION_TREATMENTS,
+        "perturbation": PERTURBATIONS,
+    }
     series_dims: ClassVar[dict[str, tuple[str, ...]]] = {
         "teacher_singular_values": ("singular_value",)
     }
@@ -192,16 +258,12 @@ class FeatureLearning(AbstractStudy):
         check.finite_nonnegative("displacement", self.displacement)
         check.finite_nonnegative("birth_death_rate", self.birth_death_rate)
         check.one_of("input_law", self.input_law, INPUT_LAWS)
-        check.variant("init", self.init, CoupledLaw | SymmetricPoint | SplitAtoms, FEATURE_INITS)
-        if isinstance(self.init, SplitAtoms) and self.particles % self.init.atoms:
-            raise ValueError(
-                f"`particles` ({self.particles}) must be a multiple of `init.atoms` "
-                f"({self.init.atoms}): every atom holds the same number of particles."
-            )
+        check.variant("init", self.init, AbstractFeatureInit, FEATURE_INITS)
+        self.init.check(self)
         check.in_open_interval("success_threshold", self.success_threshold, 0.0, 1.0)
         check.one_of("activation", self.activation, ACTIVATIONS)
-        check.one_of("attention", self.attention, ("static", "attention"))
-        check.one_of("perturbation", self.perturbation, PERTURBATIONS)
+        check.variant("attention", self.attention, AbstractAttentionTreatment, ATTENTION_TREATMENTS)
+        check.variant("perturbation", self.perturbation, AbstractPerturbation, PERTURBATIONS)
         check.seed("problem_seed", self.problem_seed)
         check.whole_record_blocks("`steps`", self.steps, self.n_records, "`n_records`")
         if self.k > self.d:
@@ -212,20 +274,20 @@ class FeatureLearning(AbstractStudy):
             )
 
     def check_grid(self, grid):
-        splits = isinstance(self.init, SplitAtoms)
-        if not splits and (self.displacement != 0 or "displacement" in grid):
+        if not self.init.displaced and (self.displacement != 0 or "displacement" in grid):
             raise ValueError(
                 f"`displacement` only displaces the particles of init = SplitAtoms (the "
                 f"split-atoms init); with init = {type(self.init).__name__}() it would change "
                 "nothing."
             )
         # W's exact flow integrates over ratio × η with one η per program
-        joint = "attention" in grid.get("attention", [self.attention])
+        # (a value that is not a treatment is refused when the group's study is built)
+        joint = any(getattr(a, "trained", False) for a in grid.get("attention", [self.attention]))
         if joint and len(grid.get("learning_rate", [])) > 1:
             raise ValueError(
                 f'`grid.learning_rate` ({grid["learning_rate"]}) needs attention = "static": '
-                'with attention = "attention", W\'s flow is tied to one learning rate; '
-                "sweep the learning rate in separate sweeps."
+                'with attention = "attention" (JointAttention), W\'s flow is tied to one '
+                "learning rate; sweep the learning rate in separate sweeps."
             )
         # birth–death's jump rate per step is rate × η, built once per group
         births = any(r > 0 for r in grid.get("birth_death_rate", [self.birth_death_rate]))
@@ -272,43 +334,15 @@ class FeatureLearning(AbstractStudy):
         """L_c: the held-out loss of constant features, the scale of every relative loss."""
         return self._problem().constant_loss
 
+    def with_optimal_attention(self, model: FeatureAttention) -> FeatureAttention:
+        """`model` with W = W_µ on the training sample."""
+        problem = self._problem()
+        return with_optimal_attention(model, problem.inputs, problem.targets)
+
     def initial_model(self, values, key):
         # Independent draws at every M: one key would give nested particle sets (the first M
         # particles of a larger draw), coupling the sizes a mean-field comparison sets apart.
-        key = jr.fold_in(key, self.particles)
-        if isinstance(self.init, SymmetricPoint):
-            particles = symmetric_measure(
-                n_particles=self.particles, k=self.k, d=self.d, activation=self.activation, key=key
-            )
-            return FeatureAttention(particles=particles, W=jnp.eye(self.k, dtype=particles.a.dtype))
-        # the coupled law is linear in a_scale: draw at 1 and scale the output weights
-        problem = self._problem()
-        if isinstance(self.init, SplitAtoms):
-            return with_optimal_attention(
-                self._split_atoms(values, key), problem.inputs, problem.targets
-            )
-        model = init_feature_attention(
-            n_particles=self.particles, k=self.k, d=self.d, activation=self.activation, key=key
-        )
-        model = eqx.tree_at(lambda m: m.particles.a, model, values["a_scale"] * model.particles.a)
-        return with_optimal_attention(model, problem.inputs, problem.targets)
-
-    def _split_atoms(self, values, key) -> FeatureAttention:
-        atoms = self.init.atoms
-        centres = init_feature_attention(
-            n_particles=atoms,
-            k=self.k,
-            d=self.d,
-            activation=self.activation,
-            key=jr.fold_in(jr.key(self.problem_seed), 3),
-        ).particles
-        per_atom = self.particles // atoms
-        theta = jnp.concatenate([values["a_scale"] * centres.a, centres.w], axis=-1)
-        noise = jr.normal(key, (atoms, per_atom, theta.shape[-1]), theta.dtype)
-        noise = noise - noise.mean(axis=1, keepdims=True)
-        theta = (theta[:, None] + values["displacement"] * noise).reshape(self.particles, -1)
-        particles = uniform_measure(theta[:, : self.k], theta[:, self.k :], self.activation)
-        return FeatureAttention(particles=particles, W=jnp.eye(self.k, dtype=theta.dtype))
+        return self.init.initial_model(self, values, jr.fold_in(key, self.particles))
 
     def objective(self):
         return self._problem().solver.objective

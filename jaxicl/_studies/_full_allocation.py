@@ -12,27 +12,17 @@ records), the warm-up end (NaN for a member that diverged) and the divergence fl
 from typing import ClassVar
 
 import equinox as eqx
-import jax
 import jax.numpy as jnp
 import optax
 
 from .. import _validation as check
 from .._attention._analysis import detect_phases, task_allocation
-from .._attention._decomposable import decomposable_attention, factorized_attention
-from .._attention._init import init_normal
-from .._attention._init_schemes import INIT_SCHEMES, AbstractInitScheme
+from .._attention._init_schemes import INIT_SCHEMES, AbstractWeightInit, NormalWeights
 from .._attention._observables import semi_singular_values
-from .._attention._reduced import FactorizedSpectral
 from .._sweeps._study import AbstractStudy
 from .._tasks._regression import MultiTaskRegression, disjoint_blocks
 from .._train._objectives import ICLLoss
 from ._outcome import outcome
-
-
-class NormalWeights(eqx.Module):
-    """Every weight i.i.d. N(0, scale²)."""
-
-    name: ClassVar[str] = "normal"
 
 
 FULL_INITS = {"normal": NormalWeights(), **INIT_SCHEMES}
@@ -47,7 +37,7 @@ class FullAllocation(AbstractStudy):
     context_len: int = eqx.field(static=True, default=20)
     context_noise: float = 0.0
     batch_size: int = eqx.field(static=True, default=64)
-    init: NormalWeights | AbstractInitScheme = NormalWeights()
+    init: AbstractWeightInit = NormalWeights()
     init_scale: float = 0.1
     learning_rate: float = 0.01
     steps: int = eqx.field(static=True, default=1500)
@@ -65,7 +55,7 @@ class FullAllocation(AbstractStudy):
             check.positive_int(name, getattr(self, name))
         disjoint_blocks(self.d, self.n_tasks)
         check.finite_nonnegative("context_noise", self.context_noise)
-        check.variant("init", self.init, NormalWeights | AbstractInitScheme, FULL_INITS)
+        check.variant("init", self.init, AbstractWeightInit, FULL_INITS)
         check.finite_positive("init_scale", self.init_scale)
         check.finite_positive("learning_rate", self.learning_rate)
         check.whole_record_blocks("`steps`", self.steps, self.n_records, "`n_records`")
@@ -75,15 +65,7 @@ class FullAllocation(AbstractStudy):
         return disjoint_blocks(self.d, self.n_tasks)
 
     def initial_model(self, values, key):
-        scale = values["init_scale"]
-        if isinstance(self.init, NormalWeights):
-            unit = init_normal(d=self.d, n_out=self.n_tasks, n_heads=self.heads, scale=1.0, key=key)
-            return jax.tree.map(lambda w: scale * w, unit)
-        width = self.d + self.n_tasks
-        state = self.init(self.heads, self.n_tasks, scale, width=width, key=key)
-        if isinstance(state, FactorizedSpectral):  # its own factors, balanced or not
-            return factorized_attention(state, self.blocks, self.d)
-        return decomposable_attention(*state.spectral(), self.blocks, self.d, factorized=True)
+        return self.init.weights(self.heads, self.blocks, self.d, values["init_scale"], key=key)
 
     def objective(self):
         task = MultiTaskRegression(

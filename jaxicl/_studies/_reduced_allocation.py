@@ -22,7 +22,7 @@ from .._attention._init_schemes import INIT_SCHEMES, AbstractInitScheme, RandomP
 from .._attention._reduced_flows import REDUCED_FLOWS, AbstractReducedFlow, WeightFlow
 from .._sweeps._study import AbstractStudy
 from .._tasks._regression import disjoint_blocks
-from .._train._trainer import sgd
+from .._train._optimizers import sgd
 from ._outcome import outcome
 
 

@@ -12,15 +12,11 @@ import jax.numpy as jnp
 import jax.random as jr
 import numpy as np
 
+from .._train._lowering import compile_ensemble_steps, ensemble_steps_shapes
 from .._train._objectives import AbstractObjective
 from .._train._state import init_ensemble_state
-from .._train._trainer import (
-    _no_observables,
-    _run as run_steps,
-    compile_ensemble_steps,
-    ensemble_steps_shapes,
-    train_ensemble_steps,
-)
+from .._train._step import StepProgram, run_steps
+from .._train._trainer import train_ensemble_steps
 from ._member_values import member_optimizer, member_optimizer_state, unused_inputs
 from ._study import AbstractStudy
 
@@ -100,17 +96,15 @@ class Group:
 
         def one_member(swept):
             states = self.init({**fixed, **swept}, jnp.zeros(1, jnp.int32))
-            config = (  # the whole run: traced, never compiled
+            program = StepProgram(  # the whole run: traced, never compiled
                 self.n_records * self.record_every,
                 self.record_every,
-                self.extra.get("observe", _no_observables),
-                type(self.study).shared_data,
-                None,
-                self.extra.get("after_step"),
+                shared_data=type(self.study).shared_data,
+                **self.extra,
             )
             start = jnp.zeros((), jnp.int32)
             states, trajectory = run_steps(
-                states, self.objective, self.optimizer, self.data_key, start, config
+                states, self.objective, self.optimizer, self.data_key, start, program
             )
             series = _series(self.study, trajectory)
             return series, _summaries(self.study, states, series)
