@@ -23,6 +23,23 @@ def test_factorized_and_merged_agree(getkey):
     assert jnp.allclose(a[0], b[0]) and jnp.allclose(a[1], b[1])
 
 
+def test_own_coordinates_of_overlapping_blocks(getkey):
+    """With blocks (0, 4) and (2, 6), ω reads each task's own coordinates, [0, 2) and [4, 6),
+    as a loop over heads computes them; μ is that of `semi_singular_values`."""
+    from jaxicl._attention._observables import own_semi_singular_values
+
+    model = ji.init_normal(d=6, n_out=2, n_heads=3, scale=0.5, key=getkey())
+    omega, mu = own_semi_singular_values(model, ((0, 4), (2, 6)))
+    W = model.merged().W
+    for h in range(3):
+        for i, (a, b) in enumerate(((0, 2), (4, 6))):
+            expected = sum(float(W[h, c, c]) for c in range(a, b)) / (b - a)
+            assert abs(float(omega[h, i]) - expected) < 1e-6
+    assert jnp.allclose(mu, ji.semi_singular_values(model, ((0, 4), (2, 6)))[1])
+    with pytest.raises(ValueError, match="of its own"):
+        own_semi_singular_values(model, ((0, 6), (2, 6)))
+
+
 def test_block_count_must_match_outputs(getkey):
     model = ji.init_normal(d=4, n_out=1, n_heads=1, scale=0.5, key=getkey())
     with pytest.raises(ValueError, match="`blocks`"):

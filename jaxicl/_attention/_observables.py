@@ -8,6 +8,7 @@ Under the decomposable ansatz these two H×n matrices are the whole state of the
 
 import equinox as eqx
 import jax.numpy as jnp
+import numpy as np
 from jaxtyping import Array, Float
 
 from .._custom_types import Blocks
@@ -36,6 +37,27 @@ def semi_singular_values(
     tasks = jnp.arange(n_out)
     mu = merged.U[:, tasks, d + tasks]
     return omega, mu
+
+
+def own_semi_singular_values(
+    model: AbstractAttention, blocks: Blocks
+) -> tuple[Float[Array, "H n"], Float[Array, "H n"]]:
+    """(ω, μ) as `semi_singular_values`, with ω_{h,i} over the coordinates only task i reads
+    (its block minus every other): for overlapping blocks, where the shared coordinates would
+    mix the tasks. Every task needs a coordinate of its own."""
+    merged = model.merged()
+    n_out = merged.U.shape[1]
+    d = merged.W.shape[-1] - n_out
+    mask = np.zeros((len(blocks), d))
+    for i, (start, stop) in enumerate(blocks):
+        mask[i, start:stop] = 1.0
+    own = mask * (mask.sum(axis=0, keepdims=True) == 1)
+    if not np.all(own.sum(axis=1) > 0):
+        raise ValueError(f"every block must have a coordinate of its own, got {blocks}.")
+    diagonal = jnp.diagonal(merged.W[:, :d, :d], axis1=1, axis2=2)
+    omega = diagonal @ jnp.asarray(own.T / own.sum(axis=1)[None, :], diagonal.dtype)
+    tasks = jnp.arange(n_out)
+    return omega, merged.U[:, tasks, d + tasks]
 
 
 class HeadStructure(eqx.Module):

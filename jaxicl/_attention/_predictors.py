@@ -6,6 +6,7 @@ GD step that multi-head softmax attention learns, and the single-head kernel smo
 output column of the labels is treated as its own regression on the full input x.
 """
 
+import equinox as eqx
 import jax
 import jax.numpy as jnp
 from jaxtyping import Array, Float
@@ -103,3 +104,18 @@ def ridge_risk_given_inputs(
         jnp.linalg.solve(gram + ridge * jnp.eye(d, dtype=x.dtype), solved.T)
     )
     return query_noise**2 + bias + variance
+
+
+@eqx.filter_jit
+def kernel_smoother_risk(prompts: Prompt, omegas) -> Float[Array, ""]:
+    """Risk of the best single-head smoother ŷ = μ Σ_l softmax(ω x_lᵀx_q) y_l over a grid of
+    `omegas`, on a sample of `prompts` (stacked), with μ optimal in closed form for each ω:
+    risk = E[y_q²] − E[s y_q]² / E[s²] (in-sample μ: optimistic by O(1/prompts))."""
+
+    def risk(omega):
+        weights = jax.nn.softmax(omega * jnp.einsum("pld,pd->pl", prompts.x, prompts.query_x))
+        smooth = jnp.einsum("pl,plo->p", weights, prompts.y)
+        target = prompts.query_y[:, 0]
+        return jnp.mean(target**2) - jnp.mean(smooth * target) ** 2 / jnp.mean(smooth**2)
+
+    return jax.vmap(risk)(omegas).min()

@@ -21,6 +21,7 @@ from .._attention._analysis import detect_phases, task_allocation
 from .._attention._init_schemes import AbstractInitScheme, Merged, RandomPositive
 from .._attention._reduced_flows import EuclideanFlow
 from .._studies._ansatz_dynamics import AnsatzDynamics, FullModel, ReducedFlow
+from .._sweeps._outcome import flag
 from .._sweeps._runner import sweep
 
 
@@ -87,7 +88,7 @@ def _outcomes(dataset, window: int) -> dict:
         "success": np.asarray(jax.vmap(task_allocation)(omega, mu).success),
         "left_warmup": np.asarray(phases.left_warmup),
         "warmup_end": np.asarray(phases.warmup_end),
-        "diverged": dataset["diverged"].values.reshape(-1) == 1,
+        "diverged": flag(dataset["diverged"]).reshape(-1),
     }
 
 

@@ -4,12 +4,10 @@ killed run resumes at the first step chunk it had not stored and finishes with t
 numbers; the trained models are rebuilt from each store's final weights.
 """
 
-import equinox as eqx
-
 from .. import _validation as check
 from .._studies._attention_regression import AttentionRegression, trained_models
+from .._sweeps._outcome import flag
 from .._sweeps._runner import sweep
-from .._train._objectives import monte_carlo_loss
 
 
 def train_group(config, task, n_heads: int, out_dir, *, progress, on_chunk):
@@ -52,17 +50,9 @@ def train_group(config, task, n_heads: int, out_dir, *, progress, on_chunk):
         "loss_mean": dataset["loss"].values,
         "omega": dataset["omega"].values,
         "mu": dataset["mu"].values,
-        "diverged": dataset["diverged"].values == 1,
+        "diverged": flag(dataset["diverged"]),
     }
     return trained_models(dataset), records
-
-
-@eqx.filter_jit
-def population_losses(models, task, n_prompts: int, key):
-    """Each stacked member's population loss on `task` by Monte Carlo, all members on the
-    same prompts (paired comparisons); returns `(estimates, standard_errors)`."""
-    per_member = lambda model: monte_carlo_loss(model, task, n_prompts, key=key)  # noqa: E731
-    return eqx.filter_vmap(per_member)(models)
 
 
 def check_training_config(config) -> None:

@@ -42,6 +42,7 @@ from .._meanfield._neurons import ACTIVATIONS
 from .._meanfield._perturbations import HessianNoise, IsotropicNoise
 from .._meanfield._task import INPUT_LAWS
 from .._studies._feature_learning import FeatureLearning, SplitAtoms, SymmetricPoint
+from .._sweeps._outcome import flag
 from .._sweeps._runner import sweep
 from ._experiment import Experiment, setting
 from ._feature_learning_figure import plot_feature_learning
@@ -315,7 +316,7 @@ def _records(dataset, learning_rate: float) -> dict:
     `time` is flow time (learning rate × Euler steps); a diverged member's series are NaN."""
     # the geometry records (dissipation, splitting curvature) only where a group asked
     out = {n: dataset[n].transpose("seed", ...).values for n in _RECORDS if n in dataset}
-    out["diverged"] = dataset["diverged"].transpose("seed").values == 1
+    out["diverged"] = flag(dataset["diverged"].transpose("seed"))
     out = mask_diverged(out)
     out["time"] = np.broadcast_to(learning_rate * dataset["time"].values, out["loss"].shape)
     return out

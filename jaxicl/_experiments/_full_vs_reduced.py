@@ -41,6 +41,7 @@ from .._attention._decomposable import decomposable_attention
 from .._attention._models import MergedAttention
 from .._host._checkpoint import claim_run_directory, save_json
 from .._studies._ansatz_dynamics import DYNAMICS as VARIANTS, AnsatzDynamics
+from .._sweeps._outcome import flag
 from .._sweeps._runner import sweep
 from .._tasks._regression import MultiTaskRegression, disjoint_blocks
 from .._train._objectives import monte_carlo_loss
@@ -241,7 +242,7 @@ def _arrays(config, dynamics, dataset, length) -> dict:
         "left_warmup": np.asarray(phases.left_warmup),
         "warmup_end": np.asarray(phases.warmup_end),
         "emergence_end": np.asarray(phases.emergence_end),
-        "diverged": run["diverged"] == 1,
+        "diverged": flag(run["diverged"]),
     }
     if dynamics == "full":
         blocks = disjoint_blocks(config.d, config.n_tasks)

@@ -11,30 +11,17 @@ import jax.random as jr
 from .._attention._predictors import (
     debiased_gd_risk,
     gd_risk,
+    kernel_smoother_risk,
     optimal_gd_step,
     ridge_risk_given_inputs,
 )
 from .._tasks._regression import LinearRegression, sample_prompts
-from ._attention_groups import population_losses
+from .._train._objectives import population_losses
 
 
 def _task(d, context_len, noise_var):
     sigma = math.sqrt(noise_var)
     return LinearRegression(d, context_len, context_noise=sigma, query_noise=sigma)
-
-
-@eqx.filter_jit
-def _kernel_smoother_risk(prompts, omegas):
-    """Best single-head smoother ŷ = μ Σ_l softmax(ω x_lᵀx_q) y_l over a grid of ω, with μ
-    optimal in closed form for each ω: risk = E[y_q²] − E[s y_q]² / E[s²]."""
-
-    def risk(omega):
-        weights = jax.nn.softmax(omega * jnp.einsum("pld,pd->pl", prompts.x, prompts.query_x))
-        smooth = jnp.einsum("pl,plo->p", weights, prompts.y)
-        target = prompts.query_y[:, 0]
-        return jnp.mean(target**2) - jnp.mean(smooth * target) ** 2 / jnp.mean(smooth**2)
-
-    return jax.vmap(risk)(omegas).min()
 
 
 @eqx.filter_jit
@@ -47,7 +34,7 @@ def _sampled_risks(task, n_prompts: int, omegas, key):
     ridge = jax.vmap(
         lambda x: ridge_risk_given_inputs(x, ridge=task.context_noise**2 * task.d, **noise)
     )
-    return ridge(prompts.x).mean(), _kernel_smoother_risk(prompts, omegas)
+    return ridge(prompts.x).mean(), kernel_smoother_risk(prompts, omegas)
 
 
 def predictor_risks(d: int, lengths, noise_var: float, n_prompts: int, *, key) -> dict:

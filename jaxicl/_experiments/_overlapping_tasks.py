@@ -20,17 +20,18 @@ import numpy as np
 
 from .. import _validation as check
 from .._attention._analysis import task_allocation
+from .._attention._observables import own_semi_singular_values
 from .._host._checkpoint import claim_run_directory, save_json
 from .._studies._attention_regression import AttentionRegression
 from .._tasks._regression import overlapping_two_task
-from ._attention_groups import check_training_config, population_losses, train_group
+from .._train._objectives import population_losses
+from ._attention_groups import check_training_config, train_group
 from ._experiment import Experiment, setting
 from ._overlapping_tasks_figure import plot_overlapping_tasks
 
 
 PURITY_THRESHOLD = 0.9
 LIVE_FRACTION = 0.05
-OWN_COORDINATES = ((0, 2), (4, 6))  # coordinates read by task 1 only, by task 2 only
 
 
 @dataclasses.dataclass(frozen=True)
@@ -60,16 +61,6 @@ class OverlappingTasksConfig:
         out = dataclasses.asdict(self)
         out["heads"] = list(self.heads)
         return out
-
-
-def own_semi_singular_values(model) -> tuple[jax.Array, jax.Array]:
-    """(ω, μ), each (H, 2), of one two-output model, ω over each task's own coordinates."""
-    merged = model.merged()
-    d = merged.W.shape[-1] - 2
-    diagonal = jnp.diagonal(merged.W[:, :d, :d], axis1=1, axis2=2)
-    omega = jnp.stack([diagonal[:, a:b].mean(axis=1) for a, b in OWN_COORDINATES], axis=1)
-    mu = merged.U[:, jnp.arange(2), d + jnp.arange(2)]
-    return omega, mu
 
 
 def _split_statistics(omega, mu) -> dict:
@@ -129,7 +120,9 @@ def run_overlapping_tasks(config: OverlappingTasksConfig, out_dir, *, progress=N
         models, records = train_group(
             config, task, n_heads, out_dir, progress=progress, on_chunk=on_chunk
         )
-        stats = _split_statistics(*jax.vmap(own_semi_singular_values)(models))
+        stats = _split_statistics(
+            *jax.vmap(lambda m: own_semi_singular_values(m, task.blocks))(models)
+        )
         loss = np.asarray(population_losses(models, task, config.eval_prompts, eval_key)[0])
         results[n_heads] = dict(records, final_loss=loss, **stats)
         np.savez(out_dir / f"records_H{n_heads}.npz", **results[n_heads])

@@ -21,7 +21,8 @@ from .._attention._observables import head_structure
 from .._host._checkpoint import claim_run_directory, save_json
 from .._studies._attention_regression import AttentionRegression
 from .._tasks._regression import LinearRegression
-from ._attention_groups import check_training_config, population_losses, train_group
+from .._train._objectives import population_losses
+from ._attention_groups import check_training_config, train_group
 from ._experiment import Experiment, setting
 from ._length_generalization import model_losses_by_length, predictor_risks
 from ._paired_heads_figure import plot_paired_heads

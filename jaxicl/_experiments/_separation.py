@@ -5,34 +5,19 @@ For each L the full softmax model on the ansatz is run at its optimum in two fix
 layouts (one head for every task, one head per task): ω on a grid around the reduced optimum,
 μ by least squares, by Monte Carlo on common prompts (`layout_optimum_monte_carlo`), so the
 ratio has a standard error. The reduced optimum (`optimal_allocation_losses`) and its limit
-L → ∞ (closed form below) show how far the large-L theory is from the model at each L.
+L → ∞ (`separation_limit`, a closed form) show how far the large-L theory is from the model
+at each L.
 """
-
-import math
 
 import jax.numpy as jnp
 import jax.random as jr
 
 from .._attention._ansatz_monte_carlo import layout_optimum_monte_carlo, ratio_with_stderr
 from .._attention._reduced import optimal_allocation_losses
+from .._attention._separation_limit import separation_limit
 
 
 GRID = (0.6, 1.5, 13)  # ω from 0.6× to 1.5× the reduced optimum: the full model's is larger
-
-
-def _limit_coefficient(total: int) -> float:
-    """min over u = ω² of (1 − 2u)^(−total/2 − 1) (1 − u)/u: L ℓ*/r_i per task at L → ∞, for a
-    head whose kernel spans `total` coordinates; the minimizer is the smaller root of
-    (total + 2)u² − (total + 4)u + 1 = 0."""
-    u = ((total + 4) - math.sqrt((total + 4) ** 2 - 4 * (total + 2))) / (2 * (total + 2))
-    return (1 - 2 * u) ** (-total / 2 - 1) * (1 - u) / u
-
-
-def separation_limit(block_sizes: tuple[int, ...]) -> float:
-    """lim_{L→∞} of the reduced ratio ℓ*(one head) / ℓ*(one head per task)."""
-    d = sum(block_sizes)
-    single = d * _limit_coefficient(d)
-    return single / sum(r * _limit_coefficient(r) for r in block_sizes)
 
 
 def separation(config) -> dict:

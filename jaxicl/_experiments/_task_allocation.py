@@ -43,6 +43,7 @@ from .._attention._reduced_flows import REDUCED_FLOWS
 from .._host._checkpoint import claim_run_directory, save_json
 from .._host._progress import progress_bar
 from .._studies import ReducedAllocation
+from .._sweeps._outcome import flag
 from .._sweeps._runner import sweep
 from .._tasks._regression import disjoint_blocks
 from ._experiment import Experiment, setting
@@ -314,14 +315,13 @@ def _scheme_sweeps(config, scheme: str, horizon: float, out_dir, *, progress, on
 def _group_arrays(members, history) -> dict:
     """A group's per-seed arrays, as `groups.npz` holds them (flags as booleans: a member
     without an outcome, NaN in the store, is neither a success nor a stall)."""
-    flag = lambda name: members[name].values == 1  # noqa: E731
     return {
         "time": members["time"].values,
         "loss": members["loss"].values,
         "omega_t": history["omega"].values,
         "mu_t": history["mu"].values,
-        **{name: flag(name) for name in ("success", "stalled", "diverged")},
-        **{name: flag(name) for name in ("left_warmup", "settled")},
+        **{name: flag(members[name]) for name in ("success", "stalled", "diverged")},
+        **{name: flag(members[name]) for name in ("left_warmup", "settled")},
         **{name: members[name].values for name in ("warmup_end", "emergence_end", "convergence")},
     }
 
@@ -507,14 +507,14 @@ def format_allocation_summary(summary: dict) -> str:
             f"{_time(g['warmup_end_median'])}  {_time(g['emergence_end_median']):>9}  "
             f"{_time(g['convergence_median']):>9}"
         )
-    for flow, flag in _HORIZON_FLAGS.items():
+    for flow, flags in _HORIZON_FLAGS.items():
         names = [name for name in waiting if summary["groups"][name]["parametrization"] == flow]
         if names:
             horizon = summary["groups"][names[0]]["horizon"]  # one per flow
             lines.append(
                 f"no allocation rate for {', '.join(names)}: seeds still in warm-up at the "
                 f"horizon (t = {horizon:g}), only bounds (each waiting seed failing, or "
-                f"allocating); raise {flag}."
+                f"allocating); raise {flags}."
             )
     lines.append(
         "stalled: not allocated, with a dead head and a live head split between tasks; moving: "

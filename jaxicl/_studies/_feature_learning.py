@@ -45,8 +45,8 @@ from .._meanfield._perturbations import PERTURBATIONS, AbstractPerturbation, NoP
 from .._meanfield._saddle import mixture_derivatives
 from .._meanfield._solver import ParticleSolver, particle_solver
 from .._meanfield._task import INPUT_LAWS, feature_regression
+from .._sweeps._outcome import outcome
 from .._sweeps._study import AbstractStudy
-from ._outcome import outcome
 
 
 class _Problem(NamedTuple):

@@ -19,10 +19,10 @@ from .. import _validation as check
 from .._attention._analysis import detect_phases, task_allocation
 from .._attention._init_schemes import INIT_SCHEMES, AbstractWeightInit, NormalWeights
 from .._attention._observables import semi_singular_values
+from .._sweeps._outcome import outcome
 from .._sweeps._study import AbstractStudy
 from .._tasks._regression import MultiTaskRegression, disjoint_blocks
 from .._train._objectives import ICLLoss
-from ._outcome import outcome
 
 
 FULL_INITS = {"normal": NormalWeights(), **INIT_SCHEMES}

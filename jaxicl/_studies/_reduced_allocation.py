@@ -20,10 +20,10 @@ from .. import _validation as check
 from .._attention._analysis import detect_phases, task_allocation
 from .._attention._init_schemes import INIT_SCHEMES, AbstractInitScheme, RandomPositive
 from .._attention._reduced_flows import REDUCED_FLOWS, AbstractReducedFlow, WeightFlow
+from .._sweeps._outcome import outcome
 from .._sweeps._study import AbstractStudy
 from .._tasks._regression import disjoint_blocks
 from .._train._optimizers import sgd
-from ._outcome import outcome
 
 
 class ReducedAllocation(AbstractStudy):

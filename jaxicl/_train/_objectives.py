@@ -99,3 +99,11 @@ def monte_carlo_loss(
     prompts = sample_prompts(task, n_prompts, key=key)
     errors = jax.vmap(lambda p: squared_error(predict(p), p))(prompts)
     return errors.mean(), errors.std(ddof=1) / jnp.sqrt(n_prompts)
+
+
+@eqx.filter_jit
+def population_losses(models, task, n_prompts: int, key):
+    """Each stacked member's population loss on `task` by Monte Carlo, all members on the
+    same prompts (paired comparisons); returns `(estimates, standard_errors)`."""
+    per_member = lambda model: monte_carlo_loss(model, task, n_prompts, key=key)  # noqa: E731
+    return eqx.filter_vmap(per_member)(models)
