@@ -100,15 +100,15 @@ def test_chen_code_scheme_matches_the_authors_weights(getkey):
         ji.ChenCode()(heads, n, s, key=key)
 
 
-def _spectral_run(dynamics, context_len, batch, *, parametrization="merged", seeds=2):
+def _spectral_run(dynamics, context_len, batch, *, merged=True, seeds=2):
+    scheme = ji.RandomPositive(0.5)
     study = ji.AnsatzDynamics(
         dynamics=dynamics,
         d=6,
         context_len=context_len,
         batch_size=batch,
-        parametrization=parametrization,
+        scheme=ji.Merged(scheme) if merged else scheme,
         init_scale=0.1,
-        init_spread=0.5,
         dt=0.1,
         horizon=12.0,
         n_records=20,
