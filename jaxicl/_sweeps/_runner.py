@@ -296,6 +296,9 @@ class _Run:
 
     def run(self, process: int, n_processes: int) -> None:
         plan, layout = self.plan, self.layout
+        if self.path is not None and process == 0:
+            for line in store_io.recover_bookkeeping(self.root, self.path):
+                print(f"jaxicl: {self.path}: {line}.", file=sys.stderr)
         if self.path is not None:
             # flags claim records: recompute any unit whose records do not read back as written
             damaged = [u for u in store_io.damaged_units(self.root) if u % n_processes == process]
@@ -356,13 +359,10 @@ class _Run:
         values, seeds = _member_values(self.plan, start, stop)
         states = group.init(values, seeds)
         first = int(np.argmin(done))  # the first chunk without its flag
-        if first > 0:
-            saved = store_io.load_unit_state(self.path, u, states)
-            if saved is None or saved[1] not in (first, first + 1):
-                raise ValueError(
-                    f"the checkpoint of unit {u} in {self.path} does not match its flags; "
-                    "delete the store and run the sweep again."
-                )
+        saved = self._checkpoint(u, first, states) if first > 0 else None
+        if saved is None and first > 0:
+            first = 0  # no usable checkpoint: the unit runs again from its start
+        if saved is not None:
             states, chunks_done, series = saved
             if chunks_done == first + 1:
                 # killed after the checkpoint, before the records: store them from it
@@ -376,6 +376,26 @@ class _Run:
                 store_io.save_unit_state(self.path, u, states, c + 1, series)
             self._store(u, group, index, c, record_chunks, series, states)
             yield c
+
+    def _checkpoint(self, u: int, first: int, like):
+        """The unit's checkpoint after `first` (or `first + 1`) step chunks; None, after one line
+        saying so and clearing the unit's flags, when it is missing, damaged or does not match
+        them: the unit then runs again from its start, and no other unit is touched."""
+        try:
+            saved = store_io.load_unit_state(self.path, u, like)
+        except ValueError:  # a damaged file
+            saved, why = None, "is damaged"
+        else:
+            why = "is missing" if saved is None else "does not match its flags"
+        if saved is not None and saved[1] in (first, first + 1):
+            return saved
+        print(
+            f"jaxicl: {self.path}: the checkpoint of unit {u} {why}; running that unit again "
+            "from its start.",
+            file=sys.stderr,
+        )
+        store_io.reset_units(self.root, self.path, [u])
+        return None
 
     def _store(self, u, group, index, c, record_chunks, series, states) -> None:
         a, b = record_chunks[c]

@@ -28,6 +28,7 @@ import shutil
 import sys
 import tempfile
 import time
+import warnings
 
 import jax
 import numpy as np
@@ -238,6 +239,7 @@ def writer_lock(path):
         yield
         return
     lock = pathlib.Path(path) / RESUME_DIR / "writer.lock"
+    lock.parent.mkdir(exist_ok=True)  # a deleted resume/ is rebuilt by the resume
     with open(lock, "a") as handle:
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -297,22 +299,8 @@ def _create(root, plan: SweepPlan, time_axis, dtypes, layout: dict, description:
         meaning = type(plan.study).meanings.get(name, FLAG_MEANING if flag else None)
         if meaning is not None:
             array.attrs["meaning"] = meaning
-    root.create_array(
-        "chunk_digest",
-        shape=(layout["n_units"], layout["n_step_chunks"]),
-        chunks=(1, 1),
-        dtype="uint64",
-        fill_value=0,
-        dimension_names=["unit", "step_chunk"],
-    )
-    root.create_array(
-        "chunk_done",
-        shape=(layout["n_units"], layout["n_step_chunks"]),
-        chunks=(1, 1),
-        dtype="bool",
-        fill_value=False,
-        dimension_names=["unit", "step_chunk"],
-    )
+    for name in BOOKKEEPING:
+        _bookkeeping_array(root, name, layout)
     described = json.loads(description)
     root.attrs["sweep"] = description
     root.attrs["study"] = described["study"]
@@ -329,9 +317,95 @@ def _wait_for(marker: pathlib.Path, timeout: float = 600.0) -> None:
         time.sleep(0.1)
 
 
+# per unit and step chunk: the checksum of what was written, then the flag that it is done
+BOOKKEEPING = {"chunk_digest": ("uint64", 0), "chunk_done": ("bool", False)}
+
+
+def _bookkeeping_array(root, name: str, layout: dict, overwrite: bool = False):
+    dtype, fill = BOOKKEEPING[name]
+    return root.create_array(
+        name,
+        shape=(layout["n_units"], layout["n_step_chunks"]),
+        chunks=(1, 1),  # a file per unit and step chunk: damage stays with its unit
+        dtype=dtype,
+        fill_value=fill,
+        dimension_names=["unit", "step_chunk"],
+        overwrite=overwrite,
+    )
+
+
+def _rows(root, name: str) -> tuple[np.ndarray, list[int]]:
+    """A bookkeeping array read unit by unit, and the units whose row cannot be read (a
+    damaged chunk file); their rows read as the fill value."""
+    dtype, fill = BOOKKEEPING[name]
+    layout = root.attrs["layout"]
+    out = np.full((layout["n_units"], layout["n_step_chunks"]), fill, dtype)
+    try:
+        array = root[name]
+    except Exception:  # noqa: BLE001 — missing or unreadable metadata: every row unknown
+        return out, list(range(out.shape[0]))
+    unreadable = []
+    for u in range(out.shape[0]):
+        try:
+            out[u] = array[u, :]
+        except Exception:  # noqa: BLE001 — a damaged chunk file: this unit's row unknown
+            unreadable.append(u)
+    return out, unreadable
+
+
+def recover_bookkeeping(root, path) -> list[str]:
+    """Repair the flags and checksums unit by unit before a resume, so no damaged bookkeeping
+    file costs more than the units it covers; returns one line per repair.
+
+    - A missing or unreadable `chunk_done` (whole array): the flags are rebuilt from the
+      checksums (a chunk with one was written whole; the resume then checks it against the
+      records), so no finished unit is lost.
+    - A missing or unreadable `chunk_digest` (whole array): no finished unit can be checked,
+      so every unit runs again.
+    - A unit whose flags or checksums cannot be read: that unit runs again.
+    - A missing `resume/` group (the units' checkpoints): recreated; units part-way through
+      run again from their start (see the runner)."""
+    layout = root.attrs["layout"]
+    lines = []
+    readable = {}
+    for name in BOOKKEEPING:
+        try:
+            root[name][0, 0]
+            readable[name] = True
+        except Exception:  # noqa: BLE001 — missing or damaged metadata
+            readable[name] = False
+    digests, bad_digests = _rows(root, "chunk_digest")
+    if not readable["chunk_digest"]:
+        _bookkeeping_array(root, "chunk_digest", layout, overwrite=True)
+        _bookkeeping_array(root, "chunk_done", layout, overwrite=True)
+        return [
+            "the chunk checksums (chunk_digest) are missing or damaged: no finished unit can be "
+            "checked, so every unit runs again"
+        ]
+    flags, bad_flags = _rows(root, "chunk_done")
+    if not readable["chunk_done"]:
+        flags, bad_flags = digests != 0, []
+        array = _bookkeeping_array(root, "chunk_done", layout, overwrite=True)
+        array[:] = flags
+        lines.append(
+            "the flags (chunk_done) were missing or damaged: rebuilt from the checksums, each "
+            "checked against its records"
+        )
+    bad = sorted(set(bad_digests) | set(bad_flags))
+    for u in bad:
+        root["chunk_digest"][u, :] = 0
+        root["chunk_done"][u, :] = False
+    if bad:
+        lines.append(f"units {bad} had unreadable flags or checksums: they run again")
+    if path is not None and not (pathlib.Path(path) / RESUME_DIR / "zarr.json").exists():
+        root.require_group(RESUME_DIR)
+        lines.append("the checkpoints' group (resume/) was missing: recreated")
+    return lines
+
+
 def done_chunks(root) -> np.ndarray:
-    """(units, step chunks) flags."""
-    return np.asarray(root["chunk_done"][:])
+    """(units, step chunks) flags; a unit whose flags cannot be read counts as not done."""
+    return _rows(root, "chunk_done")[0]
 
 
 def _digest(pieces) -> np.uint64:
@@ -362,7 +436,7 @@ def damaged_units(root) -> list[int]:
     """Units whose flagged step chunks do not read back as written (a chunk file deleted,
     truncated or altered): their records are not what the flags claim."""
     layout = root.attrs["layout"]
-    done, digests = done_chunks(root), np.asarray(root["chunk_digest"][:])
+    done, digests = done_chunks(root), _rows(root, "chunk_digest")[0]
     n_seeds, block = root["seed"].shape[0], layout["seed_block"]
     n_blocks = -(-n_seeds // block)
     n_times = root["time"].shape[0]
@@ -400,9 +474,10 @@ def damaged_units(root) -> list[int]:
 
 
 def reset_units(root, path, units) -> None:
-    """Clear the flags (and checkpoints) of `units`, so the sweep runs them again."""
+    """Clear the flags, checksums and checkpoints of `units`, so the sweep runs them again."""
     for u in units:
         root["chunk_done"][u, :] = False
+        root["chunk_digest"][u, :] = 0
         if path is not None:
             drop_unit_state(path, u)
 
@@ -436,8 +511,42 @@ def drop_unit_state(store, unit: int) -> None:
     _checkpoint_path(store, unit).with_suffix(".npz").unlink(missing_ok=True)
 
 
+@contextlib.contextmanager
+def _quiet_about_unrecognized():
+    """Zarr warns once per directory it finds without metadata (a bookkeeping array or the
+    checkpoints' group whose zarr.json was lost); the store's own checks name those once."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*not recognized as a component of a Zarr")
+        yield
+
+
+def _bookkeeping_lines(root) -> list[str]:
+    """What `inspect` says of damaged flags and checksums (what a rerun does about them)."""
+    n_units = root.attrs["layout"]["n_units"]
+    unreadable = {name: _rows(root, name)[1] for name in BOOKKEEPING}
+    if len(unreadable["chunk_digest"]) == n_units:
+        return [
+            "damaged: the chunk checksums (chunk_digest) are missing or unreadable; a rerun "
+            "runs every unit again"
+        ]
+    if len(unreadable["chunk_done"]) == n_units:
+        return [
+            "damaged: the flags (chunk_done) are missing or unreadable; a rerun rebuilds them "
+            "from the checksums"
+        ]
+    bad = sorted(set(unreadable["chunk_done"]) | set(unreadable["chunk_digest"]))
+    if not bad:
+        return []
+    return [f"damaged: units {bad} have unreadable flags or checksums; a rerun reruns them"]
+
+
 def describe_store(path) -> str:
     """What a sweep store holds and how complete it is."""
+    with _quiet_about_unrecognized():
+        return _describe(path)
+
+
+def _describe(path) -> str:
     dataset = open_sweep(path)
     root = _zarr().open_group(str(path), mode="r")
     sweep = json.loads(root.attrs["sweep"])
@@ -455,6 +564,7 @@ def describe_store(path) -> str:
             f"damaged: units {damaged} do not read back as written (a chunk file deleted or "
             "truncated); rerun the sweep to recompute them."
         )
+    lines += _bookkeeping_lines(root)
     coordinates = damaged_coordinates(root)
     if coordinates:
         lines.append(
@@ -485,7 +595,9 @@ def open_sweep(path):
     if not (pathlib.Path(path) / "zarr.json").exists():
         raise ValueError(f"{path} is not a sweep store (no zarr.json).")
     _check_metadata(path)
-    return xr.open_zarr(str(path), consolidated=False)
+    with _quiet_about_unrecognized():
+        dataset = xr.open_zarr(str(path), consolidated=False)
+    return dataset.drop_vars(list(BOOKKEEPING), errors="ignore")
 
 
 def as_dataset(root):
