@@ -128,3 +128,32 @@ def test_a_lost_checkpoint_reruns_its_unit_only(
     assert "delete" not in err
     assert len(ran) == 6  # unit 1 from its start (2 chunks) and units 2, 3 (2 each)
     _assert_equal(data, reference)
+
+
+@pytest.mark.parametrize(
+    "damage, why",
+    [
+        (lambda path: path.write_text("{not json"), "damaged"),
+        (lambda path: path.unlink(), "missing"),
+    ],
+)
+def test_array_metadata_is_rebuilt_and_its_records_kept(
+    complete, reference, monkeypatch, capsys, damage, why
+):
+    damage(complete / "loss" / "zarr.json")
+    if why == "damaged":
+        with pytest.raises(ValueError, match="loss/zarr.json is damaged"):
+            describe_store(complete)
+    data, ran = _finish(complete, monkeypatch)
+    assert "the metadata of `loss`" in capsys.readouterr().err
+    assert ran == []  # the chunk files were kept and read back as written
+    _assert_equal(data, reference)
+
+
+def test_a_lost_checkpoint_group_is_recreated_quietly(complete, reference, monkeypatch, capsys):
+    (complete / "resume" / "zarr.json").unlink()
+    assert "complete: 4 of 4 units" in describe_store(complete)  # no warning (an error here)
+    data, ran = _finish(complete, monkeypatch)
+    assert "(resume/) was missing: recreated" in capsys.readouterr().err
+    assert ran == []
+    _assert_equal(data, reference)

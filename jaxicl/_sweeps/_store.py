@@ -110,9 +110,9 @@ def repair_coordinates(root, path, plan, times) -> None:
         )
 
 
-def _check_metadata(path) -> None:
-    """Read the store's zarr.json first, so a damaged one is an error that names it (Zarr's own
-    reader gives a bare JSON error)."""
+def _check_metadata(path, arrays: bool = False) -> None:
+    """Read the store's zarr.json first (and with `arrays`, every array's), so a damaged one is
+    an error that names it (Zarr's own reader gives a bare JSON error)."""
     metadata = pathlib.Path(path) / "zarr.json"
     try:
         json.loads(metadata.read_text())
@@ -121,6 +121,14 @@ def _check_metadata(path) -> None:
             f"{metadata} is damaged ({error}); the store's layout cannot be read. Restore it "
             "or start the sweep in a new store."
         ) from None
+    for array in sorted(pathlib.Path(path).glob("*/zarr.json")) if arrays else ():
+        try:
+            json.loads(array.read_text())
+        except (ValueError, UnicodeDecodeError) as error:
+            raise ValueError(
+                f"{array} is damaged ({error}); rerun the sweep to rebuild it from the sweep's "
+                "description."
+            ) from None
 
 
 def _reopen(path: pathlib.Path, description: str, mode: str):
@@ -199,7 +207,9 @@ def open_store(
     if not create:
         _wait_for(path / "zarr.json")
     if (path / "zarr.json").exists():
-        return _resume(path, description, plan, time_axis[0], create, allow_code_change)
+        return _resume(
+            path, description, plan, (time_axis[0], dtypes, layout), create, allow_code_change
+        )
     # Built beside its final path, in a directory of this process's own, and renamed into
     # place: a kill never leaves half a store, and of two processes creating it at once one
     # store wins whole (the other's rename fails and it opens the winner's).
@@ -218,15 +228,21 @@ def open_store(
             raise ValueError(
                 f"{path} exists and is not a sweep store; choose another output path."
             ) from None
-        return _resume(path, description, plan, time_axis[0], create, allow_code_change)
+        return _resume(
+            path, description, plan, (time_axis[0], dtypes, layout), create, allow_code_change
+        )
     return _zarr().open_group(str(path), mode="a")
 
 
-def _resume(path, description, plan, times, writer: bool, allow_code_change: bool):
+def _resume(path, description, plan, shapes, writer: bool, allow_code_change: bool):
+    """Reopen the store of this sweep; the process that speaks for it checks the code and
+    repairs coordinates and array metadata (`shapes`: the times, dtypes and layout)."""
     root = _reopen(path, description, "a")
     if writer:  # the process that created or resumes the store speaks for it
+        times, dtypes, layout = shapes
         check_code(root, path, plan.study, allow_code_change=allow_code_change)
         repair_coordinates(root, path, plan, times)
+        repair_arrays(root, path, plan, len(times), dtypes, layout)
     return root
 
 
@@ -254,8 +270,70 @@ def writer_lock(path):
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
-def _create(root, plan: SweepPlan, time_axis, dtypes, layout: dict, description: str) -> None:
+def _data_arrays(plan: SweepPlan, n_times: int, dtypes, layout: dict):
+    """`(name, create_array arguments, meaning)` of every series and summary array."""
     dims = _dimensions(plan)
+    shape = (*(len(plan.axis(d)) for d in dims[:-1]), plan.seeds)
+    # a unit spans every member point and `seed_block` seeds of one group
+    n_groups = len(plan.group_axes)
+    unit_chunks = (1,) * n_groups + shape[n_groups:-1] + (layout["seed_block"],)
+    series, summaries = dtypes
+    series_dims, summary_dims = type(plan.study).series_dims, type(plan.study).summary_dims
+    arrays = [(name, dtype, extra, True) for name, (dtype, extra) in series.items()]
+    arrays += [(name, dtype, extra, False) for name, (dtype, extra) in summaries.items()]
+    for name, dtype, extra, over_time in arrays:
+        after = (
+            ((n_times, *extra), ("time", *series_dims.get(name, ())))
+            if over_time
+            else (extra, summary_dims.get(name, ()))
+        )
+        # A bool fill value would make members not yet run read as False (a failure): flags
+        # are stored as 1.0 / 0.0 with NaN for "not run", which means missing to every reader.
+        flag = np.dtype(dtype) == np.bool_
+        if not flag and np.dtype(dtype).kind not in "fc":
+            dtype = np.float64 if float64() else np.float32  # integers: NaN marks "not run"
+        spec = dict(
+            shape=shape + after[0],
+            chunks=unit_chunks + ((layout["chunk_records"], *extra) if over_time else extra),
+            dtype="float32" if flag else dtype,
+            fill_value=np.nan,
+            dimension_names=[*dims, *after[1]],
+        )
+        yield name, spec, type(plan.study).meanings.get(name, FLAG_MEANING if flag else None)
+
+
+def repair_arrays(root, path, plan: SweepPlan, n_times: int, dtypes, layout: dict) -> None:
+    """Rebuild the metadata (zarr.json) of every series or summary array whose metadata is
+    missing or damaged, from the sweep's description, with one line each. Its chunk files
+    are kept: where they are intact they read back as written again, and the read-back
+    check reruns the units whose records do not."""
+    for name, spec, meaning in _data_arrays(plan, n_times, dtypes, layout):
+        metadata = pathlib.Path(path) / name / "zarr.json"
+        try:
+            json.loads(metadata.read_text())
+            continue
+        except (OSError, ValueError, UnicodeDecodeError) as error:
+            why = "missing" if isinstance(error, FileNotFoundError) else "damaged"
+        metadata.unlink(missing_ok=True)
+        chunks = pathlib.Path(path) / name / "c"
+        kept = pathlib.Path(path) / f".{name}-chunks-kept"
+        if chunks.exists():  # create_array(overwrite=True) would delete the chunk files
+            chunks.rename(kept)
+        with _quiet_about_unrecognized():
+            array = root.create_array(name, **spec, overwrite=True)
+        if kept.exists():
+            shutil.rmtree(chunks, ignore_errors=True)
+            kept.rename(chunks)
+        if meaning is not None:
+            array.attrs["meaning"] = meaning
+        print(
+            f"jaxicl: {path}: the metadata of `{name}` ({metadata}) was {why}; rebuilt from "
+            "the sweep's description.",
+            file=sys.stderr,
+        )
+
+
+def _create(root, plan: SweepPlan, time_axis, dtypes, layout: dict, description: str) -> None:
     coords = _coordinates(plan)
     for name, values in coords.items():
         # text labels (e.g. init schemes) as Zarr's variable-length strings
@@ -269,34 +347,8 @@ def _create(root, plan: SweepPlan, time_axis, dtypes, layout: dict, description:
     time_array[:] = times
     time_array.attrs["units"] = units
     root.attrs["coordinates"] = _digests({**coords, "time": times})
-    shape = tuple(len(coords[d]) for d in dims)
-    # a unit spans every member point and `seed_block` seeds of one group
-    n_groups = len(plan.group_axes)
-    unit_chunks = (1,) * n_groups + shape[n_groups:-1] + (layout["seed_block"],)
-    series, summaries = dtypes
-    series_dims, summary_dims = type(plan.study).series_dims, type(plan.study).summary_dims
-    arrays = [(name, dtype, extra, True) for name, (dtype, extra) in series.items()]
-    arrays += [(name, dtype, extra, False) for name, (dtype, extra) in summaries.items()]
-    for name, dtype, extra, over_time in arrays:
-        after = (
-            ((len(times), *extra), ("time", *series_dims.get(name, ())))
-            if over_time
-            else (extra, summary_dims.get(name, ()))
-        )
-        # A bool fill value would make members not yet run read as False (a failure): flags
-        # are stored as 1.0 / 0.0 with NaN for "not run", which means missing to every reader.
-        flag = np.dtype(dtype) == np.bool_
-        if not flag and np.dtype(dtype).kind not in "fc":
-            dtype = np.float64 if float64() else np.float32  # integers: NaN marks "not run"
-        array = root.create_array(
-            name,
-            shape=shape + after[0],
-            chunks=unit_chunks + ((layout["chunk_records"], *extra) if over_time else extra),
-            dtype="float32" if flag else dtype,
-            fill_value=np.nan,
-            dimension_names=[*dims, *after[1]],
-        )
-        meaning = type(plan.study).meanings.get(name, FLAG_MEANING if flag else None)
+    for name, spec, meaning in _data_arrays(plan, len(times), dtypes, layout):
+        array = root.create_array(name, **spec)
         if meaning is not None:
             array.attrs["meaning"] = meaning
     for name in BOOKKEEPING:
@@ -594,7 +646,7 @@ def open_sweep(path):
 
     if not (pathlib.Path(path) / "zarr.json").exists():
         raise ValueError(f"{path} is not a sweep store (no zarr.json).")
-    _check_metadata(path)
+    _check_metadata(path, arrays=True)
     with _quiet_about_unrecognized():
         dataset = xr.open_zarr(str(path), consolidated=False)
     return dataset.drop_vars(list(BOOKKEEPING), errors="ignore")
