@@ -157,3 +157,33 @@ def test_a_lost_checkpoint_group_is_recreated_quietly(complete, reference, monke
     assert "(resume/) was missing: recreated" in capsys.readouterr().err
     assert ran == []
     _assert_equal(data, reference)
+
+
+@pytest.mark.parametrize("chunk_records", [4, "auto"])
+def test_the_loser_of_a_creation_race_takes_the_winners_layout(
+    tmp_path, reference, monkeypatch, chunk_records
+):
+    """Another process creates the store (2 records a chunk) after this one looked and found
+    none: this one either adopts the stored layout ("auto") or is refused in one line before
+    it runs (an explicit other size), never a run cut two ways."""
+    from jaxicl._sweeps import _store as store_io
+
+    store = tmp_path / "store"
+    looks = []
+    real = store_io.stored_layout
+
+    def racing(path, plan):
+        looks.append(path)
+        if len(looks) == 1:  # the look before creating: the winner is not there yet
+            sweep(STUDY, **KWARGS, store=store, progress=False)
+            return None
+        return real(path, plan)
+
+    monkeypatch.setattr(store_io, "stored_layout", racing)
+    loser = dict(KWARGS, chunk_records=chunk_records)
+    if chunk_records == 4:
+        with pytest.raises(ValueError, match="cut with chunk_records = 2"):
+            sweep(STUDY, **loser, store=store, progress=False)
+    else:
+        _assert_equal(sweep(STUDY, **loser, store=store, progress=False), reference)
+    assert "complete: 4 of 4 units" in describe_store(store)

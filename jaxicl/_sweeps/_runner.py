@@ -273,6 +273,13 @@ def run_plan(plan: SweepPlan, store=None, *, progress=None, on_chunk=None, allow
         create=process == 0,
         allow_code_change=allow_code_change,
     )
+    if stored is None and store is not None:
+        # another process may have created the store between our look and our creation (a
+        # race of two starts): the store's layout is the one that counts
+        won = store_io.stored_layout(store, plan)
+        if won != layout:
+            layout = _resumed_layout(plan, groups, won)
+            _check_memory(plan, groups, layout)
     run = _Run(plan, groups, layout, root, store, progress, on_chunk)
     if n_processes > 1:
         run.run(process, n_processes)
