@@ -29,3 +29,31 @@ def test_seeds_beyond_int32_are_refused_before_a_store_exists(tmp_path):
 def test_a_misspelt_name_gets_a_suggestion():
     with pytest.raises(ValueError, match=r"got 'init_scal'. Did you mean 'init_scale'\?"):
         jaxicl.sweep(ReducedAllocation(), grid={"init_scal": [0.1]}, seeds=1)
+
+
+def test_an_evaluation_that_cannot_fit_is_refused_before_training(tmp_path):
+    """The final Monte Carlo losses are sized before anything trains (they came after training,
+    and ran out of memory there)."""
+    from jaxicl._cli import main
+
+    out = tmp_path / "run"
+    assert main(["run", "paired-heads", "--eval-prompts", "300000000", "--out", str(out)]) == 2
+    assert not out.exists()
+
+
+def test_members_are_evaluated_in_bounded_groups_with_the_same_losses(getkey):
+    """`population_losses` over groups of members equals all members at once."""
+    import equinox as eqx
+    import jax.random as jr
+    import numpy as np
+
+    from jaxicl._train._objectives import population_losses
+
+    task = jaxicl.LinearRegression(3, 8)
+    models = eqx.filter_vmap(
+        lambda k: jaxicl.init_normal(d=3, n_out=1, n_heads=2, scale=0.3, key=k)
+    )(jr.split(getkey(), 7))
+    key = getkey()
+    together = population_losses(models, task, 64, key)
+    grouped = population_losses(models, task, 64, key, 3)  # 3 + 3 + 1
+    np.testing.assert_allclose(grouped, together, rtol=1e-6)

@@ -4,7 +4,10 @@ killed run resumes at the first step chunk it had not stored and finishes with t
 numbers; the trained models are rebuilt from each store's final weights.
 """
 
+import jax
+
 from .. import _validation as check
+from .._host._memory import host_memory_bytes
 from .._studies._attention_regression import AttentionRegression, trained_models
 from .._sweeps._outcome import flag
 from .._sweeps._runner import sweep
@@ -74,4 +77,40 @@ def check_training_config(config) -> None:
         raise ValueError(
             f"`record_every` ({config.record_every}) must divide `chunk_steps` "
             f"({config.chunk_steps}), which must divide `steps` ({config.steps})."
+        )
+    _check_evaluation_memory(config)
+
+
+# XLA's temporaries of `population_losses` per member, prompt, head and context position, in
+# units of one float: 2.07–2.14 measured (memory analysis; 1–8 heads, L 40–100, d 5–20)
+_EVALUATION_FLOATS = 2.2
+
+
+# members evaluated at once use at most this much memory (the rest wait in a loop)
+_EVALUATION_BUDGET = 2**30
+
+
+def _member_evaluation_bytes(n_prompts: int, n_heads: int, length: int) -> float:
+    itemsize = 8 if jax.config.jax_enable_x64 else 4
+    return _EVALUATION_FLOATS * n_prompts * n_heads * length * itemsize
+
+
+def evaluation_members(config, n_heads: int, length: int) -> int:
+    """How many members `population_losses` evaluates at once at context length `length`."""
+    per_member = _member_evaluation_bytes(config.eval_prompts, n_heads, length)
+    return int(max(1, min(config.n_members, _EVALUATION_BUDGET // per_member)))
+
+
+def _check_evaluation_memory(config) -> None:
+    """Refuse, before anything trains, an evaluation that cannot fit in this machine's memory
+    even one member at a time: its scores on `eval_prompts` prompts at the longest evaluated
+    context length."""
+    length = max((config.context_len, *getattr(config, "eval_lengths", ())))
+    needed = _member_evaluation_bytes(config.eval_prompts, max(config.heads), length)
+    available = host_memory_bytes()
+    if needed > 0.5 * available:
+        raise ValueError(
+            f"`eval_prompts` = {config.eval_prompts}: evaluating one member at L = {length} with "
+            f"{max(config.heads)} heads needs about {needed / 2**30:.1f} GiB, more than half "
+            f"of this machine's {available / 2**30:.1f} GiB; lower `eval_prompts`."
         )

@@ -63,12 +63,16 @@ def predictor_risks(d: int, lengths, noise_var: float, n_prompts: int, *, key) -
     return out
 
 
-def model_losses_by_length(models, d: int, lengths, noise_var: float, n_prompts: int, *, key):
+def model_losses_by_length(
+    models, d: int, lengths, noise_var: float, n_prompts: int, *, key, members_at=None
+):
     """Population loss (Monte Carlo, the same prompts for every member) of each stacked model at
-    each L; shape (members, len(lengths))."""
+    each L; shape (members, len(lengths)). `members_at(L)`: members evaluated at once at L
+    (None: all)."""
     columns = []
     for length in lengths:
         task = _task(d, length, noise_var)
-        estimates, _ = population_losses(models, task, n_prompts, jr.fold_in(key, length))
+        at_once = None if members_at is None else members_at(length)
+        estimates, _ = population_losses(models, task, n_prompts, jr.fold_in(key, length), at_once)
         columns.append(estimates)
     return jnp.stack(columns, axis=1)

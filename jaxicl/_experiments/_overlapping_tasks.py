@@ -25,7 +25,7 @@ from .._host._checkpoint import claim_run_directory, save_json
 from .._studies._attention_regression import AttentionRegression
 from .._tasks._regression import overlapping_two_task
 from .._train._objectives import population_losses
-from ._attention_groups import check_training_config, train_group
+from ._attention_groups import check_training_config, evaluation_members, train_group
 from ._experiment import Experiment, setting
 from ._overlapping_tasks_figure import plot_overlapping_tasks
 
@@ -123,7 +123,9 @@ def run_overlapping_tasks(config: OverlappingTasksConfig, out_dir, *, progress=N
         stats = _split_statistics(
             *jax.vmap(lambda m: own_semi_singular_values(m, task.blocks))(models)
         )
-        loss = np.asarray(population_losses(models, task, config.eval_prompts, eval_key)[0])
+        at_once = evaluation_members(config, n_heads, config.context_len)
+        losses = population_losses(models, task, config.eval_prompts, eval_key, at_once)
+        loss = np.asarray(losses[0])
         results[n_heads] = dict(records, final_loss=loss, **stats)
         np.savez(out_dir / f"records_H{n_heads}.npz", **results[n_heads])
         diverged = records["diverged"][:, -1]

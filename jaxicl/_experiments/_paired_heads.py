@@ -22,7 +22,7 @@ from .._host._checkpoint import claim_run_directory, save_json
 from .._studies._attention_regression import AttentionRegression
 from .._tasks._regression import LinearRegression
 from .._train._objectives import population_losses
-from ._attention_groups import check_training_config, train_group
+from ._attention_groups import check_training_config, evaluation_members, train_group
 from ._experiment import Experiment, setting
 from ._length_generalization import model_losses_by_length, predictor_risks
 from ._paired_heads_figure import plot_paired_heads
@@ -121,9 +121,16 @@ def run_paired_heads(
         )
         # One task: keep (members, records, H) rather than a trailing task axis of size 1.
         records = dict(records, omega=records["omega"][..., 0], mu=records["mu"][..., 0])
-        losses, errors = population_losses(models, task, config.eval_prompts, eval_key)
+        at_once = evaluation_members(config, n_heads, config.context_len)
+        losses, errors = population_losses(models, task, config.eval_prompts, eval_key, at_once)
         by_length = model_losses_by_length(
-            models, config.d, lengths, config.noise_var, config.eval_prompts, key=length_key
+            models,
+            config.d,
+            lengths,
+            config.noise_var,
+            config.eval_prompts,
+            key=length_key,
+            members_at=lambda length: evaluation_members(config, n_heads, length),
         )
         records = dict(
             records,

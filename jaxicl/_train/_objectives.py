@@ -102,8 +102,17 @@ def monte_carlo_loss(
 
 
 @eqx.filter_jit
-def population_losses(models, task, n_prompts: int, key):
+def population_losses(models, task, n_prompts: int, key, members_at_once: int | None = None):
     """Each stacked member's population loss on `task` by Monte Carlo, all members on the
-    same prompts (paired comparisons); returns `(estimates, standard_errors)`."""
-    per_member = lambda model: monte_carlo_loss(model, task, n_prompts, key=key)  # noqa: E731
-    return eqx.filter_vmap(per_member)(models)
+    same prompts (paired comparisons); returns `(estimates, standard_errors)`.
+    `members_at_once`: members evaluated together (the rest in a loop, so memory is bounded
+    by that many members' scores); None: all at once."""
+    dynamic, static = eqx.partition(models, eqx.is_array)
+
+    def per_member(member):
+        return monte_carlo_loss(eqx.combine(member, static), task, n_prompts, key=key)
+
+    n_members = jax.tree.leaves(dynamic)[0].shape[0]
+    if members_at_once is None or members_at_once >= n_members:
+        return jax.vmap(per_member)(dynamic)
+    return jax.lax.map(per_member, dynamic, batch_size=members_at_once)
