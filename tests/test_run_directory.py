@@ -90,6 +90,27 @@ def test_a_reader_that_closed_the_pipe_ends_the_command_quietly():
     assert process.returncode == 1 and err == "", err
 
 
+@pytest.mark.parametrize("delay", [0.05, 0.3])
+def test_an_interrupt_while_the_command_starts_is_one_line(delay):
+    """Ctrl-C while JAX loads (seconds): one line, no traceback (it surfaced as an ImportError
+    from an extension's initialisation, or in a garbage-collection callback)."""
+    import signal
+    import time
+
+    command = [sys.executable, "-c", "import jaxicl_entry, sys; sys.exit(jaxicl_entry.main())"]
+    with subprocess.Popen(
+        [*command, "inspect", "nowhere"],
+        stderr=subprocess.PIPE,
+        text=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    ) as process:
+        time.sleep(delay)
+        process.send_signal(signal.SIGINT)
+        err = process.stderr.read()
+    assert process.returncode == 130, err
+    assert err == "jaxicl: interrupted while starting; nothing was run.\n"
+
+
 def test_a_truncated_checkpoint_names_the_file_and_the_fix(tmp_path):
     import numpy as np
 
