@@ -649,15 +649,32 @@ def open_sweep(path):
     _check_metadata(path, arrays=True)
     with _quiet_about_unrecognized():
         dataset = xr.open_zarr(str(path), consolidated=False)
-    return dataset.drop_vars(list(BOOKKEEPING), errors="ignore")
+    return _labelled(dataset)
 
 
 def as_dataset(root):
-    """An open store as a labelled xarray dataset, loaded into memory (for in-memory sweeps)."""
+    """An open store as a labelled xarray dataset, loaded into memory (for in-memory sweeps):
+    the same dataset `open_sweep` gives of a stored sweep."""
     import xarray as xr
 
-    dataset = xr.open_zarr(root.store, consolidated=False).load()
-    return dataset.drop_vars(["chunk_done", "chunk_digest"])
+    return _labelled(xr.open_zarr(root.store, consolidated=False)).load()
+
+
+def _labelled(dataset):
+    """The dataset users see: without the bookkeeping arrays (`zarr.open_group(store)` still
+    reads them), every dimension with a coordinate (a series' or summary's own dimensions,
+    e.g. head and task, numbered from 0), and attributes netCDF can write (tables as JSON
+    text)."""
+    dataset = dataset.drop_vars(list(BOOKKEEPING), errors="ignore")
+    numbered = {d: np.arange(n) for d, n in dataset.sizes.items() if d not in dataset.coords}
+    dataset = dataset.assign_coords(numbered)
+    # netCDF reserves `coordinates` (CF): the store's checksums of them keep another name
+    renamed = {"coordinates": "coordinate_checksums"}
+    dataset.attrs = {
+        renamed.get(k, k): json.dumps(v, sort_keys=True) if isinstance(v, dict | list) else v
+        for k, v in dataset.attrs.items()
+    }
+    return dataset
 
 
 def plot_sweep(path, figure) -> None:
