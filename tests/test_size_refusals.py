@@ -57,3 +57,29 @@ def test_members_are_evaluated_in_bounded_groups_with_the_same_losses(getkey):
     together = population_losses(models, task, 64, key)
     grouped = population_losses(models, task, 64, key, 3)  # 3 + 3 + 1
     np.testing.assert_allclose(grouped, together, rtol=1e-6)
+
+
+def test_an_error_the_study_raises_for_a_grid_value_names_its_place():
+    """A wrong-typed value that only the study's own code trips over (here an array shape
+    from `d`, in `initial_model`) is named by its place in the grid."""
+    import equinox as eqx
+    import jax.numpy as jnp
+    import jax.random as jr
+
+    class Loose(jaxicl.AbstractStudy):
+        d: int = eqx.field(static=True, default=3)
+
+        def initial_model(self, values, key):
+            return jr.normal(key, (self.d,))
+
+        def objective(self):
+            return lambda w, key: jnp.sum(w**2)
+
+        def optimizer(self):
+            return jaxicl.sgd(0.1)
+
+        def schedule(self):
+            return 2, 1
+
+    with pytest.raises(ValueError, match=r"^grid\.d\[1\] = 4\.0: "):
+        jaxicl.sweep(Loose(), grid={"d": [3, 4.0]}, seeds=1, progress=False)

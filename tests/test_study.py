@@ -219,3 +219,20 @@ def test_own_study_killed_mid_sweep_resumes_to_the_uninterrupted_store(tmp_path)
     resumed, whole = (jaxicl.open_sweep(tmp_path / n).load() for n in ("killed", "whole"))
     for name in ("loss", "w0", "final_w0", "converged"):
         np.testing.assert_array_equal(resumed[name].values, whole[name].values)
+
+
+def test_a_study_module_beside_its_sweep_file_needs_no_pythonpath(tmp_path):
+    """`study = "module:Class"` is looked for in the sweep file's own directory (and the
+    working directory) first; the search path is left as it was."""
+    from jaxicl import load_sweep
+
+    source = pathlib.Path(__file__).with_name("own_study.py").read_text()
+    (tmp_path / "beside_its_sweep_file.py").write_text(source)
+    path = tmp_path / "sweep.toml"
+    path.write_text('study = "beside_its_sweep_file:Quadratic"\nseeds = 2\n')
+    before = list(sys.path)
+    plan = load_sweep(path)
+    assert type(plan.study).__name__ == "Quadratic" and sys.path == before
+    path.write_text('study = "not_beside_it:Quadratic"\nseeds = 2\n')
+    with pytest.raises(ValueError, match=f"looked in {tmp_path}"):
+        load_sweep(path)

@@ -18,9 +18,11 @@ Everything is checked before anything compiles; every error names the field, the
 and what is allowed.
 """
 
+import contextlib
 import dataclasses
 import importlib
 import pathlib
+import sys
 import tomllib
 
 from .. import _validation as check
@@ -28,9 +30,23 @@ from ._plan import SweepPlan
 from ._study import AbstractStudy
 
 
-def study_class(name, studies: dict) -> type[AbstractStudy]:
+@contextlib.contextmanager
+def _importable(directories):
+    """`directories` searched first while a user's study is imported (the sweep file's own
+    directory and the working directory: a study module beside its sweep file needs no
+    PYTHONPATH)."""
+    added = [str(d) for d in directories if str(d) not in sys.path]
+    sys.path[:0] = added
+    try:
+        yield
+    finally:
+        for d in added:
+            sys.path.remove(d)
+
+
+def study_class(name, studies: dict, search=()) -> type[AbstractStudy]:
     """A built-in study by name (in `studies`), or a user's study by import path
-    `package.module:Class`."""
+    `package.module:Class`, looked for first in the directories `search`."""
     if not isinstance(name, str):
         raise ValueError(f"`study` must be a string, got {name!r}.")
     if name in studies:
@@ -43,11 +59,16 @@ def study_class(name, studies: dict) -> type[AbstractStudy]:
         )
     module_name, _, qualname = name.partition(":")
     try:
-        target = importlib.import_module(module_name)
+        with _importable(search):
+            target = importlib.import_module(module_name)
         for part in qualname.split("."):
             target = getattr(target, part)
     except ImportError as error:
-        raise ValueError(f"`study` = {name!r}: cannot import {module_name!r} ({error}).") from None
+        places = ", ".join(map(str, search))
+        raise ValueError(
+            f"`study` = {name!r}: cannot import {module_name!r} ({error}); looked in "
+            f"{places + ', ' if places else ''}and the installed packages."
+        ) from None
     except AttributeError:
         raise ValueError(f"`study` = {name!r}: {module_name} has no {qualname!r}.") from None
     if not (isinstance(target, type) and issubclass(target, AbstractStudy)):
@@ -105,7 +126,8 @@ def load_sweep(path, studies: dict) -> SweepPlan:
                 f"`{key}` in {path} must be a table ([{key}] with name = value lines), got "
                 f"{raw[key]!r}."
             )
-    cls = study_class(raw["study"], studies)
+    search = (pathlib.Path(path).resolve().parent, pathlib.Path.cwd())
+    cls = study_class(raw["study"], studies, search)
     fixed, grid = dict(raw.get("fixed", {})), dict(raw.get("grid", {}))
     for name, values in grid.items():
         if name in fixed:

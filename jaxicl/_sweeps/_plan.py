@@ -133,6 +133,19 @@ class SweepPlan:
         names = self.group_axes
         return [dict(zip(names, vs)) for vs in itertools.product(*map(self.axis, names))]
 
+    def group_place(self, index: int) -> str:
+        """Where group `index` sits in the grid, as a user wrote it:
+        `grid.context_len[1] = 40.0, grid.heads[0] = 2` (or the fixed settings)."""
+        names = self.group_axes
+        positions = itertools.product(*(range(len(self.axis(n))) for n in names))
+        position = next(itertools.islice(positions, index, None), ())
+        return (
+            ", ".join(
+                f"grid.{n}[{i}] = {label(self.axis(n)[i])!r}" for n, i in zip(names, position)
+            )
+            or "the fixed settings"
+        )
+
     def group_studies(self) -> list[AbstractStudy]:
         """One study per compiled group, in the store's order (an invalid combination is an
         error naming its grid point)."""

@@ -251,13 +251,20 @@ def run_plan(plan: SweepPlan, store=None, *, progress=None, on_chunk=None, allow
     keys = dict(
         init_key=jr.fold_in(root_key, _INIT_STREAM), data_key=jr.fold_in(root_key, _DATA_STREAM)
     )
-    groups = [Group(s, **keys) for s in plan.group_studies()]
     values = _member_values(plan, 0, 1)[0]
-    dtypes = groups[0].dtypes(values)
-    _check_member_axes_matter(plan, groups[0], values)
-    for g in groups[1:]:
-        if g.dtypes(values) != dtypes:
+    groups, dtypes = [], None
+    for index, study in enumerate(plan.group_studies()):
+        # an error the study raises building or tracing a group names the group's grid place
+        try:
+            group = Group(study, **keys)
+            group_dtypes = group.dtypes(values)
+        except (ValueError, TypeError) as error:
+            raise ValueError(f"{plan.group_place(index)}: {error}") from None
+        if dtypes is not None and group_dtypes != dtypes:
             raise ValueError("the groups of this grid record different series or summaries.")
+        groups.append(group)
+        dtypes = group_dtypes
+    _check_member_axes_matter(plan, groups[0], values)
     stored = store_io.stored_layout(store, plan)
     # the same layout in every process: same groups, same kind of device
     layout = _layout(plan, groups) if stored is None else _resumed_layout(plan, groups, stored)
