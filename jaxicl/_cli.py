@@ -116,6 +116,7 @@ def _build_parser() -> argparse.ArgumentParser:
     plot = commands.add_parser("plot", help="standard figures of a sweep store")
     plot.add_argument("store", help="Zarr store written by `jaxicl sweep`")
     plot.add_argument("--out", default=None, help="figure path (default: STORE.png)")
+    plot.add_argument("--var", default=None, help="the series to draw over time (default: loss)")
     return parser
 
 
@@ -127,7 +128,9 @@ def _sweep(args) -> int:
             return 0
         if args.command == "plot":
             figure = args.out or f"{str(args.store).rstrip('/')}.png"
-            plot_sweep(args.store, figure)
+            excluded = plot_sweep(args.store, figure, args.var)
+            if excluded:
+                print(f"{excluded} diverged member(s) excluded from the medians")
             print(f"figure written to {figure}")
             return 0
         distributed = (args.num_processes, args.process_id)

@@ -43,7 +43,13 @@ def _series(study: AbstractStudy, trajectory):
 
 @eqx.filter_jit
 def _summaries(study: AbstractStudy, states, series: dict):
-    return jax.vmap(study.summarize)(states, series)
+    """The study's summaries, with the divergence flag always among them (a study's own
+    `summarize` may leave it out; a diverged member is never stored as a healthy one)."""
+
+    def one(state, member_series):
+        return {"diverged": state.diverged, **study.summarize(state, member_series)}
+
+    return jax.vmap(one)(states, series)
 
 
 class Group:
@@ -131,7 +137,7 @@ class Group:
             name: jax.ShapeDtypeStruct((1, self.n_records, *s.shape[2:]), s.dtype)
             for name, s in series.items()
         }
-        summaries = jax.eval_shape(jax.vmap(self.study.summarize), states, whole)
+        summaries = jax.eval_shape(lambda s, w: _summaries(self.study, s, w), states, whole)
         self._check_summaries(summaries)
         return (
             {name: (np.dtype(s.dtype), tuple(s.shape[2:])) for name, s in series.items()},

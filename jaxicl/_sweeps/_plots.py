@@ -29,9 +29,25 @@ def _flag(dataset) -> str | None:
     return "success" if "success" in flags else flags[0]
 
 
-def _series(dataset) -> str:
-    over_time = [n for n, v in dataset.data_vars.items() if v.dims[-1:] == ("time",)]
+def _series(dataset, var: str | None) -> str:
+    """The series to draw: `var`, else `loss` when recorded, else the first series."""
+    over_time = [n for n, v in dataset.data_vars.items() if "time" in v.dims]
+    if var is not None:
+        if var not in over_time:
+            raise ValueError(
+                f"`--var` must name a series recorded over time: one of {over_time}; got {var!r}."
+            )
+        return var
     return "loss" if "loss" in over_time else over_time[0]
+
+
+def _healthy(dataset, values):
+    """`values` with every member that diverged set to NaN, and how many members that was:
+    a diverged member's frozen (or infinite) loss would move a median it has no part in."""
+    if "diverged" not in dataset:
+        return values, 0
+    diverged = dataset["diverged"] == 1
+    return values.where(~diverged), int(diverged.sum())
 
 
 def _phase_diagram(ax, dataset, name, fig) -> None:
@@ -68,7 +84,11 @@ def _phase_diagram(ax, dataset, name, fig) -> None:
     fig.colorbar(image, ax=ax)
 
 
-def plot_figures(dataset, path) -> None:
+def plot_figures(dataset, path, var: str | None = None) -> int:
+    """Draw the figures into `path`: the phase diagram of the success rate (or the first flag)
+    and the median over seeds of `var` (default `loss`) at every grid point, members that
+    diverged excluded. Returns how many were excluded."""
+    name = _series(dataset, var)
     plt = _pyplot()
     flag = _flag(dataset)
     panels = 2 if flag is not None else 1
@@ -76,8 +96,8 @@ def plot_figures(dataset, path) -> None:
     if flag is not None:
         _phase_diagram(axes[0, 0], dataset, flag, fig)
     ax_loss = axes[0, -1]
-    name = _series(dataset)
-    median = dataset[name].median("seed")
+    values, excluded = _healthy(dataset, dataset[name])
+    median = values.median("seed", skipna=True)
     grid_dims = [d for d in median.dims if d != "time"]
     points = median.stack(point=grid_dims) if grid_dims else median.expand_dims(point=[0])
     for k in range(points.sizes["point"]):
@@ -92,10 +112,14 @@ def plot_figures(dataset, path) -> None:
         ax_loss.plot(dataset["time"], points.isel(point=k), label=label)
     units = dataset["time"].attrs.get("units", "time")
     positive = bool((median > 0).all())
+    left_out = f", {excluded} diverged excluded" if excluded else ""
     ax_loss.set(
-        xlabel=units, ylabel=f"{name} (median over seeds)", yscale="log" if positive else "linear"
+        xlabel=units,
+        ylabel=f"{name} (median over seeds{left_out})",
+        yscale="log" if positive else "linear",
     )
     ax_loss.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
+    return excluded

@@ -677,6 +677,7 @@ def _labelled(dataset):
     return dataset
 
 
-def plot_sweep(path, figure) -> None:
-    """The standard figures of a (possibly incomplete) sweep store."""
-    plot_figures(open_sweep(path), figure)
+def plot_sweep(path, figure, var: str | None = None) -> int:
+    """The standard figures of a (possibly incomplete) sweep store, the series `var` (default
+    `loss`) over time; returns how many diverged members the medians exclude."""
+    return plot_figures(open_sweep(path), figure, var)

@@ -100,8 +100,8 @@ class AbstractStudy(eqx.Module):
 
     def summarize(self, state: TrainState, series: dict[str, Array]) -> dict[str, Array]:
         """Per-member values (scalars, or arrays named in `summary_dims`) from the final state
-        and the member's whole series (traceable: the runner vmaps and compiles it). By default
-        the divergence flag."""
+        and the member's whole series (traceable: the runner vmaps and compiles it). The runner
+        always adds the divergence flag `diverged`."""
         return {"diverged": state.diverged}
 
     def time(self) -> np.ndarray:
