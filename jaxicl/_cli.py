@@ -15,6 +15,7 @@ import jax
 from ._bench import format_bench, run_bench
 from ._host._devices import use_all_cpu_cores
 from ._host._distributed import join_processes
+from ._host._progress import progress_mode
 from ._registry import EXPERIMENTS, STUDIES, load_sweep
 from ._sweeps._file import study_fields
 from ._sweeps._runner import run_plan
@@ -152,7 +153,7 @@ def _sweep(args) -> int:
         run_plan(
             plan,
             args.out,
-            progress=False if args.quiet else None,
+            progress=progress_mode(args.quiet),
             allow_code_change=args.allow_code_change,
         )
     except (ValueError, FileNotFoundError) as error:
@@ -276,7 +277,7 @@ def _main(argv) -> int:
                 except ValueError:
                     raise ValueError(f"`{field.name}` could not be read from {text!r}.") from None
         config = config_cls(**overrides)
-        summary = run(config, args.out, progress=False if args.quiet else None)
+        summary = run(config, args.out, progress=progress_mode(args.quiet))
     except ValueError as error:
         print(f"jaxicl: error: {error}", file=sys.stderr)
         return 2

@@ -167,20 +167,24 @@ def test_memory_exhausted_inside_xla_is_one_line(monkeypatch, capsys):
         _cli.main(["run", "paired-heads"])
 
 
+TRAINING = "more than this device's"
+EVALUATION = "evaluating one member"  # the final losses' scores, sized before training
+
+
 @pytest.mark.parametrize(
-    "flags",
+    "flags, refusal",
     [
-        ["--heads", "1000000"],
-        ["--batch-size", "1000000000"],
-        ["--n-members", "1000000000"],
+        (["--heads", "1000000"], EVALUATION),
+        (["--batch-size", "1000000000"], TRAINING),
+        (["--n-members", "1000000000"], TRAINING),
     ],
 )
-def test_sizes_that_cannot_fit_are_refused_with_the_estimate(tmp_path, capsys, flags):
-    """Before anything compiles or allocates: one line with the memory a call needs at least."""
+def test_sizes_that_cannot_fit_are_refused_with_the_estimate(tmp_path, capsys, flags, refusal):
+    """Before anything compiles or allocates: one line with the memory a call needs."""
     args = ["run", "paired-heads", "--out", str(tmp_path / "run"), "--quiet", "--heads", "2"]
     assert _cli.main([*args, *flags]) == 2
     err = capsys.readouterr().err
-    assert "needs at least" in err and "GiB" in err and "more than this device's" in err
+    assert "GiB" in err and refusal in err and len(err.strip().splitlines()) == 1
     assert "Traceback" not in err and "RESOURCE_EXHAUSTED" not in err
 
 
@@ -233,3 +237,27 @@ def test_a_path_error_from_deep_inside_is_one_line_naming_the_path(monkeypatch, 
     assert _cli.main(["run", "paired-heads"]) == 1
     err = capsys.readouterr().err
     assert "cannot write results/sweeps/H1" in err and "Traceback" not in err
+
+
+def test_off_a_terminal_the_command_line_logs_each_stored_chunk(tmp_path, capsys):
+    """A batch job's log gets one line at the start (new or resuming, what is done) and one per
+    stored step chunk (it got nothing, and never heard that a run resumed)."""
+    from jaxicl import _cli
+
+    sweep_file = tmp_path / "sweep.toml"
+    sweep_file.write_text(
+        'study = "reduced-allocation"\nseeds = 2\nchunk_records = 2\n'
+        "[fixed]\nd = 9\nhorizon = 2.0\nn_records = 4\n[grid]\nheads = [2, 3]\n"
+    )
+    command = ["sweep", str(sweep_file), "--out", str(tmp_path / "store")]
+    assert _cli.main(command) == 0
+    err = capsys.readouterr().err.splitlines()
+    assert err[0].endswith("store: new; 4 step chunk(s) to run")
+    assert [line.split(": ", 2)[2].split(" (")[0] for line in err[1:]] == [
+        f"unit {u} step chunk {c} stored" for u in (0, 1) for c in (0, 1)
+    ]
+    assert _cli.main(command) == 0
+    err = capsys.readouterr().err.splitlines()
+    assert err == [
+        f"jaxicl: {tmp_path / 'store'}: resuming: 4 of 4 step chunks done; 0 step chunk(s) to run"
+    ]

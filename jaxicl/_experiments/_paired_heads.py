@@ -97,7 +97,7 @@ def run_paired_heads(
     config: PairedHeadsConfig,
     out_dir: str | pathlib.Path,
     *,
-    progress: bool | None = None,
+    progress: bool | str | None = None,
     on_chunk=None,
 ) -> dict:
     """Run (or resume) the experiment into `out_dir`; returns the summary that is also saved.

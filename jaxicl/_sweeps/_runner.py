@@ -23,7 +23,7 @@ import jax.random as jr
 import numpy as np
 
 from .._host._memory import host_memory_bytes
-from .._host._progress import progress_bar
+from .._host._progress import ProgressLines, progress_bar
 from . import _store as store_io
 from ._group import Group
 from ._plan import SweepPlan, chunk_bounds
@@ -196,7 +196,7 @@ def sweep(
     root_seed: int = 0,
     members_per_call: int | str = "auto",
     chunk_records: int | str = "auto",
-    progress: bool | None = None,
+    progress: bool | str | None = None,
     on_chunk=None,
     allow_code_change: bool = False,
 ):
@@ -217,7 +217,8 @@ def sweep(
       analysis: a quarter of the device's memory).
     - `chunk_records`: records per step chunk (a checkpoint after each), or `"auto"` (about 4
       equal chunks: the divisor of the record count nearest a quarter of it).
-    - `progress`: a progress bar (None: only on a terminal).
+    - `progress`: a progress bar (None: only on a terminal); `"lines"`: a line on stderr at
+      the start and per stored step chunk instead (for logs).
     - `on_chunk(unit, step_chunk)`: called after each step chunk is stored.
     - `allow_code_change`: resume a store although the study's code (its module's source, or
       jaxicl's version) changed since it was started; the change is recorded in the store.
@@ -305,7 +306,7 @@ class _Run:
     layout: dict
     root: object
     path: object
-    progress: bool | None
+    progress: bool | str | None
     on_chunk: object
 
     def run(self, process: int, n_processes: int) -> None:
@@ -348,6 +349,10 @@ class _Run:
         )
         bar.update(sum(members[u] * s for u in mine for s, f in zip(steps, done[u]) if f))
         finished = sum(members[u] for u in mine if done[u].all())
+        lines = None
+        if self.progress == "lines":
+            chunks_done = int(sum(done[u].sum() for u in mine))
+            lines = ProgressLines(self.path or description, chunks_done, len(mine) * len(steps))
 
         def show_members():
             bar.set_postfix_str(f"members {finished}/{sum(members.values())}")
@@ -358,6 +363,8 @@ class _Run:
                 g, start, stop = units[u]
                 for c in self._unit(u, g, start, stop, done[u], record_chunks):
                     bar.update(members[u] * steps[c])
+                    if lines is not None:
+                        lines.chunk_stored(u, c)
                     if self.on_chunk is not None:
                         self.on_chunk(u, c)
                 finished += members[u]
