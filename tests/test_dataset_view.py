@@ -33,3 +33,15 @@ def test_the_dataset_round_trips_through_netcdf(in_memory, tmp_path):
     in_memory.to_netcdf(tmp_path / "sweep.nc")
     with xr.open_dataset(tmp_path / "sweep.nc") as back:
         xr.testing.assert_identical(back.load(), in_memory)
+
+
+def test_the_default_loss_says_it_is_averaged_after_the_record(in_memory):
+    """The default `loss` series is the mean over the block of steps after each record time,
+    while observables are taken at the record time itself: the store says so. A study's own
+    `loss` (here the loss at the record step, with its (Ω, M)) is left to its own words."""
+    from jaxicl import FullAllocation
+
+    study = FullAllocation(d=6, n_tasks=2, context_len=8, batch_size=8, steps=4, n_records=2)
+    data = sweep(study, seeds=1, progress=False)
+    assert "observables are taken at t" in data["loss"].attrs["meaning"]
+    assert "meaning" not in in_memory["loss"].attrs

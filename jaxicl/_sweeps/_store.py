@@ -37,6 +37,7 @@ from .._host._checkpoint import load_checkpoint, save_checkpoint
 from ._code import check_code, code_fingerprint
 from ._plan import SweepPlan, label
 from ._plots import plot_figures
+from ._study import AbstractStudy
 
 
 def _zarr():
@@ -49,6 +50,11 @@ def _zarr():
 
 RESUME_DIR = "resume"
 FLAG_MEANING = "1 = true, 0 = false, NaN = not run yet"
+# the default series: not taken at the record's step like the observables, but averaged after it
+LOSS_MEANING = (
+    "mean training loss over the record_every steps that start at the record's time t "
+    "(observables are taken at t itself)"
+)
 
 
 def float64() -> bool:
@@ -299,7 +305,10 @@ def _data_arrays(plan: SweepPlan, n_times: int, dtypes, layout: dict):
             fill_value=np.nan,
             dimension_names=[*dims, *after[1]],
         )
-        yield name, spec, type(plan.study).meanings.get(name, FLAG_MEANING if flag else None)
+        meaning = type(plan.study).meanings.get(name, FLAG_MEANING if flag else None)
+        if meaning is None and name == "loss" and type(plan.study).series is AbstractStudy.series:
+            meaning = LOSS_MEANING
+        yield name, spec, meaning
 
 
 def repair_arrays(root, path, plan: SweepPlan, n_times: int, dtypes, layout: dict) -> None:
