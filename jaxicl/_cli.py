@@ -13,6 +13,7 @@ import sys
 import jax
 
 from ._bench import format_bench, run_bench
+from ._host._compilation_cache import use_compilation_cache
 from ._host._devices import use_all_cpu_cores
 from ._host._distributed import join_processes
 from ._host._progress import progress_mode
@@ -50,6 +51,13 @@ def _studies_help() -> str:
 
 def _build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="jaxicl", description=__doc__)
+    parser.add_argument(
+        "--no-compilation-cache",
+        action="store_true",
+        help="compile everything afresh (default: compiled programs are kept under the user's "
+        "cache directory, ~/.cache/jaxicl/xla, so a rerun loads them; or set "
+        "JAXICL_COMPILATION_CACHE=off, or a directory)",
+    )
     commands = parser.add_subparsers(dest="command", required=True)
     run = commands.add_parser("run", help="run (or resume) an experiment")
     experiments = run.add_subparsers(dest="experiment", required=True)
@@ -246,6 +254,10 @@ def _main(argv) -> int:
         return 0
     args = parser.parse_args(argv)
     use_all_cpu_cores()
+    if args.no_compilation_cache:
+        os.environ["JAXICL_COMPILATION_CACHE"] = "off"
+    if args.command in ("run", "sweep"):  # bench times compiles: never from a cache
+        use_compilation_cache()
     if args.command in ("sweep", "inspect", "plot"):
         return _sweep(args)
     if args.command == "bench":

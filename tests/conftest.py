@@ -44,6 +44,8 @@ _CACHE = os.environ.get(
     "JAXICL_TEST_COMPILATION_CACHE",
     str(pathlib.Path(__file__).parents[1] / ".pytest_cache" / "jax-compilation"),
 )
+if not _CACHE:
+    os.environ.setdefault("JAXICL_COMPILATION_CACHE", "off")  # nor jaxicl's own default cache
 if _CACHE:
     # Every program, however quick to compile: the subprocesses the tests start compile the
     # same small programs again (the kill-and-resume tests took 90 s instead of 102).

@@ -6,6 +6,8 @@ chunk reuses one compiled program. Keys come from the runner: member seed s star
 from `fold_in(data_key, t)` by the trainer.
 """
 
+import functools
+
 import equinox as eqx
 import jax
 import jax.numpy as jnp
@@ -52,6 +54,30 @@ def _summaries(study: AbstractStudy, states, series: dict):
     return jax.vmap(one)(states, series)
 
 
+def _build_parts(study: AbstractStudy) -> tuple:
+    moves = {"observe": study.observe(), "after_step": study.after_step()}
+    extra = {name: f for name, f in moves.items() if f is not None}
+    return study.objective(), member_optimizer(study), extra
+
+
+_cached_parts = functools.lru_cache(maxsize=64)(_build_parts)
+
+
+def _parts(study: AbstractStudy) -> tuple:
+    """The objective, the per-member optimizer and the moves of a study, built once per study
+    value in a process: compiled programs are cached on these objects (functions by
+    identity), so a second sweep of the same study reuses every program of the first. A
+    study with unhashable settings builds them afresh."""
+    try:
+        return _cached_parts(study)
+    except TypeError:  # unhashable settings (e.g. an array field)
+        return _build_parts(study)
+
+
+# memory analyses by (study, members, records, member-value dtypes): each compiles a program
+_ANALYSES: dict = {}
+
+
 class Group:
     """The members of one group of the grid, for the runner."""
 
@@ -60,10 +86,7 @@ class Group:
         self.init_key, self.data_key = init_key, data_key
         self.n_records, self.record_every = study.schedule()
         self.time = np.asarray(study.time())
-        self.objective = study.objective()
-        self.optimizer = member_optimizer(study)
-        moves = {"observe": study.observe(), "after_step": study.after_step()}
-        self.extra = {name: f for name, f in moves.items() if f is not None}
+        self.objective, self.optimizer, self.extra = _parts(study)
 
     def init(self, member_values: dict, seeds):
         """Stacked states of these members (`member_values`: every member axis → one value per
@@ -183,19 +206,30 @@ class Group:
 
     def memory(self, member_values: dict, n_members: int, n_records: int) -> int:
         """XLA's memory analysis (bytes) of one call of `n_members` members, all at once."""
-        analysis = self._memory_analysis(member_values, n_members, n_records)
-        return int(
-            analysis.argument_size_in_bytes
-            + analysis.output_size_in_bytes
-            + analysis.temp_size_in_bytes
-        )
+        arguments, outputs, temporaries = self._memory_analysis(member_values, n_members, n_records)
+        return arguments + outputs + temporaries
 
     def temporary_bytes(self, member_values: dict, n_records: int) -> int:
         """XLA's temporary bytes of one member's call: what any call needs beside its states,
         however its members are chunked (a chunk holds at least one member)."""
-        return int(self._memory_analysis(member_values, 1, n_records).temp_size_in_bytes)
+        return self._memory_analysis(member_values, 1, n_records)[2]
 
     def _memory_analysis(self, member_values: dict, n_members: int, n_records: int):
+        """(argument, output, temporary) bytes, compiled once per study value and sizes in a
+        process (the analysis compiles the whole program)."""
+        dtypes = tuple((name, np.asarray(v).dtype.str) for name, v in sorted(member_values.items()))
+        key = (self.study, n_members, n_records, dtypes)
+        try:
+            return _ANALYSES[key]
+        except TypeError:  # unhashable settings: analyse every time
+            return self._analyse(member_values, n_members, n_records)
+        except KeyError:
+            if len(_ANALYSES) >= 64:
+                _ANALYSES.pop(next(iter(_ANALYSES)))
+            found = _ANALYSES[key] = self._analyse(member_values, n_members, n_records)
+            return found
+
+    def _analyse(self, member_values: dict, n_members: int, n_records: int):
         compiled = compile_ensemble_steps(
             self._abstract_states(member_values, n_members),
             self.objective,
@@ -204,7 +238,12 @@ class Group:
             shared_data=type(self.study).shared_data,
             **self.extra,
         )
-        return compiled.memory_analysis()
+        analysis = compiled.memory_analysis()
+        return (
+            int(analysis.argument_size_in_bytes),
+            int(analysis.output_size_in_bytes),
+            int(analysis.temp_size_in_bytes),
+        )
 
     def minimum_bytes(self, member_values: dict, n_members: int) -> int:
         """A lower bound on the memory of one call of `n_members` members, from shapes alone

@@ -22,6 +22,7 @@ import jax
 import jax.random as jr
 import numpy as np
 
+from .._host._compilation_cache import use_compilation_cache
 from .._host._memory import host_memory_bytes
 from .._host._progress import ProgressLines, progress_bar
 from . import _store as store_io
@@ -245,6 +246,7 @@ def sweep(
 def run_plan(plan: SweepPlan, store=None, *, progress=None, on_chunk=None, allow_code_change=False):
     """`sweep` of a checked plan (e.g. from `load_sweep`)."""
     _check_precision(plan)
+    use_compilation_cache()
     n_processes = jax.process_count()
     if store is None and n_processes > 1:
         raise ValueError("a sweep over several processes needs `store`: a path all of them share.")
