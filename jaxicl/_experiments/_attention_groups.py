@@ -4,6 +4,8 @@ killed run resumes at the first step chunk it had not stored and finishes with t
 numbers; the trained models are rebuilt from each store's final weights.
 """
 
+import dataclasses
+
 import jax
 
 from .. import _validation as check
@@ -11,6 +13,28 @@ from .._host._memory import host_memory_bytes
 from .._studies._attention_regression import AttentionRegression, trained_models
 from .._sweeps._outcome import flag
 from .._sweeps._runner import sweep
+from ._experiment import setting
+
+
+# help of the settings whose defaults differ between the experiments
+CONTEXT_LEN = "context length L (examples per prompt)"
+HEADS = "head counts H, comma-separated (one group each)"
+N_MEMBERS = "ensemble members (random inits) per head count"
+
+
+@dataclasses.dataclass(frozen=True)
+class AttentionTraining:
+    """The training settings of the attention-group experiments with the same defaults in
+    each (an experiment's configuration adds its own)."""
+
+    noise_var: float = setting(0.1, "label noise variance σ² (context and query)")
+    record_every: int = setting(50, "steps between records")
+    chunk_steps: int = setting(500, "steps per checkpointed chunk (a kill loses at most one)")
+    batch_size: int = setting(256, "sampled prompts per step")
+    learning_rate: float = setting(1e-3, "Adam learning rate")
+    init_scale: float = setting(0.1, "standard deviation of the initial weights (> 0)")
+    eval_prompts: int = setting(4096, "prompts of the Monte Carlo population loss")
+    seed: int = setting(0, "root random seed, in [0, 2**63)")
 
 
 def train_group(config, task, n_heads: int, out_dir, *, progress, on_chunk):

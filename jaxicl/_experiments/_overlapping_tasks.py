@@ -25,7 +25,15 @@ from .._host._checkpoint import claim_run_directory, save_json
 from .._studies._attention_regression import AttentionRegression
 from .._tasks._regression import overlapping_two_task
 from .._train._objectives import population_losses
-from ._attention_groups import check_training_config, evaluation_members, train_group
+from ._attention_groups import (
+    CONTEXT_LEN,
+    HEADS,
+    N_MEMBERS,
+    AttentionTraining,
+    check_training_config,
+    evaluation_members,
+    train_group,
+)
 from ._experiment import Experiment, setting
 from ._overlapping_tasks_figure import plot_overlapping_tasks
 
@@ -35,23 +43,13 @@ LIVE_FRACTION = 0.05
 
 
 @dataclasses.dataclass(frozen=True)
-class OverlappingTasksConfig:
+class OverlappingTasksConfig(AttentionTraining):
     """Configuration of `overlapping-tasks`; every field is validated on construction."""
 
-    noise_var: float = setting(0.1, "label noise variance σ² (context and query)")
-    context_len: int = setting(48, "context length L (examples per prompt)")
-    heads: tuple[int, ...] = setting(
-        (2, 3, 4, 6), "head counts H, comma-separated (one group each)"
-    )
-    n_members: int = setting(32, "ensemble members (random inits) per head count")
+    context_len: int = setting(48, CONTEXT_LEN)
+    heads: tuple[int, ...] = setting((2, 3, 4, 6), HEADS)
+    n_members: int = setting(32, N_MEMBERS)
     steps: int = setting(4000, "optimizer steps")
-    record_every: int = setting(50, "steps between records")
-    chunk_steps: int = setting(500, "steps per checkpointed chunk (a kill loses at most one)")
-    batch_size: int = setting(256, "sampled prompts per step")
-    learning_rate: float = setting(1e-3, "Adam learning rate")
-    init_scale: float = setting(0.1, "standard deviation of the initial weights (> 0)")
-    eval_prompts: int = setting(4096, "prompts of the Monte Carlo population loss")
-    seed: int = setting(0, "root random seed, in [0, 2**63)")
 
     def __post_init__(self):
         check.positive_int("context_len", self.context_len)

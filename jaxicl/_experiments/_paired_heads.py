@@ -22,14 +22,22 @@ from .._host._checkpoint import claim_run_directory, save_json
 from .._studies._attention_regression import AttentionRegression
 from .._tasks._regression import LinearRegression
 from .._train._objectives import population_losses
-from ._attention_groups import check_training_config, evaluation_members, train_group
+from ._attention_groups import (
+    CONTEXT_LEN,
+    HEADS,
+    N_MEMBERS,
+    AttentionTraining,
+    check_training_config,
+    evaluation_members,
+    train_group,
+)
 from ._experiment import Experiment, setting
 from ._length_generalization import model_losses_by_length, predictor_risks
 from ._paired_heads_figure import plot_paired_heads
 
 
 @dataclasses.dataclass(frozen=True)
-class PairedHeadsConfig:
+class PairedHeadsConfig(AttentionTraining):
     """Configuration of `paired-heads`; every field is validated on construction.
 
     Defaults follow He et al. (d = 5, L = 40, σ² = 0.1, Adam 1e-3, 256 prompts a step) with
@@ -37,23 +45,13 @@ class PairedHeadsConfig:
     """
 
     d: int = setting(5, "input dimension x ∈ R^d")
-    context_len: int = setting(40, "context length L (examples per prompt)")
-    noise_var: float = setting(0.1, "label noise variance σ² (context and query)")
-    heads: tuple[int, ...] = setting(
-        (1, 2, 4, 8), "head counts H, comma-separated (one group each)"
-    )
-    n_members: int = setting(64, "ensemble members (random inits) per head count")
+    context_len: int = setting(40, CONTEXT_LEN)
+    heads: tuple[int, ...] = setting((1, 2, 4, 8), HEADS)
+    n_members: int = setting(64, N_MEMBERS)
     steps: int = setting(3000, "optimizer steps")
-    record_every: int = setting(50, "steps between records")
-    chunk_steps: int = setting(500, "steps per checkpointed chunk (a kill loses at most one)")
-    batch_size: int = setting(256, "sampled prompts per step")
-    learning_rate: float = setting(1e-3, "Adam learning rate")
-    init_scale: float = setting(0.1, "standard deviation of the initial weights (> 0)")
-    eval_prompts: int = setting(4096, "prompts of the Monte Carlo population loss")
     eval_lengths: tuple[int, ...] = setting(
         (10, 20, 40, 60, 80, 100), "context lengths L of the length-generalization curve"
     )
-    seed: int = setting(0, "root random seed, in [0, 2**63)")
 
     def __post_init__(self):
         check.positive_int("d", self.d)

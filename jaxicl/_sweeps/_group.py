@@ -49,7 +49,10 @@ def _summaries(study: AbstractStudy, states, series: dict):
     `summarize` may leave it out; a diverged member is never stored as a healthy one)."""
 
     def one(state, member_series):
-        return {"diverged": state.diverged, **study.summarize(state, member_series)}
+        summaries = study.summarize(state, member_series)
+        if "diverged" in summaries or "diverged" in member_series:  # the study records it
+            return summaries
+        return {"diverged": state.diverged, **summaries}
 
     return jax.vmap(one)(states, series)
 

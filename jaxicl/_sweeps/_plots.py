@@ -46,7 +46,10 @@ def _healthy(dataset, values):
     a diverged member's frozen (or infinite) loss would move a median it has no part in."""
     if "diverged" not in dataset:
         return values, 0
-    diverged = dataset["diverged"] == 1
+    flag = dataset["diverged"]
+    if "time" in flag.dims:  # recorded per record: the member's flag is its last one
+        flag = flag.isel(time=-1)
+    diverged = flag == 1
     return values.where(~diverged), int(diverged.sum())
 
 
