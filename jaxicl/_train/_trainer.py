@@ -99,89 +99,48 @@ def train_ensemble_steps(
     return _run_jit(states, objective, optimizer, key, start_step, program)
 
 
+# what only an ensemble has: a single run is one member, all at once, on one device
+_ENSEMBLE_ONLY = ("shared_data", "member_chunk", "shard_members")
+
+
 def train_steps(
-    state: TrainState,
-    objective: Objective,
-    optimizer: optax.GradientTransformation,
-    *,
-    steps: int,
-    record_every: int,
-    observe: Callable[[PyTree], PyTree] = no_observables,
-    after_step: AfterStep | None = None,
-    key: PRNGKeyArray,
+    state: TrainState, objective: Objective, optimizer: optax.GradientTransformation, **options
 ) -> tuple[TrainState, Trajectory]:
     """Continue one run for `steps` more steps (compiled once per shape and configuration).
 
     Running 100 steps, or 40 then 60 from the returned state with the same `key`, gives the same
-    result: step t's data key is `fold_in(key, t)`. Arguments as in `train_ensemble_steps`.
+    result: step t's data key is `fold_in(key, t)`. `options`: `steps`, `record_every`, `key`
+    and optionally `observe`, `after_step`, as in `train_ensemble_steps`.
 
     **Returns:** `(state, trajectory)`.
     """
+    for name in _ENSEMBLE_ONLY:
+        if name in options:
+            raise TypeError(f"`{name}` is an ensemble's option; one run takes no `{name}`.")
     stacked = jtu.tree_map(lambda x: x[None] if eqx.is_array(x) else x, state)
     states, trajectory = train_ensemble_steps(
-        stacked,
-        objective,
-        optimizer,
-        steps=steps,
-        record_every=record_every,
-        observe=observe,
-        after_step=after_step,
-        member_chunk=None,
-        shard_members=False,
-        key=key,
+        stacked, objective, optimizer, member_chunk=None, shard_members=False, **options
     )
     return jtu.tree_map(lambda x: x[0] if eqx.is_array(x) else x, (states, trajectory))
 
 
 def train(
-    model: PyTree,
-    objective: Objective,
-    optimizer: optax.GradientTransformation,
-    *,
-    steps: int,
-    record_every: int,
-    observe: Callable[[PyTree], PyTree] = no_observables,
-    after_step: AfterStep | None = None,
-    key: PRNGKeyArray,
+    model: PyTree, objective: Objective, optimizer: optax.GradientTransformation, **options
 ) -> tuple[PyTree, Trajectory]:
-    """Train one model from scratch (`train_steps` from a fresh state).
+    """Train one model from scratch (`train_steps` from a fresh state; the same `options`).
 
     **Returns:** `(model, trajectory)`.
     """
     state = init_train_state(model, optimizer)
-    kwargs = dict(
-        steps=steps, record_every=record_every, observe=observe, after_step=after_step, key=key
-    )
-    state, trajectory = train_steps(state, objective, optimizer, **kwargs)
+    state, trajectory = train_steps(state, objective, optimizer, **options)
     return state.model, trajectory
 
 
 def train_ensemble(
-    models: PyTree,
-    objective: Objective,
-    optimizer: optax.GradientTransformation,
-    *,
-    steps: int,
-    record_every: int,
-    observe: Callable[[PyTree], PyTree] = no_observables,
-    after_step: AfterStep | None = None,
-    shared_data: bool = True,
-    member_chunk: int | None | str = "auto",
-    shard_members: bool = True,
-    key: PRNGKeyArray,
+    models: PyTree, objective: Objective, optimizer: optax.GradientTransformation, **options
 ) -> tuple[PyTree, Trajectory]:
-    """Train a stacked ensemble from scratch. Returns stacked `(models, trajectories)`."""
-    states, trajectories = train_ensemble_steps(
-        init_ensemble_state(models, optimizer),
-        objective,
-        optimizer,
-        steps=steps,
-        record_every=record_every,
-        observe=observe,
-        after_step=after_step,
-        shared_data=shared_data,
-        member_chunk=member_chunk,
-        shard_members=shard_members,
-        key=key,
-    )
+    """Train a stacked ensemble from scratch (`train_ensemble_steps` from fresh states; the
+    same `options`). Returns stacked `(models, trajectories)`."""
+    states = init_ensemble_state(models, optimizer)
+    states, trajectories = train_ensemble_steps(states, objective, optimizer, **options)
     return states.model, trajectories
