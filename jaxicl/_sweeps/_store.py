@@ -405,6 +405,10 @@ def _rows(root, name: str) -> tuple[np.ndarray, list[int]]:
         array = root[name]
     except Exception:  # noqa: BLE001 — missing or unreadable metadata: every row unknown
         return out, list(range(out.shape[0]))
+    try:
+        return np.asarray(array[:], dtype), []  # intact: one read
+    except Exception:  # noqa: BLE001 — a damaged chunk file somewhere: find it unit by unit
+        pass
     unreadable = []
     for u in range(out.shape[0]):
         try:
