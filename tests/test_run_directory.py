@@ -98,11 +98,9 @@ def test_an_interrupt_while_the_command_starts_is_one_line(delay):
     import time
 
     command = [sys.executable, "-c", "import jaxicl_entry, sys; sys.exit(jaxicl_entry.main())"]
+    # (the entry point installs its own SIGINT handler, whatever the child inherited)
     with subprocess.Popen(
-        [*command, "inspect", "nowhere"],
-        stderr=subprocess.PIPE,
-        text=True,
-        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+        [*command, "inspect", "nowhere"], stderr=subprocess.PIPE, text=True
     ) as process:
         time.sleep(delay)
         process.send_signal(signal.SIGINT)

@@ -354,7 +354,8 @@ class _Run:
         lines = None
         if self.progress == "lines":
             chunks_done = int(sum(done[u].sum() for u in mine))
-            lines = ProgressLines(self.path or description, chunks_done, len(mine) * len(steps))
+            where = str(self.path) if self.path is not None else description
+            lines = ProgressLines(where, chunks_done, len(mine) * len(steps))
 
         def show_members():
             bar.set_postfix_str(f"members {finished}/{sum(members.values())}")
