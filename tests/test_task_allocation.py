@@ -223,3 +223,16 @@ def test_diverged_members_still_get_a_table_and_figures(tmp_path, capsys):
 def test_repeated_heads_are_refused():
     with pytest.raises(ValueError, match="`heads` repeats 3"):
         TaskAllocationConfig(**dict(TINY, heads=(3, 3)))
+
+
+def test_a_diverged_warmup_probe_is_counted_as_diverged_not_in_warmup():
+    """A start that blows up (scale 1000) has no warm-up end: it is counted as diverged, not
+    as still in warm-up, and the slope is fitted over the others."""
+    from jaxicl._experiments._task_allocation import warmup_scaling
+
+    config = TaskAllocationConfig(**dict(TINY, warmup_scales=(2e-2, 6e-2, 1e3)))
+    scaling = warmup_scaling(config, 100.0)
+    for flow in ("factorized", "merged"):
+        assert scaling[flow]["diverged"] == 1 and scaling[flow]["still_in_warmup"] == 0
+        assert np.isnan(scaling[flow]["warmup_end"][2])
+    assert -1.2 < scaling["factorized"]["loglog_slope"] < -0.8

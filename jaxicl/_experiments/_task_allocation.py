@@ -194,10 +194,12 @@ def init_scheme(config, name: str) -> AbstractInitScheme:
     return RandomPositive(config.init_spread) if name == "random-positive" else INIT_SCHEMES[name]
 
 
-def _warmup_end(config, scheme, scale, dt, horizon, store, progress) -> float:
+def _warmup_end(config, scheme, scale, dt, horizon, store, progress) -> tuple[float, bool]:
     """The warm-up end of one deterministic start (a probe of the horizon or a point of the
-    warm-up scan, H = n), run through the sweep runner like every other member: resumable in
-    `store` (None: in memory), keyed by the run's seed (the reduced flows draw no data)."""
+    warm-up scan, H = n), and whether it diverged (then the end is NaN, as for a start still in
+    warm-up: the flag tells them apart). Run through the sweep runner like every other member:
+    resumable in `store` (None: in memory), keyed by the run's seed (the reduced flows draw no
+    data)."""
     study = ReducedAllocation(
         d=config.d,
         n_tasks=config.n_tasks,
@@ -213,7 +215,8 @@ def _warmup_end(config, scheme, scale, dt, horizon, store, progress) -> float:
     result = sweep(
         study, seeds=1, store=store, root_seed=config.seed, members_per_call=1, progress=progress
     )
-    return float(result["warmup_end"].values.reshape(-1)[0])
+    diverged = bool(flag(result["diverged"]).reshape(-1)[0])
+    return float(result["warmup_end"].values.reshape(-1)[0]), diverged
 
 
 def _probe_store(out_dir, name):
@@ -247,6 +250,7 @@ def factorized_horizon(config, out_dir=None, *, progress=None) -> float:
         )
         for name, scheme in probes.items()
     ]
+    ends = [end for end, _ in ends]  # a diverged probe has no end: the cap, as in warm-up
     wanted = 2.5 * max(ends) if all(np.isfinite(ends)) else cap
     return min(cap, _on_grid(config, max(config.horizon, wanted), config.dt_factorized))
 
@@ -337,7 +341,7 @@ def warmup_scaling(config, horizon, out_dir=None, *, progress=None) -> dict:
     # The merged model leaves the plateau at a rate that does not shrink with s (warm-up
     # ~ log(1/s)): its horizon, with a 10× smaller step.
     for flow in ("factorized", "merged"):
-        times = []
+        times, diverged = [], []
         for scale in config.warmup_scales:
             if flow == "merged":
                 scheme, dt = Merged(Balanced()), config.dt_merged / 10
@@ -349,8 +353,10 @@ def warmup_scaling(config, horizon, out_dir=None, *, progress=None) -> dict:
                     _on_grid(config, stretched, dt), _on_grid(config, config.horizon_cap, dt)
                 )
             store = _probe_store(out_dir, f"warmup-{flow}-{scale:g}")
-            times.append(_warmup_end(config, scheme, scale, dt, length, store, progress))
-        times = np.asarray(times)
+            end, lost = _warmup_end(config, scheme, scale, dt, length, store, progress)
+            times.append(end)
+            diverged.append(lost)
+        times, diverged = np.asarray(times), np.asarray(diverged)
         finite = np.isfinite(times)
         slope = (
             np.polyfit(np.log(np.asarray(config.warmup_scales)[finite]), np.log(times[finite]), 1)[
@@ -362,7 +368,8 @@ def warmup_scaling(config, horizon, out_dir=None, *, progress=None) -> dict:
         out[flow] = {
             "scales": list(config.warmup_scales),
             "warmup_end": times.tolist(),
-            "still_in_warmup": int((~finite).sum()),
+            "still_in_warmup": int((~finite & ~diverged).sum()),
+            "diverged": int(diverged.sum()),
             "loglog_slope": float(slope),
         }
     return out
@@ -522,7 +529,8 @@ def format_allocation_summary(summary: dict) -> str:
         "loss (rates are over the others)"
     )
     for flow, w in summary["warmup_scaling"].items():
-        note = f" ({w['still_in_warmup']} scales still in warm-up)" if w["still_in_warmup"] else ""
+        counts = [(w["still_in_warmup"], "still in warm-up"), (w.get("diverged", 0), "diverged")]
+        note = "".join(f" ({n} scales {what})" for n, what in counts if n)
         lines.append(
             f"warm-up vs init scale ({flow} model): log-log slope {w['loglog_slope']:.2f}{note}"
         )
