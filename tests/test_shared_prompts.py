@@ -11,7 +11,8 @@ import pytest
 from helpers import tree_allclose
 
 import jaxicl as ji
-from jaxicl._train._objectives import AbstractObjective, _members_predictor
+from jaxicl._attention._models import AbstractAttention
+from jaxicl._train._objectives import AbstractObjective
 from jaxicl._train._step import JOINT_LOSS_MEMBERS
 
 
@@ -58,7 +59,8 @@ def _task(n_out):
 @pytest.mark.parametrize("kind, parametrization, n_out, rank", KINDS)
 def test_values_and_gradients_equal_vmap_in_float64(kind, parametrization, n_out, rank, getkey):
     models = _members(kind, parametrization, n_out, rank, 5, getkey())
-    assert _members_predictor(models) is not None  # the kernel, not the vmap fallback
+    # the kernel, not the member-by-member default
+    assert type(models).predict_members is not AbstractAttention.predict_members
     loss = ji.ICLLoss(_task(n_out), 7)
     data = loss.draw(getkey())
     assert data.x.dtype == jnp.float64
@@ -104,7 +106,7 @@ def test_a_subclass_that_changes_the_call_is_not_given_the_parents_kernel(getkey
     doubled = eqx.filter_vmap(lambda W, U: Doubled(W=W, U=U, kind="softmax"))(base.W, base.U)
     loss = ji.ICLLoss(_task(1), 5)
     data = loss.draw(getkey())
-    assert _members_predictor(doubled) is None
+    assert Doubled.predict_members is AbstractAttention.predict_members
     plain = MemberByMember(loss).evaluate_members(doubled, data)
     assert jnp.allclose(loss.evaluate_members(doubled, data), plain, rtol=1e-12)
     assert not jnp.allclose(loss.evaluate_members(base, data), plain)

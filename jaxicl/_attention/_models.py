@@ -64,6 +64,19 @@ class AbstractAttention(eqx.Module):
     def merged(self) -> "MergedAttention":
         """The same function in merged (W, U) weights."""
 
+    def predict_members(self, prompts: Prompt) -> Float[Array, "m B n_out"]:
+        """`self` stacked over members (leading axis m): every member's prediction of every
+        prompt of the shared batch `prompts`. Member by member here; the built-in models
+        override it with their shared-prompt kernel."""
+        return eqx.filter_vmap(lambda member: jax.vmap(member)(prompts))(self)
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        # A subclass that changes the prediction but not the kernel would otherwise be scored
+        # by its parent's kernel, silently: it gets the member-by-member default instead.
+        if "__call__" in vars(cls) and "predict_members" not in vars(cls):
+            cls.predict_members = AbstractAttention.predict_members
+
 
 class MergedAttention(AbstractAttention):
     """Multi-head attention in merged weights W (H×D×D, key-query) and U (H×n_out×D, output-value).

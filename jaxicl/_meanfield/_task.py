@@ -11,6 +11,7 @@ import jax.random as jr
 from jaxtyping import Array, Float, PRNGKeyArray
 
 from .. import _validation as check
+from .._custom_types import Blocks
 from .._tasks._prompt import Prompt
 from .._tasks._regression import AbstractTask
 from ._neurons import NeuronMeasure, random_measure
@@ -60,6 +61,10 @@ class FeatureRegression(AbstractTask):
     @property
     def n_out(self) -> int:
         return 1
+
+    @property
+    def blocks(self) -> Blocks:
+        return ((0, self.d),)
 
     def inputs(self, n: int, *, key: PRNGKeyArray) -> Float[Array, "n d"]:
         return sample_inputs(self.input_law, n, self.d, self.teacher.a.dtype, key=key)

@@ -26,11 +26,6 @@ from .._train._objectives import ICLLoss
 WEIGHTS = ("Q", "K", "V", "O")
 
 
-def task_blocks(task: AbstractTask):
-    """The coordinate blocks (ω, μ) are taken over: the task's own, or all of x for one task."""
-    return getattr(task, "blocks", ((0, task.d),))
-
-
 class AttentionRegression(AbstractStudy):
     """factorized softmax attention (Adam, sampled prompts) on a regression task"""
 
@@ -84,7 +79,7 @@ class AttentionRegression(AbstractStudy):
         return self.n_records, self.steps // self.n_records
 
     def observe(self):
-        blocks = task_blocks(self.task)
+        blocks = self.task.blocks
         return lambda model: semi_singular_values(model, blocks)
 
     def series(self, trajectory):

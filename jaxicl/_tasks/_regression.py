@@ -16,11 +16,16 @@ from ._prompt import Prompt
 
 
 class AbstractTask(eqx.Module):
-    """A distribution over prompts. `sample(key=...)` returns ONE `Prompt`; batch with vmap."""
+    """A distribution over prompts. `sample(key=...)` returns ONE `Prompt`; batch with vmap.
+
+    `blocks`: the coordinates of x each output depends on, one `(start, stop)` pair per output
+    (a single-output task: all of x), over which observables such as (ω, μ) are taken.
+    """
 
     d: eqx.AbstractVar[int]
     n_out: eqx.AbstractVar[int]
     context_len: eqx.AbstractVar[int]
+    blocks: eqx.AbstractVar[Blocks]
 
     @abc.abstractmethod
     def sample(self, *, key: PRNGKeyArray) -> Prompt:
@@ -74,6 +79,10 @@ class LinearRegression(AbstractTask):
         self.context_noise = check.finite_nonnegative("context_noise", context_noise)
         self.query_noise = check.finite_nonnegative("query_noise", query_noise)
         self.dtype = default_float_dtype(dtype)
+
+    @property
+    def blocks(self) -> Blocks:
+        return ((0, self.d),)
 
     def sample(self, *, key: PRNGKeyArray) -> Prompt:
         x_key, beta_key, noise_key = jr.split(key, 3)

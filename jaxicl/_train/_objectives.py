@@ -9,6 +9,7 @@ import jax.numpy as jnp
 from jaxtyping import Array, Float, PRNGKeyArray, PyTree
 
 from .. import _validation as check
+from .._attention._models import AbstractAttention
 from .._tasks._prompt import Prompt
 from .._tasks._regression import AbstractTask, sample_prompts
 
@@ -48,17 +49,6 @@ class AbstractObjective(eqx.Module):
         return self.evaluate(model, self.draw(key))
 
 
-def _members_predictor(models) -> Callable | None:
-    """The stacked models' own shared-prompt kernel (`predict_members`), if the class that
-    defines it also defines the model's `__call__`: a subclass that changes `__call__` alone
-    would otherwise be evaluated as its parent."""
-    cls = type(models)
-    owner = lambda name: next((c for c in cls.__mro__ if name in vars(c)), None)  # noqa: E731
-    if owner("predict_members") is None or owner("predict_members") is not owner("__call__"):
-        return None
-    return models.predict_members
-
-
 class ICLLoss(AbstractObjective):
     """The sampled in-context loss: mean squared query error over a fresh batch of prompts.
 
@@ -80,12 +70,11 @@ class ICLLoss(AbstractObjective):
         return jnp.mean(jax.vmap(lambda p: squared_error(model(p), p))(data))
 
     def evaluate_members(self, models: PyTree, data: Prompt) -> Float[Array, " m"]:
-        """Through the models' shared-prompt kernel where they have one (attention models:
-        all members' scores as one GEMM), else member by member."""
-        predict = _members_predictor(models)
-        if predict is None:
+        """Attention models through their `predict_members` (the built-in ones: all members'
+        scores as one GEMM), any other model member by member."""
+        if not isinstance(models, AbstractAttention):
             return super().evaluate_members(models, data)
-        return jnp.mean((predict(data) - data.query_y[None]) ** 2, axis=(1, 2))
+        return jnp.mean((models.predict_members(data) - data.query_y[None]) ** 2, axis=(1, 2))
 
 
 def monte_carlo_loss(
