@@ -36,6 +36,11 @@ from ._attention._init_schemes import (
     RandomPositiveCentre as RandomPositiveCentre,
     RandomSign as RandomSign,
 )
+from ._attention._kinds import (
+    AbstractAttentionKind as AbstractAttentionKind,
+    LinearScores as LinearScores,
+    SoftmaxScores as SoftmaxScores,
+)
 from ._attention._models import (
     AbstractAttention as AbstractAttention,
     FactorizedAttention as FactorizedAttention,
@@ -73,6 +78,12 @@ from ._attention._reduced_flows import (
     FactorizedWeights as FactorizedWeights,
     MergedWeights as MergedWeights,
     WeightFlow as WeightFlow,
+)
+from ._meanfield._activations import (
+    AbstractActivation as AbstractActivation,
+    ReLU as ReLU,
+    Sigmoid as Sigmoid,
+    Tanh as Tanh,
 )
 from ._meanfield._flow import (
     AbstractAttentionTreatment as AbstractAttentionTreatment,
@@ -120,7 +131,10 @@ from ._meanfield._solver import (
     particle_solver as particle_solver,
 )
 from ._meanfield._task import (
+    AbstractInputLaw as AbstractInputLaw,
     FeatureRegression as FeatureRegression,
+    GaussianInputs as GaussianInputs,
+    SphereInputs as SphereInputs,
     feature_regression as feature_regression,
 )
 from ._registry import load_sweep as load_sweep

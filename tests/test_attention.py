@@ -31,7 +31,9 @@ def causal_self_attention_last_row(model: ji.FactorizedAttention, prompt: ji.Pro
                     for s in range(t)
                 ]
             )
-            weights = jax.nn.softmax(scores) if model.kind == "softmax" else scores / t
+            weights = (
+                jax.nn.softmax(scores) if isinstance(model.kind, ji.SoftmaxScores) else scores / t
+            )
             mixed = sum(weights[s] * tokens[s] for s in range(t))
             out = out + model.O[h] @ (model.V[h] @ mixed)
         outputs.append(out)

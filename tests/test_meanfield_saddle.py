@@ -13,8 +13,9 @@ import pytest
 from jaxicl._experiments._feature_learning import FeatureLearningConfig
 from jaxicl._experiments._feature_learning_saddles import stall_upper_bound
 from jaxicl._experiments._feature_learning_summary import _mean_field
+from jaxicl._meanfield._activations import ACTIVATIONS
 from jaxicl._meanfield._loss import readout, two_timescale_loss
-from jaxicl._meanfield._neurons import ACTIVATIONS, NeuronMeasure, random_measure
+from jaxicl._meanfield._neurons import NeuronMeasure, random_measure
 from jaxicl._meanfield._saddle import (
     dissipation,
     least_eigenvalue as ji_least_eigenvalue,

@@ -169,5 +169,5 @@ def test_bad_solver_configuration_is_refused(problem):
         ji.MeanFieldLoss(task, inputs=x, batch_size=10)
     with pytest.raises(ValueError, match="activation"):
         ji.init_feature_attention(n_particles=3, k=K, d=D, activation="gelu", key=jr.key(0))
-    with pytest.raises(ValueError, match="law"):
+    with pytest.raises(ValueError, match="coupled"):
         ji.init_feature_attention(n_particles=3, k=8, d=D, key=jr.key(0))

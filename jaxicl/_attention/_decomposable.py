@@ -12,6 +12,7 @@ from jaxtyping import Array, Float
 
 from .._custom_types import Blocks
 from .._tasks._regression import block_mask
+from ._kinds import AbstractAttentionKind
 from ._models import AbstractAttention, FactorizedAttention, MergedAttention
 from ._reduced import AbstractSpectral, FactorizedSpectral
 
@@ -22,7 +23,7 @@ def decomposable_attention(
     blocks: Blocks,
     d: int,
     *,
-    kind: str = "softmax",
+    kind: AbstractAttentionKind | str = "softmax",
     factorized: bool = False,
 ) -> AbstractAttention:
     """The attention model of the decomposable ansatz for (Ω, M) over disjoint `blocks`.
@@ -46,7 +47,11 @@ def decomposable_attention(
 
 
 def factorized_attention(
-    factors: FactorizedSpectral, blocks: Blocks, d: int, *, kind: str = "softmax"
+    factors: FactorizedSpectral,
+    blocks: Blocks,
+    d: int,
+    *,
+    kind: AbstractAttentionKind | str = "softmax",
 ) -> FactorizedAttention:
     """The `FactorizedAttention` of factors ω = q k, μ = o v on the ansatz, balanced or not:
     Q_h, K_h diagonal on the x-coordinates of block S_i with D^(1/4) q_{h,i}, D^(1/4) k_{h,i}

@@ -9,10 +9,12 @@ from jaxtyping import PRNGKeyArray
 
 from .. import _validation as check
 from .._custom_types import default_float_dtype
-from ._models import ATTENTION_KINDS, FactorizedAttention, MergedAttention
+from ._kinds import AbstractAttentionKind, attention_kind
+from ._models import FactorizedAttention, MergedAttention
 
 
-PARAMETRIZATIONS = ("factorized", "merged")
+# names at the edge: a parametrization is the model class whose weights are drawn
+PARAMETRIZATIONS = {"factorized": FactorizedAttention, "merged": MergedAttention}
 
 
 def init_normal(
@@ -21,8 +23,8 @@ def init_normal(
     n_out: int,
     n_heads: int,
     scale: float,
-    kind: str = "softmax",
-    parametrization: str = "factorized",
+    kind: AbstractAttentionKind | str = "softmax",
+    parametrization: type[FactorizedAttention | MergedAttention] | str = "factorized",
     rank: int | None = None,
     dtype=None,
     key: PRNGKeyArray,
@@ -33,8 +35,9 @@ def init_normal(
 
     - `d`, `n_out`, `n_heads`: input dimension, outputs (tasks), heads H; tokens have D = d + n_out.
     - `scale`: standard deviation of every entry, finite and >= 0.
-    - `kind`: `"softmax"` or `"linear"`.
-    - `parametrization`: `"factorized"` (Q, K, V, O) or `"merged"` (W, U).
+    - `kind`: an attention kind, or its name `"softmax"` or `"linear"`.
+    - `parametrization`: `FactorizedAttention` (Q, K, V, O) or `MergedAttention` (W, U), or
+      their names `"factorized"`, `"merged"`.
     - `rank`: r of Q and K in the factorized form (default D).
     - `dtype`: floating dtype; `None` follows the x64 setting.
 
@@ -42,20 +45,15 @@ def init_normal(
     """
     width = _check_sizes(d, n_out, n_heads)
     scale = check.finite_nonnegative("scale", scale)
-    check.one_of("kind", kind, ATTENTION_KINDS)
-    check.one_of("parametrization", parametrization, PARAMETRIZATIONS)
+    kind = attention_kind(kind)
+    if isinstance(parametrization, str):
+        check.one_of("parametrization", parametrization, PARAMETRIZATIONS)
+        parametrization = PARAMETRIZATIONS[parametrization]
+    check.one_of("parametrization", parametrization, PARAMETRIZATIONS.values())
     rank = width if rank is None else check.positive_int("rank", rank)
     dtype = default_float_dtype(dtype)
-    if parametrization == "merged":
-        shapes = {"W": (n_heads, width, width), "U": (n_heads, n_out, width)}
-        return MergedAttention(**_normal_leaves(shapes, scale, dtype, key), kind=kind)
-    shapes = {
-        "Q": (n_heads, rank, width),
-        "K": (n_heads, rank, width),
-        "V": (n_heads, width, width),
-        "O": (n_heads, n_out, width),
-    }
-    return FactorizedAttention(**_normal_leaves(shapes, scale, dtype, key), kind=kind)
+    shapes = parametrization.weight_shapes(width, n_out, n_heads, rank)
+    return parametrization(**_normal_leaves(shapes, scale, dtype, key), kind=kind)
 
 
 def init_balanced(
@@ -107,7 +105,7 @@ def init_identity(
     n_heads: int,
     scale: float,
     opposite_halves: bool = False,
-    kind: str = "softmax",
+    kind: AbstractAttentionKind | str = "softmax",
     dtype=None,
     key: PRNGKeyArray,
 ) -> FactorizedAttention:
@@ -120,7 +118,7 @@ def init_identity(
     del key
     width = _check_sizes(d, n_out, n_heads)
     s = check.finite_nonnegative("scale", scale)
-    check.one_of("kind", kind, ATTENTION_KINDS)
+    kind = attention_kind(kind)
     if opposite_halves and n_heads % 2:
         raise ValueError(f"`n_heads` must be even when opposite_halves=True, got {n_heads}.")
     dtype = default_float_dtype(dtype)

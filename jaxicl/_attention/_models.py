@@ -20,23 +20,16 @@ import jax
 import jax.numpy as jnp
 from jaxtyping import Array, Float
 
-from .. import _validation as check
 from .._tasks._prompt import Prompt, context_tokens, query_token
+from ._kinds import AbstractAttentionKind, attention_kind
 from ._shared_prompts import shared_prompt_predictions
 
 
-ATTENTION_KINDS = ("softmax", "linear")
-
-
 def attend(
-    scores: Float[Array, "H n_ctx"], tokens: Float[Array, "n_ctx D"], kind: str
+    scores: Float[Array, "H n_ctx"], tokens: Float[Array, "n_ctx D"], kind: AbstractAttentionKind
 ) -> Float[Array, "H D"]:
     """Σ_l a_{h,l} z_l for every head, with a = softmax(scores) or scores / L."""
-    if kind == "softmax":
-        weights = jax.nn.softmax(scores, axis=-1)
-    else:
-        weights = scores / tokens.shape[0]
-    return weights @ tokens
+    return kind.weights(scores, axis=-1) @ tokens
 
 
 def _check_width(prompt: Prompt, width: int) -> None:
@@ -54,7 +47,7 @@ def _check_width(prompt: Prompt, width: int) -> None:
 class AbstractAttention(eqx.Module):
     """A multi-head attention model mapping one `Prompt` to a prediction of shape `(n_out,)`."""
 
-    kind: eqx.AbstractVar[str]
+    kind: eqx.AbstractVar[AbstractAttentionKind]
 
     @abc.abstractmethod
     def __call__(self, prompt: Prompt) -> Float[Array, " n_out"]:
@@ -87,21 +80,26 @@ class MergedAttention(AbstractAttention):
 
     - `W`: shape `(H, D, D)`; the score of context token z_l is z_lᵀ W_h z_q.
     - `U`: shape `(H, n_out, D)`.
-    - `kind`: `"softmax"` or `"linear"`.
+    - `kind`: `SoftmaxScores()` or `LinearScores()`, or their names `"softmax"`, `"linear"`.
     """
 
     W: Float[Array, "H D D"]
     U: Float[Array, "H n_out D"]
-    kind: str = eqx.field(static=True)  # "softmax" or "linear"
+    kind: AbstractAttentionKind = eqx.field(static=True, converter=attention_kind)
 
     def __check_init__(self):
-        check.one_of("kind", self.kind, ATTENTION_KINDS)
         if self.W.ndim != 3 or self.W.shape[1] != self.W.shape[2]:
             raise ValueError(f"`W` must have shape (H, D, D), got {self.W.shape}.")
         if self.U.ndim != 3 or self.U.shape[::2] != self.W.shape[:2]:
             raise ValueError(
                 f"`U` must have shape (H, n_out, D={self.W.shape[1]}), got {self.U.shape}."
             )
+
+    @staticmethod
+    def weight_shapes(width: int, n_out: int, n_heads: int, rank: int) -> dict:
+        """Each weight's shape for tokens of width D (`rank` is the factorized form's)."""
+        del rank
+        return {"W": (n_heads, width, width), "U": (n_heads, n_out, width)}
 
     def __call__(self, prompt: Prompt) -> Float[Array, " n_out"]:
         _check_width(prompt, self.W.shape[-1])
@@ -131,17 +129,16 @@ class FactorizedAttention(AbstractAttention):
     - `Q`, `K`: shape `(H, r, D)`.
     - `V`: shape `(H, D_v, D)`.
     - `O`: shape `(H, n_out, D_v)`.
-    - `kind`: `"softmax"` or `"linear"`.
+    - `kind`: `SoftmaxScores()` or `LinearScores()`, or their names `"softmax"`, `"linear"`.
     """
 
     Q: Float[Array, "H r D"]
     K: Float[Array, "H r D"]
     V: Float[Array, "H Dv D"]
     O: Float[Array, "H n_out Dv"]
-    kind: str = eqx.field(static=True)  # "softmax" or "linear"
+    kind: AbstractAttentionKind = eqx.field(static=True, converter=attention_kind)
 
     def __check_init__(self):
-        check.one_of("kind", self.kind, ATTENTION_KINDS)
         if self.Q.shape != self.K.shape or self.Q.ndim != 3:
             raise ValueError(
                 f"`Q` and `K` must share shape (H, r, D), got {self.Q.shape}, {self.K.shape}."
@@ -156,6 +153,16 @@ class FactorizedAttention(AbstractAttention):
                 f"`O` must have shape (H={n_heads}, n_out, D_v={self.V.shape[1]}), "
                 f"got {self.O.shape}."
             )
+
+    @staticmethod
+    def weight_shapes(width: int, n_out: int, n_heads: int, rank: int) -> dict:
+        """Each weight's shape for tokens of width D, with Q, K of rank r."""
+        return {
+            "Q": (n_heads, rank, width),
+            "K": (n_heads, rank, width),
+            "V": (n_heads, width, width),
+            "O": (n_heads, n_out, width),
+        }
 
     def __call__(self, prompt: Prompt) -> Float[Array, " n_out"]:
         _check_width(prompt, self.Q.shape[-1])

@@ -14,20 +14,23 @@ neither the matrix units nor the vector lanes fill. Factorized weights enter thr
 W = KᵀQ/√D and U = OV inside the differentiated function, so gradients stay exact.
 """
 
-import jax
 import jax.numpy as jnp
 from jaxtyping import Array, Float
 
 from .._tasks._prompt import Prompt, context_tokens, query_token
+from ._kinds import AbstractAttentionKind
 
 
 def shared_prompt_predictions(
-    W: Float[Array, "m H D D"], U: Float[Array, "m H n_out D"], kind: str, prompts: Prompt
+    W: Float[Array, "m H D D"],
+    U: Float[Array, "m H n_out D"],
+    kind: AbstractAttentionKind,
+    prompts: Prompt,
 ) -> Float[Array, "m B n_out"]:
     """Every member's prediction for every prompt of a batch (leading axis B) shared by all.
 
     `W`, `U`: the members' merged weights, stacked on a leading member axis; `kind`:
-    `"softmax"` or `"linear"`.
+    how scores become attention weights.
     """
     n_members, n_heads, width, _ = W.shape
     n_out = U.shape[2]
@@ -46,10 +49,7 @@ def shared_prompt_predictions(
     # columns ordered (head, member), so the sum over heads is over a major axis
     columns = lambda A: jnp.swapaxes(A, 0, 1).reshape(n_heads * n_members, -1).T  # noqa: E731
     scores = features @ columns(W.reshape(n_members, n_heads, width**2))
-    if kind == "softmax":
-        weights = jax.nn.softmax(scores, axis=1)
-    else:
-        weights = scores / n_ctx
+    weights = kind.weights(scores, axis=1)
     outputs = []
     for o in range(n_out):
         values = tokens @ columns(U[:, :, o])

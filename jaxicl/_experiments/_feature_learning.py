@@ -37,8 +37,8 @@ import numpy as np
 
 from .. import _validation as check
 from .._host._checkpoint import claim_run_directory, save_json
+from .._meanfield._activations import ACTIVATIONS
 from .._meanfield._flow import JointAttention
-from .._meanfield._neurons import ACTIVATIONS
 from .._meanfield._perturbations import HessianNoise, IsotropicNoise
 from .._meanfield._task import INPUT_LAWS
 from .._studies._feature_learning import FeatureLearning, SplitAtoms, SymmetricPoint
@@ -221,10 +221,10 @@ def _study(config) -> FeatureLearning:
         d=config.d,
         k=config.k,
         particles=config.n_particles,
-        activation=config.activation,
+        activation=ACTIVATIONS[config.activation],
         teacher_neurons=config.teacher_neurons,
         teacher_scale=config.teacher_scale,
-        input_law=config.input_law,
+        input_law=INPUT_LAWS[config.input_law],
         n_inputs=config.n_inputs,
         n_eval_inputs=config.n_eval_inputs,
         learning_rate=config.learning_rate,

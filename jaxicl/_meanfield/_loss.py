@@ -18,7 +18,7 @@ import jax.numpy as jnp
 from jaxtyping import Array, Float
 
 from ._model import FeatureAttention
-from ._neurons import ACTIVATIONS, NeuronMeasure
+from ._neurons import NeuronMeasure
 
 
 Inputs = Float[Array, "n d"]
@@ -124,6 +124,6 @@ def first_variation(
     """δL/δµ at each particle: −E_x[ζ(x)ᵀ B h_θ(x)]. Its µ-average is 0 (up to the ridge),
     because the least-squares residual ζ is orthogonal to the features."""
     b, _, residual = readout(particles, x, f, jitter)
-    activation = ACTIVATIONS[particles.activation](particles.w @ x.T)  # (M, n)
+    activation = particles.activation(particles.w @ x.T)  # (M, n)
     along = particles.a @ (residual @ b).T  # (M, n): ζ(x_n)ᵀ B a_j
     return -jnp.mean(activation * along, axis=-1)

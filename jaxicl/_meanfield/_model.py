@@ -11,6 +11,7 @@ import jax.numpy as jnp
 from jaxtyping import Array, Float, PRNGKeyArray
 
 from .._tasks._prompt import Prompt
+from ._activations import AbstractActivation
 from ._neurons import NeuronMeasure, random_measure
 
 
@@ -49,8 +50,8 @@ def init_feature_attention(
     d: int,
     a_scale: float = 1.0,
     w_scale: float = 1.0,
-    law: str = "coupled",
-    activation: str = "sigmoid",
+    coupled: bool = True,
+    activation: "AbstractActivation | str" = "sigmoid",
     padded_to: int | None = None,
     dtype=None,
     key: PRNGKeyArray,
@@ -62,7 +63,7 @@ def init_feature_attention(
         d=d,
         a_scale=a_scale,
         w_scale=w_scale,
-        law=law,
+        coupled=coupled,
         activation=activation,
         padded_to=padded_to,
         dtype=dtype,

@@ -18,7 +18,7 @@ import jax.numpy as jnp
 from jaxtyping import Array, Float
 
 from ._loss import Inputs, TargetFeatures, readout, two_timescale_loss
-from ._neurons import ACTIVATIONS, NeuronMeasure
+from ._neurons import NeuronMeasure
 
 
 def least_eigenvalue(
@@ -101,7 +101,7 @@ def particle_velocities(
     """−∇_θ δL/δµ(θ_j) = (E[g σ(w_jᵀx)], E[(gᵀa_j) σ'(w_jᵀx) x]): each particle's velocity
     under the flow, (a, w) concatenated."""
     g = _pull(particles, x, f, jitter)
-    act = ACTIVATIONS[particles.activation]
+    act = particles.activation
     pre = particles.w @ x.T  # (M, n)
     n = x.shape[0]
     along_a = act(pre) @ g / n
@@ -124,7 +124,7 @@ def splitting_hessians(
     S_aw = −E[g σ'(wᵀx) xᵀ], S_ww = −E[(gᵀa) σ''(wᵀx) x xᵀ] (one pass of products over the
     inputs for every particle; no per-particle automatic Hessian)."""
     g = _pull(particles, x, f, jitter)
-    act = ACTIVATIONS[particles.activation]
+    act = particles.activation
     pre = particles.w @ x.T  # (M, n)
     n, k = x.shape[0], g.shape[-1]
     aw = -jnp.einsum("nk,jn,nd->jkd", g, _elementwise(act, 1)(pre), x) / n

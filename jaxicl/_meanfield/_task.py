@@ -4,6 +4,9 @@ Tasks v ~ N(0, I_k) share one nonlinear feature map f° ∈ R^k, realizable by t
 class. Inputs are N(0, I_d) or uniform on the sphere of radius √d (the same second moment).
 """
 
+import abc
+from typing import ClassVar
+
 import equinox as eqx
 import jax
 import jax.numpy as jnp
@@ -14,18 +17,47 @@ from .. import _validation as check
 from .._custom_types import Blocks
 from .._tasks._prompt import Prompt
 from .._tasks._regression import AbstractTask
+from ._activations import AbstractActivation
 from ._neurons import NeuronMeasure, random_measure
 
 
-INPUT_LAWS = ("gaussian", "sphere")
+class AbstractInputLaw(eqx.Module):
+    """The law of the inputs x ∈ R^d; `name` is how the built-in laws are named."""
+
+    name: ClassVar[str]
+
+    @abc.abstractmethod
+    def sample(self, n: int, d: int, dtype, *, key: PRNGKeyArray) -> Float[Array, "n d"]:
+        """`n` independent inputs."""
 
 
-def sample_inputs(law: str, n: int, d: int, dtype, *, key: PRNGKeyArray) -> Float[Array, "n d"]:
-    """`n` inputs from N(0, I_d) (`"gaussian"`) or uniform on the sphere of radius √d."""
-    x = jr.normal(key, (n, d), dtype)
-    if law == "sphere":
-        x = x * (d**0.5 / jnp.linalg.norm(x, axis=-1, keepdims=True))
-    return x
+class GaussianInputs(AbstractInputLaw):
+    """x ~ N(0, I_d)."""
+
+    name: ClassVar[str] = "gaussian"
+
+    def sample(self, n, d, dtype, *, key):
+        return jr.normal(key, (n, d), dtype)
+
+
+class SphereInputs(AbstractInputLaw):
+    """x uniform on the sphere of radius √d (the second moment of N(0, I_d))."""
+
+    name: ClassVar[str] = "sphere"
+
+    def sample(self, n, d, dtype, *, key):
+        x = jr.normal(key, (n, d), dtype)
+        return x * (d**0.5 / jnp.linalg.norm(x, axis=-1, keepdims=True))
+
+
+INPUT_LAWS = {law.name: law for law in (GaussianInputs(), SphereInputs())}
+
+
+def input_law_of(value: "str | AbstractInputLaw") -> AbstractInputLaw:
+    """An input law given by name (`"gaussian"`, `"sphere"`) or as a Module."""
+    if isinstance(value, str):
+        return INPUT_LAWS[check.one_of("input_law", value, INPUT_LAWS)]
+    return check.variant("input_law", value, AbstractInputLaw, INPUT_LAWS)
 
 
 class FeatureRegression(AbstractTask):
@@ -37,18 +69,17 @@ class FeatureRegression(AbstractTask):
     - `context_len`: the prompt length n (the population n = ∞ form is `MeanFieldLoss`).
     - `noise`: label noise standard deviation σ, on context labels and on the query target (so
       the n = ∞ loss is shifted by ½σ²).
-    - `input_law`: `"gaussian"` or `"sphere"`.
+    - `input_law`: `GaussianInputs()` or `SphereInputs()`, or its name `"gaussian"`, `"sphere"`.
     """
 
     teacher: NeuronMeasure
     context_len: int = eqx.field(static=True)
     noise: float = eqx.field(static=True)
-    input_law: str = eqx.field(static=True)
+    input_law: AbstractInputLaw = eqx.field(static=True, converter=input_law_of)
 
     def __check_init__(self):
         check.positive_int("context_len", self.context_len)
         check.finite_nonnegative("noise", self.noise)
-        check.one_of("input_law", self.input_law, INPUT_LAWS)
 
     @property
     def d(self) -> int:
@@ -67,7 +98,7 @@ class FeatureRegression(AbstractTask):
         return ((0, self.d),)
 
     def inputs(self, n: int, *, key: PRNGKeyArray) -> Float[Array, "n d"]:
-        return sample_inputs(self.input_law, n, self.d, self.teacher.a.dtype, key=key)
+        return self.input_law.sample(n, self.d, self.teacher.a.dtype, key=key)
 
     def target_features(self, x: Float[Array, "n d"]) -> Float[Array, "n k"]:
         """f°(x) for each row of x."""
@@ -88,10 +119,10 @@ def feature_regression(
     k: int = 5,
     teacher_neurons: int = 10,
     teacher_scale: float = 3.0,
-    activation: str = "sigmoid",
+    activation: "AbstractActivation | str" = "sigmoid",
     context_len: int = 1000,
     noise: float = 0.0,
-    input_law: str = "gaussian",
+    input_law: "AbstractInputLaw | str" = "gaussian",
     dtype=None,
     key: PRNGKeyArray,
 ) -> FeatureRegression:
@@ -106,7 +137,7 @@ def feature_regression(
         d=d,
         a_scale=teacher_neurons**0.5,
         w_scale=teacher_scale,
-        law="independent",
+        coupled=False,
         activation=activation,
         dtype=dtype,
         key=key,

@@ -32,6 +32,7 @@ import jax.numpy as jnp
 import jax.random as jr
 
 from .. import _validation as check
+from .._meanfield._activations import ACTIVATIONS, AbstractActivation, Sigmoid
 from .._meanfield._flow import (
     ATTENTION_TREATMENTS,
     AbstractAttentionTreatment,
@@ -40,11 +41,16 @@ from .._meanfield._flow import (
 )
 from .._meanfield._loss import constant_feature_loss, with_optimal_attention
 from .._meanfield._model import FeatureAttention, init_feature_attention
-from .._meanfield._neurons import ACTIVATIONS, symmetric_measure, uniform_measure
+from .._meanfield._neurons import symmetric_measure, uniform_measure
 from .._meanfield._perturbations import PERTURBATIONS, AbstractPerturbation, NoPerturbation
 from .._meanfield._saddle import mixture_derivatives
 from .._meanfield._solver import ParticleSolver, particle_solver
-from .._meanfield._task import INPUT_LAWS, feature_regression
+from .._meanfield._task import (
+    INPUT_LAWS,
+    AbstractInputLaw,
+    GaussianInputs,
+    feature_regression,
+)
 from .._sweeps._outcome import outcome
 from .._sweeps._study import AbstractStudy
 
@@ -180,10 +186,10 @@ class FeatureLearning(AbstractStudy):
     d: int = eqx.field(static=True, default=10)
     k: int = eqx.field(static=True, default=3)
     particles: int = eqx.field(static=True, default=200)
-    activation: str = "sigmoid"
+    activation: AbstractActivation = Sigmoid()
     teacher_neurons: int = eqx.field(static=True, default=5)
     teacher_scale: float = 3.0
-    input_law: str = "gaussian"
+    input_law: AbstractInputLaw = GaussianInputs()
     init: AbstractFeatureInit = CoupledLaw()
     n_inputs: int = eqx.field(static=True, default=500)
     n_eval_inputs: int = eqx.field(static=True, default=1000)
@@ -209,6 +215,8 @@ class FeatureLearning(AbstractStudy):
     time_units: ClassVar[str] = "Euler steps (flow time: learning_rate × step)"
     float64: ClassVar[bool] = True
     variants: ClassVar[dict] = {
+        "activation": ACTIVATIONS,
+        "input_law": INPUT_LAWS,
         "init": FEATURE_INITS,
         "attention": ATTENTION_TREATMENTS,
         "perturbation": PERTURBATIONS,
@@ -257,11 +265,11 @@ class FeatureLearning(AbstractStudy):
         check.finite_nonnegative("perturbation_size", self.perturbation_size)
         check.finite_nonnegative("displacement", self.displacement)
         check.finite_nonnegative("birth_death_rate", self.birth_death_rate)
-        check.one_of("input_law", self.input_law, INPUT_LAWS)
+        check.variant("input_law", self.input_law, AbstractInputLaw, INPUT_LAWS)
         check.variant("init", self.init, AbstractFeatureInit, FEATURE_INITS)
         self.init.check(self)
         check.in_open_interval("success_threshold", self.success_threshold, 0.0, 1.0)
-        check.one_of("activation", self.activation, ACTIVATIONS)
+        check.variant("activation", self.activation, AbstractActivation, ACTIVATIONS)
         check.variant("attention", self.attention, AbstractAttentionTreatment, ATTENTION_TREATMENTS)
         check.variant("perturbation", self.perturbation, AbstractPerturbation, PERTURBATIONS)
         check.seed("problem_seed", self.problem_seed)
