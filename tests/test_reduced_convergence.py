@@ -151,7 +151,7 @@ def test_rotated_frame_prompts_equal_task_prompts_in_law():
         mu = jnp.stack([m for _, m in named.values()])
         kwargs = dict(d=d, context_len=100, n_prompts=8192)
         rotated = ji.ansatz_monte_carlo_loss(omega, mu, key=jr.key(1), **kwargs)
-        direct = ji.ansatz_monte_carlo_loss(omega, mu, key=jr.key(2), frame="direct", **kwargs)
+        direct = ji.ansatz_monte_carlo_loss(omega, mu, key=jr.key(2), rotated=False, **kwargs)
         for value, error in (("loss", "loss_stderr"), ("finite_part", "finite_part_stderr")):
             gap = jnp.abs(getattr(rotated, value) - getattr(direct, value))
             combined = jnp.hypot(getattr(rotated, error), getattr(direct, error))
@@ -195,7 +195,7 @@ def test_full_model_layout_optima_approach_the_reduced_optima_as_context_grows()
             ("single-head", reduced.single_head_omega, reduced.single_head),
         ):
             optimum = layout_optimum_monte_carlo(
-                layout,
+                layout == "single-head",
                 centre * jnp.linspace(0.6, 1.5, 13),
                 d=3 * r,
                 n_tasks=3,

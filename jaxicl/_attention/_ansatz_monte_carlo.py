@@ -10,7 +10,7 @@ enough to run at L = 6400:
   through its first two coordinates per block, and the others can be dropped. The model of the
   same (Ω, M) on inputs in R^{2n} (blocks of two) sees prompts equal in law to those of
   `MultiTaskRegression` in R^d, at 2n coordinates per token instead of d; the block sizes r_j
-  enter only through the laws of ‖x_{q,S_j}‖ and β_j (`frame="direct"` samples the task itself
+  enter only through the laws of ‖x_{q,S_j}‖ and β_j (`rotated=False` samples the task itself
   in R^d; a test checks that the two agree).
 - **Control variates for the finite-L part.** At L = ∞ head h's softmax average of y_i is
   ω_{h,i} c_i (c_i = β_iᵀx_{q,S_i} = y_{q,i}, labels noiseless), so ℓ_∞ = Σ_i r_i (1 − p_i)²,
@@ -35,9 +35,6 @@ from .._tasks._regression import MultiTaskRegression, block_mask, disjoint_block
 from .._train._objectives import AbstractObjective
 from ._decomposable import decomposable_attention
 from ._reduced import AbstractSpectral
-
-
-FRAMES = ("rotated", "direct")
 
 
 class AnsatzEstimate(NamedTuple):
@@ -195,17 +192,18 @@ def ansatz_monte_carlo_loss(
     n_prompts: int,
     key: PRNGKeyArray,
     batch: int = 64,
-    frame: str = "rotated",
+    rotated: bool = True,
 ) -> AnsatzEstimate:
     """ℓ(Ω, M) and ℓ − ℓ_∞ of the full model on n = Ω.shape[-1] disjoint blocks of x ∈ R^d with
     noiseless labels, by Monte Carlo over `n_prompts` prompts (rounded up to whole batches).
 
     Leading axes of `omega` and `mu` are points, all evaluated on the same prompts (one pass of
-    sampling; differences between points then have common random numbers)."""
+    sampling; differences between points then have common random numbers). `rotated=False`
+    samples the task in R^d itself instead of the rotated frame (equal in law; a check)."""
     check.positive_int("context_len", context_len)
     check.positive_int("n_prompts", n_prompts)
     check.positive_int("batch", batch)
-    check.one_of("frame", frame, FRAMES)
+    check.one_of("rotated", rotated, (True, False))
     if omega.shape != mu.shape or omega.ndim < 2:
         raise ValueError(
             f"`omega` and `mu` must share a shape (..., H, n), got {omega.shape}, {mu.shape}."
@@ -216,12 +214,12 @@ def ansatz_monte_carlo_loss(
     n_tasks, dtype = omega.shape[-1], omega.dtype
     blocks = disjoint_blocks(d, n_tasks)
     sizes = tuple(stop - start for start, stop in blocks)
-    if frame == "direct":
-        task = MultiTaskRegression(d, context_len, blocks, dtype=dtype)
-        draw = lambda k: sample_prompts(task, batch, key=k)  # noqa: E731
-    else:
+    if rotated:
         blocks, d = _frame_blocks(n_tasks), 2 * n_tasks
         draw = lambda k: _rotated_prompts(sizes, context_len, batch, dtype, k)  # noqa: E731
+    else:
+        task = MultiTaskRegression(d, context_len, blocks, dtype=dtype)
+        draw = lambda k: sample_prompts(task, batch, key=k)  # noqa: E731
     mask = block_mask(blocks, d, dtype)
 
     def per_prompt(om, m, prompt):
@@ -247,9 +245,6 @@ def ansatz_monte_carlo_loss(
     )
 
 
-LAYOUTS = ("one-head-per-task", "single-head")
-
-
 class LayoutOptimum(NamedTuple):
     """The full model's best loss in one head layout, over a grid of ω with μ by least squares.
 
@@ -270,7 +265,7 @@ class LayoutOptimum(NamedTuple):
 
 
 def layout_optimum_monte_carlo(
-    layout: str,
+    single_head: bool,
     omegas: Float[Array, " grid"],
     *,
     d: int,
@@ -282,12 +277,12 @@ def layout_optimum_monte_carlo(
 ) -> LayoutOptimum:
     """Best full-model loss of a fixed-sign head layout on the ansatz (noiseless labels).
 
-    `one-head-per-task`: head i has ω_i on block S_i and μ_i on task i only (tasks decouple,
-    so each ω_i is chosen on the grid separately); `single-head`: one head with one ω on every
-    block and μ_i per task. For each grid ω the model of the layout with μ = 1 is run on the
-    prompts (rotated frame); then μ_i = E[y_{q,i} a_i] / E[a_i²]. The same key gives the same
-    prompts for both layouts."""
-    check.one_of("layout", layout, LAYOUTS)
+    `single_head=False`: one head per task, head i has ω_i on block S_i and μ_i on task i only
+    (tasks decouple, so each ω_i is chosen on the grid separately); `single_head=True`: one
+    head with one ω on every block and μ_i per task. For each grid ω the model of the layout
+    with μ = 1 is run on the prompts (rotated frame); then μ_i = E[y_{q,i} a_i] / E[a_i²].
+    The same key gives the same prompts for both layouts."""
+    check.one_of("single_head", single_head, (True, False))
     blocks = disjoint_blocks(d, n_tasks)
     sizes = tuple(stop - start for start, stop in blocks)
     frame_blocks = _frame_blocks(n_tasks)
@@ -295,7 +290,7 @@ def layout_optimum_monte_carlo(
     ones = jnp.ones((1, n_tasks), dtype)
 
     def model_for(w):
-        if layout == "single-head":
+        if single_head:
             return decomposable_attention(w * ones, ones, frame_blocks, 2 * n_tasks)
         eye = jnp.eye(n_tasks, dtype=dtype)
         return decomposable_attention(w * eye, eye, frame_blocks, 2 * n_tasks)
@@ -311,14 +306,14 @@ def layout_optimum_monte_carlo(
     mu = jnp.mean(c[None] * a, axis=1) / jnp.mean(a**2, axis=1)  # (G, n)
     errors = (c[None] - mu[:, None, :] * a) ** 2  # (G, N, n)
     per_task = errors.mean(axis=1)  # (G, n)
-    if layout == "single-head":
+    if single_head:
         best = jnp.full((n_tasks,), jnp.argmin(per_task.sum(axis=1)))
     else:
         best = jnp.argmin(per_task, axis=0)
     tasks = jnp.arange(n_tasks)
     per_prompt = errors[best, :, tasks].sum(axis=0)  # (N,)
     edge = bool(jnp.any((best == 0) | (best == omegas.shape[0] - 1)))
-    chosen = best[:1] if layout == "single-head" else best
+    chosen = best[:1] if single_head else best
     return LayoutOptimum(
         loss=float(per_prompt.mean()),
         loss_stderr=float(per_prompt.std(ddof=1) / jnp.sqrt(per_prompt.shape[0])),

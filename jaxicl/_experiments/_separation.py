@@ -27,13 +27,13 @@ def separation(config) -> dict:
         reduced = optimal_allocation_losses(config.block_sizes, length)
         key = jr.fold_in(jr.key(config.seed), length)  # the same prompts for both layouts
         full = {}
-        for layout, centre in (
-            ("one-head-per-task", max(reduced.one_head_per_task_omega)),
-            ("single-head", reduced.single_head_omega),
+        for layout, single_head, centre in (
+            ("one-head-per-task", False, max(reduced.one_head_per_task_omega)),
+            ("single-head", True, reduced.single_head_omega),
         ):
             grid = centre * jnp.linspace(*GRID[:2], GRID[2])
             full[layout] = layout_optimum_monte_carlo(
-                layout,
+                single_head,
                 grid,
                 d=config.d,
                 n_tasks=config.n_tasks,
