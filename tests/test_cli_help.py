@@ -42,3 +42,32 @@ def test_sweep_help_lists_every_study_setting_and_default(capsys):
         assert name in text and "".join(cls.__doc__.split()) in text
         for field, default in study_fields(cls).items():
             assert f"{field}={getattr(default, 'name', default)!r}" in text
+
+
+def test_experiments_and_studies_are_found_from_their_modules_alone(tmp_path, monkeypatch):
+    """A new experiment or built-in study is its module: the registry finds it (no list to
+    edit); helpers without a record, and studies imported from elsewhere, are not taken."""
+    import importlib
+
+    from jaxicl._registry import experiments_in, studies_in
+
+    package = tmp_path / "more"
+    package.mkdir()
+    (package / "__init__.py").write_text("")
+    (package / "_mine.py").write_text(
+        "from typing import ClassVar\n"
+        "from jaxicl import AbstractStudy, ReducedAllocation\n"
+        "from jaxicl._experiments._experiment import Experiment\n"
+        "class Mine(AbstractStudy):\n"
+        "    registry_name: ClassVar[str] = 'mine'\n"
+        "class Unnamed(AbstractStudy):\n"
+        "    pass\n"
+        "EXPERIMENT = Experiment(\n"
+        "    name='mine', config=object, run=print, describe=str, studies=(Mine,)\n"
+        ")\n"
+    )
+    (package / "_helper.py").write_text("VALUE = 1\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    more = importlib.import_module("more")
+    assert list(experiments_in(more)) == ["mine"]
+    assert list(studies_in(more)) == ["mine"]
