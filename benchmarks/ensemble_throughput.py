@@ -54,7 +54,12 @@ def jaxicl_ensemble(n_members, steps, repeat):
 
     def run(seed):
         out = ji.train_ensemble_steps(
-            states, objective, optimizer, steps=steps, record_every=steps, key=jr.key(seed)
+            states,
+            objective,
+            optimizer,
+            steps=steps,
+            record=ji.Record(every=steps),
+            key=jr.key(seed),
         )
         return jax.block_until_ready(out)
 
@@ -77,7 +82,7 @@ def jaxicl_per_seed_loop(n_seeds, steps):
         jax.tree_util.tree_map(lambda x, i=i: x[i] if eqx.is_array(x) else x, states)
         for i in range(n_seeds)
     ]
-    kwargs = dict(steps=steps, record_every=steps, key=jr.key(1))
+    kwargs = dict(steps=steps, record=ji.Record(every=steps), key=jr.key(1))
     jax.block_until_ready(ji.train_steps(members[0], objective, optimizer, **kwargs))
     start = time.perf_counter()
     for state in members:

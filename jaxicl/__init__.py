@@ -181,6 +181,7 @@ from ._train._objectives import (
     monte_carlo_loss as monte_carlo_loss,
 )
 from ._train._optimizers import sgd as sgd
+from ._train._options import Members as Members, Record as Record
 from ._train._state import (
     TrainState as TrainState,
     Trajectory as Trajectory,

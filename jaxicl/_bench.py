@@ -25,6 +25,7 @@ from ._tasks._regression import LinearRegression
 from ._train._lowering import compile_ensemble_steps
 from ._train._objectives import ICLLoss
 from ._train._optimizers import sgd
+from ._train._options import Record
 from ._train._state import init_ensemble_state
 from ._train._trainer import train_ensemble_steps
 
@@ -65,7 +66,7 @@ def _meanfield(members: int):
     models = eqx.filter_vmap(lambda k: init_feature_attention(n_particles=500, k=5, d=20, key=k))(
         jr.split(jr.key(2), members)
     )
-    extra = {"observe": solver.observe, "after_step": solver.after_step}
+    extra = {"record": Record(observe=solver.observe), "after_step": solver.after_step}
     return solver.init(models), solver.objective, solver.optimizer, extra
 
 
@@ -93,7 +94,7 @@ def bench_workload(name: str, scale: float = 1.0, repeats: int = 3) -> dict:
 
     def call(seed):
         out = train_ensemble_steps(
-            states, objective, optimizer, steps=steps, record_every=steps, key=jr.key(seed), **extra
+            states, objective, optimizer, steps=steps, key=jr.key(seed), **extra
         )
         return jax.block_until_ready(out)
 

@@ -9,9 +9,13 @@ import numbers
 from collections.abc import Iterable
 
 
+def is_positive_int(value) -> bool:
+    return _is_integer(value) and value > 0
+
+
 def positive_int(name: str, value) -> int:
     """A positive integer (Python or NumPy), returned as a Python int."""
-    if not _is_integer(value) or value <= 0:
+    if not is_positive_int(value):
         raise ValueError(f"`{name}` must be a positive integer, got {value!r}.")
     return int(value)
 

@@ -29,9 +29,9 @@ for shared in (True, False):
         ji.ICLLoss(task, 16),
         optax.adam(1e-2),
         steps=10,
-        record_every=5,
+        record=ji.Record(every=5),
         shared_data=shared,
-        member_chunk=2,
+        members=ji.Members(chunk=2),
         key=jr.key(1),
     )
     arrays[f"Q_{shared}"] = np.asarray(trained.Q)

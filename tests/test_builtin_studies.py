@@ -8,7 +8,14 @@ import numpy as np
 import optax
 import pytest
 
-from jaxicl import FeatureLearning, FullAllocation, JointAttention, ReducedAllocation, sweep
+from jaxicl import (
+    FeatureLearning,
+    FullAllocation,
+    JointAttention,
+    Record,
+    ReducedAllocation,
+    sweep,
+)
 from jaxicl._attention._init import init_normal
 from jaxicl._attention._init_schemes import Balanced, RandomPositive, RandomSign
 from jaxicl._attention._observables import semi_singular_values
@@ -48,7 +55,7 @@ def test_full_allocation_members_equal_training_alone(tmp_path):
         ICLLoss(task, 16),
         optimizer,
         steps=40,
-        record_every=10,
+        record=Record(every=10),
         key=DATA_KEY,
     )
     stored = data["loss"].sel(heads=2, learning_rate=0.03, init_scale=0.3, seed=seed).squeeze()
@@ -197,8 +204,7 @@ def test_attention_regression_members_equal_plain_adam_alone(tmp_path):
         ICLLoss(task, 8),
         optimizer,
         steps=30,
-        record_every=10,
-        observe=lambda m: semi_singular_values(m, ((0, 3),)),
+        record=Record(every=10, observe=lambda m: semi_singular_values(m, ((0, 3),))),
         key=DATA_KEY,
     )
     member = data.sel(init_scale=0.4, learning_rate=0.01, seed=seed)
@@ -235,8 +241,7 @@ def test_ansatz_dynamics_members_draw_their_own_prompts_by_seed(tmp_path, dynami
         study.objective(),
         optimizer,
         steps=20,
-        record_every=5,
-        observe=study.observe(),
+        record=Record(every=5, observe=study.observe()),
         key=jr.fold_in(DATA_KEY, seed),
     )
     member = data.sel(init_scale=0.1, seed=seed)

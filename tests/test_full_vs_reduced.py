@@ -214,7 +214,7 @@ def test_an_unstable_euler_step_is_detected():
             ji.ReducedLoss(sizes, 100),
             ji.sgd(dt),
             steps=steps,
-            record_every=steps // 30,
+            record=ji.Record(every=steps // 30),
             key=jr.key(0),
         )
         verdicts.append(euler_stable(traj.loss[None, :]))

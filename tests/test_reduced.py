@@ -105,7 +105,7 @@ def test_factorized_flow_keeps_balance_and_signs(getkey):
         ReducedLoss(SIZES, L),
         ji.sgd(0.01),
         steps=2000,
-        record_every=1000,
+        record=ji.Record(every=1000),
         key=jr.key(0),
     )
     assert jnp.allclose(state.q**2, state.k**2, atol=1e-3) and jnp.allclose(
@@ -130,7 +130,12 @@ def test_euler_integration_is_first_order(make_state, getkey):
     for dt in (0.01, 0.005, 0.0025):
         steps = round(60 / dt)
         _, traj = ji.train(
-            state, objective, ji.sgd(dt), steps=steps, record_every=steps // 60, key=jr.key(0)
+            state,
+            objective,
+            ji.sgd(dt),
+            steps=steps,
+            record=ji.Record(every=steps // 60),
+            key=jr.key(0),
         )
         assert not bool(traj.diverged[-1])
         curves.append(traj.loss)
@@ -159,8 +164,8 @@ def test_ensemble_of_reduced_states_trains_in_one_call(getkey):
         ReducedLoss(SIZES, L),
         optax.sgd(0.005),
         steps=2000,
-        record_every=500,
-        member_chunk=None,
+        record=ji.Record(every=500),
+        members=ji.Members(chunk=None),
         key=getkey(),
     )
     assert traj.loss.shape == (64, 4) and not bool(jnp.any(traj.diverged))
@@ -171,7 +176,7 @@ def test_ensemble_of_reduced_states_trains_in_one_call(getkey):
 def test_allocation_optima_equal_trained_reduced_optima(context_len):
     """Gradient flow of one head on 3 tasks and of one head on one task (r = 5) converges to the
     optima `optimal_allocation_losses` finds with μ in closed form and ω on a grid."""
-    kwargs = dict(steps=60_000, record_every=30_000, key=jr.key(0))
+    kwargs = dict(steps=60_000, record=ji.Record(every=30_000), key=jr.key(0))
     single, single_traj = ji.train(
         MergedSpectral(jnp.full((1, 3), 0.2), jnp.full((1, 3), 0.5)),
         ReducedLoss(SIZES, context_len),

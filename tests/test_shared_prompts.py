@@ -90,10 +90,11 @@ def test_trainer_with_kernel_equals_member_by_member(getkey):
     models = _members("softmax", "factorized", 1, None, n_members, getkey())
     loss = ji.ICLLoss(_task(1), 16)
     adam = optax.adam(1e-2)
-    kwargs = dict(steps=12, record_every=4, shard_members=False, key=getkey())
+    kwargs = dict(steps=12, record=ji.Record(every=4), key=getkey())
     states = ji.init_ensemble_state(models, adam)
-    fast = ji.train_ensemble_steps(states, loss, adam, member_chunk=32, **kwargs)
-    plain = ji.train_ensemble_steps(states, MemberByMember(loss), adam, member_chunk=None, **kwargs)
+    in_chunks, at_once = ji.Members(chunk=32, shard=False), ji.Members(chunk=None, shard=False)
+    fast = ji.train_ensemble_steps(states, loss, adam, members=in_chunks, **kwargs)
+    plain = ji.train_ensemble_steps(states, MemberByMember(loss), adam, members=at_once, **kwargs)
     assert tree_allclose(fast, plain, rtol=1e-9, atol=1e-12)
 
 

@@ -12,7 +12,16 @@ import xarray as xr
 import zarr
 from helpers import kill_when_flagged
 
-from jaxicl import RandomPositive, ReducedAllocation, WeightFlow, _cli, sgd, sweep, train
+from jaxicl import (
+    RandomPositive,
+    Record,
+    ReducedAllocation,
+    WeightFlow,
+    _cli,
+    sgd,
+    sweep,
+    train,
+)
 from jaxicl._registry import load_sweep
 from jaxicl._sweeps import _group as group_module, _store as sweep_store
 
@@ -124,7 +133,7 @@ def test_store_is_labelled_and_equals_direct_training(tmp_path):
         WeightFlow().objective((3, 3, 3), 100),
         sgd(STUDY.dt),
         steps=steps,
-        record_every=steps // 4,
+        record=Record(every=steps // 4),
         key=jr.fold_in(jr.key(0), 1),
     )
     stored = data["loss"].sel(heads=3, init_scale=3e-3, seed=4).values

@@ -2,6 +2,7 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 import jax.random as jr
+import jaxtyping
 import optax
 import pytest
 from helpers import tree_allclose
@@ -30,7 +31,7 @@ def test_member_of_1024_equals_member_alone(getkey):
     """Float64; tolerance 1e-9 relative: only reduction order may differ between vmap and alone."""
     models = eqx.filter_vmap(make)(jr.split(getkey(), 1024))
     data_key = getkey()
-    kwargs = dict(steps=20, record_every=5, observe=observe, key=data_key)
+    kwargs = dict(steps=20, record=ji.Record(every=5, observe=observe), key=data_key)
     states, trajectories = ji.train_ensemble_steps(
         ji.init_ensemble_state(models, ADAM), LOSS, ADAM, **kwargs
     )
@@ -46,17 +47,22 @@ def test_per_member_data_equals_alone_with_folded_key(getkey):
     models = eqx.filter_vmap(make)(jr.split(getkey(), 8))
     data_key = getkey()
     _, trajectories = ji.train_ensemble(
-        models, LOSS, ADAM, steps=10, record_every=2, shared_data=False, key=data_key
+        models, LOSS, ADAM, steps=10, record=ji.Record(every=2), shared_data=False, key=data_key
     )
     for i in (0, 5):
         _, alone = ji.train(
-            member(models, i), LOSS, ADAM, steps=10, record_every=2, key=jr.fold_in(data_key, i)
+            member(models, i),
+            LOSS,
+            ADAM,
+            steps=10,
+            record=ji.Record(every=2),
+            key=jr.fold_in(data_key, i),
         )
         assert tree_allclose(member(trajectories, i), alone, rtol=1e-9, atol=1e-12)
     # Members see different data: same model would otherwise give identical losses.
     same = eqx.filter_vmap(lambda _: make(jr.key(0)))(jnp.arange(2))
     _, t = ji.train_ensemble(
-        same, LOSS, ADAM, steps=2, record_every=1, shared_data=False, key=data_key
+        same, LOSS, ADAM, steps=2, record=ji.Record(every=1), shared_data=False, key=data_key
     )
     assert t.loss[0, 0] != t.loss[1, 0]
 
@@ -65,13 +71,13 @@ def test_step_chunks_equal_one_scan(getkey):
     model, key = make(getkey()), getkey()
     state = ji.init_train_state(model, ADAM)
     whole, whole_traj = ji.train_steps(
-        state, LOSS, ADAM, steps=100, record_every=10, observe=observe, key=key
+        state, LOSS, ADAM, steps=100, record=ji.Record(every=10, observe=observe), key=key
     )
     part, first = ji.train_steps(
-        state, LOSS, ADAM, steps=40, record_every=10, observe=observe, key=key
+        state, LOSS, ADAM, steps=40, record=ji.Record(every=10, observe=observe), key=key
     )
     part, second = ji.train_steps(
-        part, LOSS, ADAM, steps=60, record_every=10, observe=observe, key=key
+        part, LOSS, ADAM, steps=60, record=ji.Record(every=10, observe=observe), key=key
     )
     joined = jax.tree_util.tree_map(lambda a, b: jnp.concatenate([a, b]), first, second)
     assert tree_allclose(part, whole, rtol=1e-12) and tree_allclose(joined, whole_traj, rtol=1e-12)
@@ -80,7 +86,7 @@ def test_step_chunks_equal_one_scan(getkey):
 def test_member_chunks_equal_one_ensemble(getkey):
     models = eqx.filter_vmap(make)(jr.split(getkey(), 16))
     key = getkey()
-    kwargs = dict(steps=10, record_every=5, shared_data=False, key=key)
+    kwargs = dict(steps=10, record=ji.Record(every=5), shared_data=False, key=key)
     whole, _ = ji.train_ensemble_steps(ji.init_ensemble_state(models, ADAM), LOSS, ADAM, **kwargs)
     halves = [
         ji.train_ensemble_steps(
@@ -112,13 +118,13 @@ def test_repeated_calls_do_not_retrace(getkey):
     states = ji.init_ensemble_state(models, ADAM)
     for _ in range(3):
         states, _ = ji.train_ensemble_steps(
-            states, counting_loss, ADAM, steps=4, record_every=2, key=getkey()
+            states, counting_loss, ADAM, steps=4, record=ji.Record(every=2), key=getkey()
         )
     first = len(traces)
     assert first > 0
     for _ in range(3):
         states, _ = ji.train_ensemble_steps(
-            states, counting_loss, ADAM, steps=4, record_every=2, key=getkey()
+            states, counting_loss, ADAM, steps=4, record=ji.Record(every=2), key=getkey()
         )
     assert len(traces) == first
 
@@ -126,9 +132,9 @@ def test_repeated_calls_do_not_retrace(getkey):
 def test_jit_equals_no_jit(getkey):
     model, key = make(getkey()), getkey()
     state = ji.init_train_state(model, ADAM)
-    jitted = ji.train_steps(state, LOSS, ADAM, steps=4, record_every=2, key=key)
+    jitted = ji.train_steps(state, LOSS, ADAM, steps=4, record=ji.Record(every=2), key=key)
     with jax.disable_jit():
-        eager = ji.train_steps(state, LOSS, ADAM, steps=4, record_every=2, key=key)
+        eager = ji.train_steps(state, LOSS, ADAM, steps=4, record=ji.Record(every=2), key=key)
     assert tree_allclose(jitted, eager, rtol=1e-10, atol=1e-12)
 
 
@@ -137,7 +143,7 @@ def test_diverging_member_is_frozen_and_flagged(getkey):
     blown = eqx.tree_at(lambda m: m.V, models, models.V.at[2].multiply(1e3))
     optimizer = ji.sgd(0.05)
     key = getkey()
-    run = dict(steps=20, record_every=1, key=key)
+    run = dict(steps=20, record=ji.Record(every=1), key=key)
     states, traj = ji.train_ensemble_steps(
         ji.init_ensemble_state(blown, optimizer), LOSS, optimizer, **run
     )
@@ -147,7 +153,9 @@ def test_diverging_member_is_frozen_and_flagged(getkey):
     healthy_steps = int(jnp.argmax(traj.diverged[2]))
     frozen = member(blown, 2)
     if healthy_steps > 0:
-        frozen, _ = ji.train(frozen, LOSS, optimizer, steps=healthy_steps, record_every=1, key=key)
+        frozen, _ = ji.train(
+            frozen, LOSS, optimizer, steps=healthy_steps, record=ji.Record(every=1), key=key
+        )
     assert tree_allclose(member(states, 2).model, frozen, rtol=1e-12)
     assert jnp.all(jnp.isfinite(member(states, 2).model.Q)) and int(states.step[2]) == 20
     # The healthy members are unaffected by their neighbour.
@@ -168,7 +176,7 @@ def test_gradient_flow_time_is_sum_of_learning_rates(getkey):
         LOSS,
         optimizer,
         steps=30,
-        record_every=10,
+        record=ji.Record(every=10),
         key=getkey(),
     )
     expected = [sum(float(schedule(t)) for t in range(n)) for n in (0, 10, 20, 30)]
@@ -176,7 +184,12 @@ def test_gradient_flow_time_is_sum_of_learning_rates(getkey):
         state.time, expected[3]
     )
     state, _ = ji.train_steps(
-        ji.init_train_state(make(getkey()), ADAM), LOSS, ADAM, steps=2, record_every=1, key=getkey()
+        ji.init_train_state(make(getkey()), ADAM),
+        LOSS,
+        ADAM,
+        steps=2,
+        record=ji.Record(every=1),
+        key=getkey(),
     )
     assert jnp.isnan(state.time)
 
@@ -185,7 +198,7 @@ def test_float32_on_request_and_observables_recorded(getkey):
     model = ji.init_normal(d=5, n_out=1, n_heads=2, scale=0.3, dtype=jnp.float32, key=getkey())
     loss = ji.ICLLoss(ji.LinearRegression(5, 10, dtype=jnp.float32), 8)
     trained, traj = ji.train(
-        model, loss, ADAM, steps=6, record_every=2, observe=observe, key=getkey()
+        model, loss, ADAM, steps=6, record=ji.Record(every=2, observe=observe), key=getkey()
     )
     assert trained.Q.dtype == jnp.float32 and traj.loss.dtype == jnp.float32
     assert traj.observables[0].shape == (3, 2, 1) and traj.step.tolist() == [0, 2, 4]
@@ -193,8 +206,8 @@ def test_float32_on_request_and_observables_recorded(getkey):
 
 def test_loss_mean_is_block_average_of_per_step_losses(getkey):
     model, key = make(getkey()), getkey()
-    _, coarse = ji.train(model, LOSS, ADAM, steps=12, record_every=4, key=key)
-    _, fine = ji.train(model, LOSS, ADAM, steps=12, record_every=1, key=key)
+    _, coarse = ji.train(model, LOSS, ADAM, steps=12, record=ji.Record(every=4), key=key)
+    _, fine = ji.train(model, LOSS, ADAM, steps=12, record=ji.Record(every=1), key=key)
     assert jnp.allclose(coarse.loss_mean, fine.loss.reshape(3, 4).mean(axis=1), rtol=1e-10)
     assert jnp.allclose(coarse.loss, fine.loss[::4], rtol=1e-10)
 
@@ -204,39 +217,68 @@ def test_adam_ensemble_learns(getkey):
     1 + σ_q², approaching the best one-step GD risk (0.48 here)."""
     models = eqx.filter_vmap(make)(jr.split(getkey(), 8))
     _, traj = ji.train_ensemble(
-        models, ji.ICLLoss(TASK, 64), ADAM, steps=600, record_every=100, key=getkey()
+        models, ji.ICLLoss(TASK, 64), ADAM, steps=600, record=ji.Record(every=100), key=getkey()
     )
     zero_predictor = 1 + 0.3**2
     assert float(jnp.median(traj.loss_mean[:, -1])) < 0.75 * zero_predictor
 
 
 @pytest.mark.parametrize(
-    "kwargs, field",
+    "steps, every, field",
     [
-        (dict(steps=0, record_every=1), "`steps`"),
-        (dict(steps=10, record_every=3), "`steps`"),
-        (dict(steps=10, record_every=-1), "`record_every`"),
+        (0, 1, "`steps`"),
+        (10, 3, "`steps`"),
+        (10, -1, "`Record.every`"),
     ],
 )
-def test_bad_schedule(kwargs, field, getkey):
+def test_bad_schedule(steps, every, field, getkey):
     state = ji.init_train_state(make(getkey()), ADAM)
     with pytest.raises(ValueError, match=field):
-        ji.train_steps(state, LOSS, ADAM, key=getkey(), **kwargs)
+        ji.train_steps(state, LOSS, ADAM, steps=steps, record=ji.Record(every=every), key=getkey())
+
+
+@pytest.fixture
+def no_type_checker():
+    """What a user without jaxtyping's checker (which the suite runs under) would get."""
+    jaxtyping.config.update("jaxtyping_disable", True)
+    yield
+    jaxtyping.config.update("jaxtyping_disable", False)
+
+
+def test_options_must_be_their_modules(getkey, no_type_checker):
+    """A plain value where an option Module belongs is refused, naming it."""
+    models = eqx.filter_vmap(make)(jr.split(getkey(), 2))
+    with pytest.raises(ValueError, match="`Record.observe`"):
+        ji.Record(every=1, observe="omega")
+    with pytest.raises(ValueError, match="`Members.shard`"):
+        ji.Members(shard="yes")
+    with pytest.raises(ValueError, match="`Members.chunk`"):
+        ji.Members(chunk=2.5)
+    with pytest.raises(ValueError, match="`record` must be a jaxicl.Record"):
+        ji.train_ensemble(models, LOSS, ADAM, steps=2, record=1, key=getkey())
+    with pytest.raises(ValueError, match="`members` must be a jaxicl.Members"):
+        ji.train_ensemble(models, LOSS, ADAM, steps=2, members=32, key=getkey())
+    with pytest.raises(TypeError, match="`members`"):
+        ji.train(make(getkey()), LOSS, ADAM, steps=2, members=ji.Members(), key=getkey())
 
 
 @pytest.mark.parametrize("shared_data", [True, pytest.param(False, marks=pytest.mark.slow)])
 def test_member_chunk_does_not_change_results(shared_data, getkey):
     models = eqx.filter_vmap(make)(jr.split(getkey(), 8))
-    kwargs = dict(steps=6, record_every=3, observe=observe, shared_data=shared_data, key=getkey())
-    whole = ji.train_ensemble(models, LOSS, ADAM, member_chunk=None, **kwargs)
-    chunked = ji.train_ensemble(models, LOSS, ADAM, member_chunk=3, **kwargs)  # 3 ∤ 8
+    record = ji.Record(every=3, observe=observe)
+    kwargs = dict(steps=6, record=record, shared_data=shared_data, key=getkey())
+    whole = ji.train_ensemble(models, LOSS, ADAM, members=ji.Members(chunk=None), **kwargs)
+    chunked = ji.train_ensemble(models, LOSS, ADAM, members=ji.Members(chunk=3), **kwargs)  # 3 ∤ 8
     assert tree_allclose(whole, chunked, rtol=1e-10, atol=1e-12)
 
 
 def test_bad_member_chunk(getkey):
     models = eqx.filter_vmap(make)(jr.split(getkey(), 4))
-    with pytest.raises(ValueError, match="`member_chunk`"):
-        ji.train_ensemble(models, LOSS, ADAM, steps=2, record_every=1, member_chunk=0, key=getkey())
+    for chunk in (0, -2, "all"):
+        with pytest.raises(ValueError, match="`Members.chunk`"):
+            ji.train_ensemble(
+                models, LOSS, ADAM, steps=2, members=ji.Members(chunk=chunk), key=getkey()
+            )
 
 
 class _Scalar(eqx.Module):
@@ -254,7 +296,7 @@ def test_divergence_inside_the_last_record_block_is_reported():
         loss,
         optimizer,
         steps=10,
-        record_every=5,
+        record=ji.Record(every=5),
         key=jr.key(0),
     )
     assert states.diverged.tolist() == [False, True]
@@ -287,6 +329,12 @@ def test_auto_member_chunk_is_chosen_once_per_workload(getkey, monkeypatch):
     states = ji.init_ensemble_state(eqx.filter_vmap(make)(jr.split(getkey(), 24)), ADAM)
     for seed in range(3):
         ji.train_ensemble_steps(
-            states, LOSS, ADAM, steps=2, record_every=1, shard_members=False, key=jr.key(seed)
+            states,
+            LOSS,
+            ADAM,
+            steps=2,
+            record=ji.Record(every=1),
+            members=ji.Members(shard=False),
+            key=jr.key(seed),
         )
     assert len(calls) == (1 if jax.default_backend() == "cpu" else 0)

@@ -72,7 +72,6 @@ def best_layout_loss(
         objective,
         optax.adam(optax.cosine_decay_schedule(learning_rate, steps)),
         steps=steps,
-        record_every=steps,
         key=key,
     )
     losses = jax.vmap(lambda s: objective.evaluate(s, None))(final)

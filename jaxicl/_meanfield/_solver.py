@@ -13,6 +13,7 @@ import optax
 from jaxtyping import Array, Float, PRNGKeyArray
 
 from .. import _validation as check
+from .._train._options import Members, Record
 from .._train._state import TrainState, Trajectory, init_ensemble_state
 from .._train._trainer import train_ensemble_steps
 from ._flow import AbstractAttentionTreatment, OptimalAttention, particle_flow
@@ -94,21 +95,21 @@ class ParticleSolver(NamedTuple):
         states: TrainState,
         *,
         steps: int,
-        record_every: int,
         key: PRNGKeyArray,
-        member_chunk: int | None | str = "auto",
+        record_every: int | None = None,
+        members: Members = Members(),
     ) -> tuple[TrainState, Trajectory]:
-        """Continue the ensemble `steps` Euler steps (resumable like any trainer call)."""
+        """Continue the ensemble `steps` Euler steps (resumable like any trainer call),
+        recording the observables every `record_every` steps (None: once)."""
         return train_ensemble_steps(
             states,
             self.objective,
             self.optimizer,
             steps=steps,
-            record_every=record_every,
-            observe=self.observe,
-            after_step=self.after_step,
-            member_chunk=member_chunk,
             key=key,
+            record=Record(every=record_every, observe=self.observe),
+            members=members,
+            after_step=self.after_step,
         )
 
 

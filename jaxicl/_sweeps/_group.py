@@ -16,6 +16,7 @@ import numpy as np
 
 from .._train._lowering import compile_ensemble_steps, ensemble_steps_shapes
 from .._train._objectives import AbstractObjective
+from .._train._options import Members, Record, no_observables
 from .._train._state import init_ensemble_state
 from .._train._step import StepProgram, run_steps
 from .._train._trainer import train_ensemble_steps
@@ -58,9 +59,8 @@ def _summaries(study: AbstractStudy, states, series: dict):
 
 
 def _build_parts(study: AbstractStudy) -> tuple:
-    moves = {"observe": study.observe(), "after_step": study.after_step()}
-    extra = {name: f for name, f in moves.items() if f is not None}
-    return study.objective(), member_optimizer(study), extra
+    observe = study.observe() or no_observables
+    return study.objective(), member_optimizer(study), observe, study.after_step()
 
 
 _cached_parts = functools.lru_cache(maxsize=64)(_build_parts)
@@ -89,7 +89,11 @@ class Group:
         self.init_key, self.data_key = init_key, data_key
         self.n_records, self.record_every = study.schedule()
         self.time = np.asarray(study.time())
-        self.objective, self.optimizer, self.extra = _parts(study)
+        self.objective, self.optimizer, self.observe, self.after_step = _parts(study)
+        self.shared_data = type(study).shared_data
+
+    def record(self, every: int | None = None) -> Record:
+        return Record(every=every, observe=self.observe)
 
     def init(self, member_values: dict, seeds):
         """Stacked states of these members (`member_values`: every member axis → one value per
@@ -105,11 +109,11 @@ class Group:
             self.objective,
             self.optimizer,
             steps=n_records * self.record_every,
-            record_every=self.record_every,
-            member_chunk=type(self.study).member_chunk,
-            shared_data=type(self.study).shared_data,
             key=self.data_key,
-            **self.extra,
+            record=self.record(self.record_every),
+            members=Members(chunk=type(self.study).member_chunk),
+            after_step=self.after_step,
+            shared_data=self.shared_data,
         )
         series = _series(self.study, trajectory)
         return states, {name: np.asarray(v) for name, v in series.items()}
@@ -130,9 +134,9 @@ class Group:
             states = self.init({**fixed, **swept}, jnp.zeros(1, jnp.int32))
             program = StepProgram(  # the whole run: traced, never compiled
                 self.n_records * self.record_every,
-                self.record_every,
-                shared_data=type(self.study).shared_data,
-                **self.extra,
+                self.record(self.record_every),
+                self.after_step,
+                self.shared_data,
             )
             start = jnp.zeros((), jnp.int32)
             states, trajectory = run_steps(
@@ -153,9 +157,9 @@ class Group:
             self.objective,
             self.optimizer,
             steps=self.record_every,
-            record_every=self.record_every,
-            shared_data=type(self.study).shared_data,
-            **self.extra,
+            record=self.record(self.record_every),
+            after_step=self.after_step,
+            shared_data=self.shared_data,
         )
         series = jax.eval_shape(jax.vmap(self.study.series), trajectory)
         self._check_series(series)
@@ -238,8 +242,9 @@ class Group:
             self.objective,
             self.optimizer,
             steps=n_records * self.record_every,
-            shared_data=type(self.study).shared_data,
-            **self.extra,
+            record=self.record(),
+            after_step=self.after_step,
+            shared_data=self.shared_data,
         )
         analysis = compiled.memory_analysis()
         return (
@@ -257,5 +262,5 @@ class Group:
         if isinstance(self.objective, AbstractObjective):
             data = jax.eval_shape(self.objective.draw, self.data_key)
             per_draw = sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(data))
-            total += per_draw * (1 if type(self.study).shared_data else n_members)
+            total += per_draw * (1 if self.shared_data else n_members)
         return int(total)

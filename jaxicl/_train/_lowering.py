@@ -1,28 +1,16 @@
 """The trainer's program for XLA's analyses, and its shapes: compiled or lowered once, all
 members at once (no chunking, no sharding), or traced only."""
 
-from collections.abc import Callable
-
 import equinox as eqx
 import jax
 import jax.numpy as jnp
 import jax.random as jr
 import numpy as np
 import optax
-from jaxtyping import PyTree
 
-from .. import _validation as check
+from ._options import Record
 from ._state import TrainState
-from ._step import AfterStep, Objective, StepProgram, no_observables, run_steps
-
-
-def check_schedule(steps, record_every) -> None:
-    check.positive_int("steps", steps)
-    check.positive_int("record_every", record_every)
-    if steps % record_every:
-        raise ValueError(
-            f"`steps` ({steps}) must be a multiple of `record_every` ({record_every})."
-        )
+from ._step import AfterStep, Objective, StepProgram, run_steps
 
 
 def compile_ensemble_steps(
@@ -31,7 +19,7 @@ def compile_ensemble_steps(
     optimizer: optax.GradientTransformation,
     *,
     steps: int,
-    observe: Callable[[PyTree], PyTree] = no_observables,
+    record: Record = Record(),
     after_step: AfterStep | None = None,
     shared_data: bool = True,
 ):
@@ -39,14 +27,12 @@ def compile_ensemble_steps(
     at once (no chunking, no sharding), for XLA's analyses: `.memory_analysis()`,
     `.cost_analysis()`. Its math is that of `train_ensemble_steps`. `states` may be abstract
     (`jax.ShapeDtypeStruct` leaves, e.g. from `jax.eval_shape`): nothing is allocated."""
-    return lower_steps(
-        states, objective, optimizer, steps, observe, after_step, shared_data
-    ).compile()
+    program = StepProgram(steps, Record(observe=record.observe), after_step, shared_data)
+    return lower_steps(states, objective, optimizer, program).compile()
 
 
-def lower_steps(states, objective, optimizer, steps, observe, after_step, shared_data):
-    """`compile_ensemble_steps`'s program, lowered (traced, not compiled)."""
-    program = StepProgram(steps, steps, observe, after_step, shared_data)
+def lower_steps(states, objective, optimizer, program: StepProgram):
+    """The program of `compile_ensemble_steps`, lowered (traced, not compiled)."""
     leaf = lambda x: isinstance(x, jax.Array | np.ndarray | jax.ShapeDtypeStruct)  # noqa: E731
     dynamic, static = eqx.partition(states, leaf)
 
@@ -66,14 +52,13 @@ def ensemble_steps_shapes(
     optimizer: optax.GradientTransformation,
     *,
     steps: int,
-    record_every: int,
-    observe: Callable[[PyTree], PyTree] = no_observables,
+    record: Record = Record(),
     after_step: AfterStep | None = None,
     shared_data: bool = True,
 ):
     """The shapes and dtypes of what `train_ensemble_steps` would return, from tracing alone
     (nothing compiles or runs): `(states, trajectory)` of `jax.ShapeDtypeStruct`s."""
-    check_schedule(steps, record_every)
-    program = StepProgram(steps, record_every, observe, after_step, shared_data)
+    record.interval(steps)
+    program = StepProgram(steps, record, after_step, shared_data)
     start = jnp.asarray(0, jnp.int32)
     return eqx.filter_eval_shape(run_steps, states, objective, optimizer, jr.key(0), start, program)

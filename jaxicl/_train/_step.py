@@ -18,6 +18,7 @@ from jaxtyping import Array, Bool, Float, PRNGKeyArray, PyTree
 
 from ._members import map_members
 from ._objectives import AbstractObjective
+from ._options import Record
 from ._state import TrainState, Trajectory, learning_rate
 
 
@@ -25,19 +26,14 @@ Objective = Callable[..., Float[Array, ""]]
 AfterStep = Callable[[PyTree, PyTree, Array, PRNGKeyArray], PyTree]
 
 
-def no_observables(model) -> tuple:
-    return ()
-
-
 class StepProgram(eqx.Module):
     """What one compiled training program does besides the objective and optimizer: `steps`
-    steps recorded every `record_every`, with `observe` at each record and `after_step` after
-    each step, on data shared by the members or not, `member_chunk` members mapped at once
-    (None: all)."""
+    steps recorded as `record` says, `after_step` after each step, on data shared by the
+    members or not, `member_chunk` members mapped at once (None: all; "auto" is resolved
+    before a program is built)."""
 
     steps: int = eqx.field(static=True)
-    record_every: int = eqx.field(static=True)
-    observe: Callable[[PyTree], PyTree] = no_observables
+    record: Record = Record()
     after_step: AfterStep | None = None
     shared_data: bool = eqx.field(static=True, default=True)
     member_chunk: int | None = eqx.field(static=True, default=None)
@@ -113,8 +109,8 @@ _AFTER_STEP_STREAM = 0x5EED
 def run_steps(states, objective, optimizer, key, start_step, program: "StepProgram"):
     """`program.steps` steps of the stacked `states` from `start_step`: the whole training loop
     of one device (members mapped by `map_members`), returning `(states, trajectory)`."""
-    steps, record_every = program.steps, program.record_every
-    observe, shared_data = program.observe, program.shared_data
+    steps, record_every = program.steps, program.record.interval(program.steps)
+    observe, shared_data = program.record.observe, program.shared_data
     member_chunk, after_step = program.member_chunk, program.after_step
     draw, evaluate, evaluate_members = _draw_and_evaluate(objective)
     after_key = jr.fold_in(key, _AFTER_STEP_STREAM)

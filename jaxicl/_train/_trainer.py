@@ -4,8 +4,6 @@ for one model or a stacked ensemble, members mapped over chunks and devices (`_m
 A single run is an ensemble of one, so both paths execute the same code.
 """
 
-from collections.abc import Callable
-
 import equinox as eqx
 import jax
 import jax.numpy as jnp
@@ -14,10 +12,11 @@ import numpy as np
 import optax
 from jaxtyping import PRNGKeyArray, PyTree
 
-from ._lowering import check_schedule, lower_steps
+from ._lowering import lower_steps
 from ._members import AutoChunks, member_devices, run_sharded
+from ._options import Members, Record
 from ._state import TrainState, Trajectory, init_ensemble_state, init_train_state
-from ._step import AfterStep, Objective, StepProgram, no_observables, run_steps
+from ._step import AfterStep, Objective, StepProgram, run_steps
 
 
 _run_jit = eqx.filter_jit(run_steps)
@@ -31,13 +30,11 @@ def train_ensemble_steps(
     optimizer: optax.GradientTransformation,
     *,
     steps: int,
-    record_every: int,
-    observe: Callable[[PyTree], PyTree] = no_observables,
+    key: PRNGKeyArray,
+    record: Record = Record(),
+    members: Members = Members(),
     after_step: AfterStep | None = None,
     shared_data: bool = True,
-    member_chunk: int | None | str = "auto",
-    shard_members: bool = True,
-    key: PRNGKeyArray,
 ) -> tuple[TrainState, Trajectory]:
     """Continue a stacked ensemble (from `init_ensemble_state`) in one compiled program.
 
@@ -48,22 +45,18 @@ def train_ensemble_steps(
       `AbstractObjective` lets shared data be drawn once per step for the whole ensemble.
     - `optimizer`: an optax transformation, applied to each member separately. Wrap it in
       `optax.inject_hyperparams` (as `jaxicl.sgd` does) to record gradient-flow time Σ lr.
-    - `steps`, `record_every`: `steps` must be a multiple of `record_every`.
-    - `observe`: maps one model to a pytree of observables recorded with the loss.
+    - `steps`: optimizer steps to take.
+    - `key`: the data key of the run.
+    - `record`: what is recorded and how often, e.g. `Record(every=10, observe=f)` (default:
+      the loss, once).
+    - `members`: how members are mapped inside a step, e.g. `Members(chunk=32, shard=False)`
+      (default: chunks chosen from XLA's memory analysis, sharded over local devices).
+      Results do not depend on it.
     - `after_step`: `(model, data, step, key) -> model`, applied after every optimizer step
       (e.g. particle perturbations or birth–death); `key` is per member and per step.
     - `shared_data`: `True` (default): every member sees the same prompts at a given step
       (common random numbers; on CPU random-number generation would otherwise dominate).
       `False`: member i draws from `fold_in(key, i)`.
-    - `member_chunk`: members processed at a time inside each step; `None` for all at once;
-      `"auto"`: on CPU the largest power of two whose step temporaries (XLA's memory analysis
-      of this workload, compiled once per process) fit in the smallest cache level holding
-      16 members' (see `_member_chunk.py`); all at once on accelerators and for at most 16
-      members a device. Results do not depend on it.
-    - `shard_members`: split the members over all local devices when their number divides the
-      ensemble size (on CPU, `jax.config.update("jax_num_cpu_devices", n)` before first use
-      gives one device per core). Results do not depend on it.
-    - `key`: the data key of the run.
 
     Member i's trajectory equals training it alone with `train_steps` on the same key (with
     `fold_in(key, i)` for per-member data). A diverging member is frozen and flagged; the others
@@ -71,7 +64,10 @@ def train_ensemble_steps(
 
     **Returns:** stacked `(states, trajectories)` with a leading member axis.
     """
-    check_schedule(steps, record_every)
+    for name, value, kind in (("record", record, Record), ("members", members, Members)):
+        if not isinstance(value, kind):
+            raise ValueError(f"`{name}` must be a jaxicl.{kind.__name__}, got {value!r}.")
+    record.interval(steps)
     if not isinstance(shared_data, bool):
         raise ValueError(f"`shared_data` must be True or False, got {shared_data!r}.")
     host_steps = np.asarray(states.step)
@@ -79,19 +75,20 @@ def train_ensemble_steps(
     if member_steps.size != 1:
         raise ValueError("`states` must all be at the same step; continue them separately.")
     n_members = host_steps.shape[0]
-    n_devices = member_devices(shard_members, n_members)
+    n_devices = member_devices(members.shard, n_members)
+    one_step = StepProgram(1, Record(observe=record.observe), after_step, shared_data)
 
     def lower_probe(k):
         probe = jtu.tree_map(
             lambda x: jax.ShapeDtypeStruct((k, *x.shape[1:]), x.dtype) if eqx.is_array(x) else x,
             states,
         )
-        return lower_steps(probe, objective, optimizer, 1, observe, after_step, shared_data)
+        return lower_steps(probe, objective, optimizer, one_step)
 
-    workload = (objective, optimizer, observe, after_step, shared_data, states)
-    chunk = _AUTO_CHUNKS.resolve(member_chunk, states, lower_probe, workload, n_devices)
+    workload = (objective, optimizer, one_step, states)
+    chunk = _AUTO_CHUNKS.resolve(members.chunk, states, lower_probe, workload, n_devices)
     start_step = jnp.asarray(member_steps[0], jnp.int32)
-    program = StepProgram(steps, record_every, observe, after_step, shared_data, chunk)
+    program = StepProgram(steps, record, after_step, shared_data, chunk)
     if n_devices > 1:
         return run_sharded(
             run_steps, states, objective, optimizer, key, start_step, program, n_devices
@@ -100,7 +97,7 @@ def train_ensemble_steps(
 
 
 # what only an ensemble has: a single run is one member, all at once, on one device
-_ENSEMBLE_ONLY = ("shared_data", "member_chunk", "shard_members")
+_ENSEMBLE_ONLY = ("shared_data", "members")
 
 
 def train_steps(
@@ -109,8 +106,8 @@ def train_steps(
     """Continue one run for `steps` more steps (compiled once per shape and configuration).
 
     Running 100 steps, or 40 then 60 from the returned state with the same `key`, gives the same
-    result: step t's data key is `fold_in(key, t)`. `options`: `steps`, `record_every`, `key`
-    and optionally `observe`, `after_step`, as in `train_ensemble_steps`.
+    result: step t's data key is `fold_in(key, t)`. `options`: `steps`, `key` and optionally
+    `record`, `after_step`, as in `train_ensemble_steps`.
 
     **Returns:** `(state, trajectory)`.
     """
@@ -119,7 +116,7 @@ def train_steps(
             raise TypeError(f"`{name}` is an ensemble's option; one run takes no `{name}`.")
     stacked = jtu.tree_map(lambda x: x[None] if eqx.is_array(x) else x, state)
     states, trajectory = train_ensemble_steps(
-        stacked, objective, optimizer, member_chunk=None, shard_members=False, **options
+        stacked, objective, optimizer, members=Members(chunk=None, shard=False), **options
     )
     return jtu.tree_map(lambda x: x[0] if eqx.is_array(x) else x, (states, trajectory))
 

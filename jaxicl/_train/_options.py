@@ -1,0 +1,74 @@
+"""The trainer's options as small Modules, in the manner of Diffrax's `SaveAt`: what a run
+records (`Record`) and how an ensemble's members are mapped (`Members`)."""
+
+from collections.abc import Callable
+
+import equinox as eqx
+from jaxtyping import PyTree
+
+from .. import _validation as check
+
+
+def no_observables(model) -> tuple:
+    return ()
+
+
+class Record(eqx.Module):
+    """What a run records, and how often.
+
+    **Fields:**
+
+    - `every`: steps between records: records at steps 0, every, 2·every, … (each before
+      that step's update), so `steps` must be a multiple of it. `None` (default): one record,
+      of the whole run.
+    - `observe`: a function of one model whose pytree is recorded with the loss.
+    """
+
+    every: int | None = eqx.field(static=True, default=None)
+    observe: Callable[[PyTree], PyTree] = no_observables
+
+    def __check_init__(self):
+        if self.every is not None:
+            check.positive_int("Record.every", self.every)
+        if not callable(self.observe):
+            raise ValueError(
+                f"`Record.observe` must be a function of one model, got {self.observe!r}."
+            )
+
+    def interval(self, steps: int) -> int:
+        """Steps between records in a run of `steps` steps (checked to divide it)."""
+        check.positive_int("steps", steps)
+        every = steps if self.every is None else self.every
+        if steps % every:
+            raise ValueError(f"`steps` ({steps}) must be a multiple of `Record.every` ({every}).")
+        return every
+
+
+class Members(eqx.Module):
+    """How an ensemble's members are mapped inside each step; results do not depend on it.
+
+    **Fields:**
+
+    - `chunk`: members processed at a time; `None` for all at once; `"auto"` (default): on CPU
+      the largest power of two whose step temporaries (XLA's memory analysis of this workload,
+      compiled once per process) fit in the smallest cache level holding 16 members' (see
+      `_member_chunk.py`); all at once on accelerators and for at most 16 members a device.
+    - `shard`: split the members over all local devices when their number divides the
+      ensemble size (on CPU, `jax.config.update("jax_num_cpu_devices", n)` before first use
+      gives one device per core).
+    """
+
+    chunk: int | None | str = eqx.field(static=True, default="auto")
+    shard: bool = eqx.field(static=True, default=True)
+
+    def __check_init__(self):
+        if (
+            self.chunk is not None
+            and self.chunk != "auto"
+            and not check.is_positive_int(self.chunk)
+        ):
+            raise ValueError(
+                f'`Members.chunk` must be "auto", None or a positive integer, got {self.chunk!r}.'
+            )
+        if not isinstance(self.shard, bool):
+            raise ValueError(f"`Members.shard` must be True or False, got {self.shard!r}.")
