@@ -3,7 +3,6 @@
 `jaxicl bench`."""
 
 import argparse
-import dataclasses
 import errno
 import math
 import os
@@ -19,18 +18,43 @@ from ._host._distributed import join_processes
 from ._host._progress import progress_mode
 from ._registry import EXPERIMENTS, STUDIES, load_sweep
 from ._sweeps._file import study_fields
+from ._sweeps._plan import label
 from ._sweeps._runner import run_plan
 from ._sweeps._store import describe_store, plot_sweep
 
 
 def _parse_field(field_type, text: str):
+    if field_type is bool:
+        if text.lower() not in ("true", "false"):
+            raise ValueError(text)
+        return text.lower() == "true"
+    if not isinstance(field_type, type) or not issubclass(field_type, int | float | str):
+        return text  # a tuple, or a variant by name (the study maps names to Modules)
+    return field_type(text)
+
+
+def _parse_tuple(field_type, text: str):
     if field_type == tuple[int, ...]:
         return tuple(int(part) for part in text.split(","))
     if field_type == tuple[float, ...]:
         return tuple(float(part) for part in text.split(",") if part)
     if field_type == tuple[str, ...]:
         return tuple(part.strip() for part in text.split(","))
-    return field_type(text)
+    return _parse_field(field_type, text)
+
+
+def _settings(config_cls) -> list:
+    """(flat name, type, default, help) of every setting of a run: its studies' (but those the
+    experiment sets for each group), then the configuration's own."""
+    studies, fields = config_cls.held_studies(), config_cls.__dataclass_fields__
+    out = []
+    for name, (where, field) in config_cls.study_settings().items():
+        about = field.metadata.get("help", "")
+        if where != "study":  # a second study: its flags say whose they are
+            about = f"{fields[where].metadata['help']}: {about}"
+        out.append((name, field.type, getattr(studies[where], field.name), about))
+    own = config_cls.own_settings().values()
+    return out + [(f.name, f.type, f.default, f.metadata.get("help", "")) for f in own]
 
 
 def _studies_help() -> str:
@@ -78,16 +102,15 @@ def _build_parser() -> argparse.ArgumentParser:
                     for k, p in presets.items()
                 ),
             )
-        for field in dataclasses.fields(config_cls):
-            flag = "--" + field.name.replace("_", "-")
-            default = field.default
-            shown = ",".join(map(str, default)) if isinstance(default, tuple) else default
+        for name, _, default, about in _settings(config_cls):
+            flag = "--" + name.replace("_", "-")
+            shown = ",".join(map(str, default)) if isinstance(default, tuple) else label(default)
             sub.add_argument(
                 flag,
-                dest=field.name,
+                dest=name,
                 type=str,
                 default=None,
-                help=f"{field.metadata['help']} (default: {shown})",
+                help=f"{about} (default: {shown})",
             )
     sweep = commands.add_parser(
         "sweep",
@@ -281,14 +304,14 @@ def _main(argv) -> int:
     config_cls, run, describe = experiment.config, experiment.run, experiment.describe
     overrides = dict(experiment.presets.get(getattr(args, "preset", None), {}))
     try:
-        for field in dataclasses.fields(config_cls):
-            text = getattr(args, field.name)
+        for name, kind, _, _ in _settings(config_cls):
+            text = getattr(args, name)
             if text is not None:
                 try:
-                    overrides[field.name] = _parse_field(field.type, text)
+                    overrides[name] = _parse_tuple(kind, text)
                 except ValueError:
-                    raise ValueError(f"`{field.name}` could not be read from {text!r}.") from None
-        config = config_cls(**overrides)
+                    raise ValueError(f"`{name}` could not be read from {text!r}.") from None
+        config = config_cls.of(**overrides)
         summary = run(config, args.out, progress=progress_mode(args.quiet))
     except ValueError as error:
         print(f"jaxicl: error: {error}", file=sys.stderr)

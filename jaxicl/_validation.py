@@ -83,12 +83,12 @@ def one_of(name: str, value, allowed: Iterable):
     if value not in allowed:
         choices = ", ".join(repr(a) for a in allowed)
         raise ValueError(
-            f"`{name}` must be one of {choices}; got {value!r}.{_did_you_mean(value, allowed)}"
+            f"`{name}` must be one of {choices}; got {value!r}.{did_you_mean(value, allowed)}"
         )
     return value
 
 
-def _did_you_mean(value, allowed) -> str:
+def did_you_mean(value, allowed) -> str:
     """ " Did you mean 'x'?" for a misspelt name close to one allowed, else ""."""
     names = [a for a in allowed if isinstance(a, str)]
     close = difflib.get_close_matches(value, names, n=1) if isinstance(value, str) else []

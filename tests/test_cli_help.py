@@ -11,16 +11,33 @@ from jaxicl._registry import EXPERIMENTS
 @pytest.mark.parametrize("name", sorted(EXPERIMENTS))
 def test_every_field_has_a_description_and_its_default(name, capsys):
     config_cls = EXPERIMENTS[name].config
-    fields = [f.name for f in dataclasses.fields(config_cls)]
-    help_of = {f.name: f.metadata.get("help", "") for f in dataclasses.fields(config_cls)}
+    settings = _cli._settings(config_cls)
+    help_of = {flat: about for flat, _, _, about in settings}
     assert all(len(text) > 5 for text in help_of.values()), help_of  # none missing
     with pytest.raises(SystemExit):
         _cli.main(["run", name, "--help"])
     # argparse wraps lines (also at hyphens): compare without any whitespace
     text = "".join(capsys.readouterr().out.split())
-    for field in dataclasses.fields(config_cls):
-        assert "".join(help_of[field.name].split()) in text
-    assert text.count("(default:") >= len(fields) + 1  # and --out
+    for flat, *_ in settings:
+        assert "".join(help_of[flat].split()) in text
+        assert f"--{flat.replace('_', '-')}" in text
+    assert text.count("(default:") >= len(settings) + 1  # and --out
+
+
+@pytest.mark.parametrize("name", sorted(EXPERIMENTS))
+def test_a_configuration_holds_its_study_and_copies_none_of_its_settings(name):
+    """A configuration's own fields never repeat a setting of the study it holds (the study
+    holds and validates them), and it round-trips through its flat settings."""
+    config_cls = EXPERIMENTS[name].config
+    settable = set(config_cls.study_settings())
+    assert not settable & set(config_cls.own_settings()), name
+    every = set()
+    for held, study in config_cls.held_studies().items():
+        prefix = "" if held == "study" else f"{held}_"
+        every |= {prefix + f.name for f in dataclasses.fields(study)}
+    assert set(config_cls.varied) <= every, name
+    config = config_cls.of()
+    assert config_cls.of(**config.as_dict()).as_dict() == config.as_dict()
 
 
 def test_no_arguments_prints_the_commands(capsys):

@@ -17,12 +17,12 @@ from jaxicl._sweeps import _group as sweep_group
 TINY = dict(
     d=5,
     k=2,
-    n_particles=30,
+    particles=30,
     teacher_neurons=3,
     n_inputs=200,
     n_eval_inputs=200,
     steps=60,
-    record_every=10,
+    n_records=6,
     n_seeds=3,
     attention_seeds=2,
     attention_ratios=(1.0, 100.0),
@@ -43,7 +43,7 @@ TINY = dict(
 def finished(tmp_path_factory):
     """One tiny run shared by the tests below (the experiment takes a while even tiny)."""
     out = tmp_path_factory.mktemp("feature_learning")
-    config = FeatureLearningConfig(**TINY)
+    config = FeatureLearningConfig.of(**TINY)
     return config, out, run_feature_learning(config, out, progress=False)
 
 
@@ -75,14 +75,16 @@ def test_runs_writes_results_and_resumes_without_recomputing(finished, monkeypat
 def test_other_configuration_is_refused(finished):
     _, out, _ = finished
     with pytest.raises(ValueError, match="different configuration"):
-        run_feature_learning(FeatureLearningConfig(**{**TINY, "steps": 120}), out)
+        run_feature_learning(FeatureLearningConfig.of(**{**TINY, "steps": 120}), out)
 
 
 @pytest.mark.parametrize(
     "field, value, message",
     [
         ("activation", "gelu", "activation"),
-        ("steps", 55, "multiple of `record_every`"),
+        ("steps", 55, "divisible by `n_records`"),
+        ("n_particles", 30, "Did you mean 'particles'"),
+        ("attention", "attention", "set by the experiment for each of its groups"),
         ("k", 9, "at most `d`"),
         ("success_threshold", 2.0, "success_threshold"),
         ("mean_field_sizes", (8, 16), "at least 3"),
@@ -90,7 +92,7 @@ def test_other_configuration_is_refused(finished):
         ("escape_displacements", (1e-2, 1e-3), "at least 3"),
         ("escape_displacements", (1e-2, 0.0, 1e-3), "escape_displacements"),
         ("escape_drop", 1.5, "escape_drop"),
-        ("escape_steps", 55, "multiple of `record_every`"),
+        ("escape_steps", 55, "multiple of the steps between records"),
         ("attention_ratios", (1.0, -2.0), "attention_ratios"),
         ("prompt_lengths", (16, 64), "must include 0"),
         ("prompt_lengths", (16, -1, 0), "prompt_lengths"),
@@ -98,13 +100,13 @@ def test_other_configuration_is_refused(finished):
 )
 def test_bad_configuration_names_the_field(field, value, message):
     with pytest.raises(ValueError, match=message):
-        FeatureLearningConfig(**{**TINY, field: value})
+        FeatureLearningConfig.of(**{**TINY, field: value})
 
 
 def test_command_line_reports_bad_values(capsys, tmp_path):
-    code = _cli.main(["run", "feature-learning", "--out", str(tmp_path), "--n-particles", "0"])
+    code = _cli.main(["run", "feature-learning", "--out", str(tmp_path), "--particles", "0"])
     assert code == 2
-    assert "`n_particles` must be a positive integer" in capsys.readouterr().err
+    assert "`particles` must be a positive integer" in capsys.readouterr().err
 
 
 def _synthetic_results(config, diverged_static, diverged_saddle):
@@ -157,7 +159,7 @@ class _Problem:
 
 
 def test_diverged_members_are_counted_never_averaged():
-    config = FeatureLearningConfig(**TINY)
+    config = FeatureLearningConfig.of(**TINY)
     results = _synthetic_results(config, [False, True, False], diverged_saddle="hessian")
     summary = summary_module.summarize(config, _Problem(), results)
     static = summary["static"]

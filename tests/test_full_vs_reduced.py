@@ -103,7 +103,7 @@ TINY = dict(
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("full_vs_reduced")
-    config = FullVsReducedConfig(**TINY)
+    config = FullVsReducedConfig.of(**TINY)
     return out, config, run_full_vs_reduced(config, out, progress=False)
 
 
@@ -188,13 +188,13 @@ def test_rerun_resumes_from_stored_units(tiny_run, monkeypatch):
 
 def test_bad_config_names_the_field():
     with pytest.raises(ValueError, match="`batches`"):
-        FullVsReducedConfig(**dict(TINY, batches=(32, 32)))
+        FullVsReducedConfig.of(**dict(TINY, batches=(32, 32)))
     with pytest.raises(ValueError, match="`parametrization`"):
-        FullVsReducedConfig(**dict(TINY, parametrization="diagonal"))
+        FullVsReducedConfig.of(**dict(TINY, parametrization="diagonal"))
     with pytest.raises(ValueError, match="`horizon`"):
-        FullVsReducedConfig(**dict(TINY, horizon=1.55))
+        FullVsReducedConfig.of(**dict(TINY, horizon=1.55))
     with pytest.raises(ValueError, match="`alloc_horizon`"):
-        FullVsReducedConfig(**dict(TINY, alloc_horizon=100.1))
+        FullVsReducedConfig.of(**dict(TINY, alloc_horizon=100.1))
 
 
 def test_an_unstable_euler_step_is_detected():

@@ -16,7 +16,7 @@ TINY = dict(
     heads=(2, 4),
     n_members=4,
     steps=40,
-    record_every=10,
+    n_records=4,
     chunk_steps=20,
     batch_size=16,
     eval_prompts=64,
@@ -51,7 +51,7 @@ def test_split_statistics_tell_pairs_from_superposition():
 
 @pytest.mark.slow  # end-to-end; the statistics and summary tests stay fast
 def test_runs_and_reports(tmp_path):
-    summary = run_overlapping_tasks(OverlappingTasksConfig(**TINY), tmp_path, progress=False)
+    summary = run_overlapping_tasks(OverlappingTasksConfig.of(**TINY), tmp_path, progress=False)
     assert set(summary["groups"]) == {"2", "4"}
     for g in summary["groups"].values():
         assert {"split_rate", "split_stderr", "mixed_head_fraction", "purity_median"} <= set(g)
@@ -62,9 +62,9 @@ def test_runs_and_reports(tmp_path):
 
 def test_bad_config_names_the_field():
     with pytest.raises(ValueError, match="`heads`"):
-        OverlappingTasksConfig(**dict(TINY, heads=(0,)))
+        OverlappingTasksConfig.of(**dict(TINY, heads=(0,)))
     with pytest.raises(ValueError, match="`chunk_steps`"):
-        OverlappingTasksConfig(**dict(TINY, chunk_steps=30))
+        OverlappingTasksConfig.of(**dict(TINY, chunk_steps=30))
 
 
 def test_a_diverged_member_is_counted_not_averaged():

@@ -11,7 +11,7 @@ TINY = dict(
     heads=(1, 2),
     n_members=4,
     steps=40,
-    record_every=10,
+    n_records=4,
     chunk_steps=20,
     batch_size=16,
     eval_prompts=64,
@@ -26,7 +26,7 @@ class Interrupt(Exception):
 
 @pytest.mark.slow  # end-to-end runs; the summary test keeps the experiment in the fast lane
 def test_interrupted_run_resumes_to_identical_results(tmp_path):
-    config = PairedHeadsConfig(**TINY)
+    config = PairedHeadsConfig.of(**TINY)
     whole = run_paired_heads(config, tmp_path / "whole", progress=False)
 
     def kill_after_first_chunk_of_h2(n_heads, done):
@@ -59,10 +59,10 @@ def test_interrupted_run_resumes_to_identical_results(tmp_path):
 
 @pytest.mark.slow  # two end-to-end runs; the summary test keeps the experiment fast
 def test_different_configuration_is_refused(tmp_path):
-    run_paired_heads(PairedHeadsConfig(**TINY), tmp_path, progress=False)
+    run_paired_heads(PairedHeadsConfig.of(**TINY), tmp_path, progress=False)
     before = (tmp_path / "config.json").read_text()
     with pytest.raises(ValueError, match="n_members: stored 4, requested 8"):
-        run_paired_heads(PairedHeadsConfig(**dict(TINY, n_members=8)), tmp_path, progress=False)
+        run_paired_heads(PairedHeadsConfig.of(**dict(TINY, n_members=8)), tmp_path, progress=False)
     assert (tmp_path / "config.json").read_text() == before
 
 
@@ -72,7 +72,7 @@ def test_different_configuration_is_refused(tmp_path):
         (dict(n_members=0), "`n_members`"),
         (dict(heads=(0,)), "`heads`"),
         (dict(init_scale=float("nan")), "`init_scale`"),
-        (dict(chunk_steps=15), "`record_every`"),
+        (dict(chunk_steps=15), "`chunk_steps`"),
         # At scale 0 no weight ever moves and the structure statistics are 0/0.
         (dict(init_scale=0.0), "`init_scale`"),
         (dict(seed=-1), "`seed`"),
@@ -82,7 +82,7 @@ def test_different_configuration_is_refused(tmp_path):
 )
 def test_bad_config_names_the_field(overrides, field):
     with pytest.raises(ValueError, match=field):
-        PairedHeadsConfig(**dict(TINY, **overrides))
+        PairedHeadsConfig.of(**dict(TINY, **overrides))
 
 
 @pytest.mark.slow  # end-to-end runs; the summary test keeps the experiment in the fast lane
@@ -100,8 +100,8 @@ def test_cli_runs_and_reports(tmp_path, capsys):
         "3",
         "--steps",
         "20",
-        "--record-every",
-        "10",
+        "--n-records",
+        "2",
         "--chunk-steps",
         "10",
         "--batch-size",
@@ -128,7 +128,7 @@ def test_cli_bad_value_exits_with_message(tmp_path, capsys):
 
 
 def test_summary_has_structure_and_length_curves(tmp_path):
-    config = PairedHeadsConfig(**dict(TINY, eval_lengths=(4, 8, 16)))
+    config = PairedHeadsConfig.of(**dict(TINY, eval_lengths=(4, 8, 16)))
     summary = run_paired_heads(config, tmp_path, progress=False)
     for g in summary["groups"].values():
         for name in ("kq_diagonal_ratio", "ov_last_entry_ratio", "zero_sum_median"):
@@ -154,7 +154,7 @@ def test_a_group_whose_members_all_diverge_is_counted_not_averaged(tmp_path):
     table says so."""
     from jaxicl._experiments._paired_heads import format_paired_heads_summary
 
-    config = PairedHeadsConfig(**dict(TINY, heads=(1,), init_scale=1e200))
+    config = PairedHeadsConfig.of(**dict(TINY, heads=(1,), init_scale=1e200))
     summary = run_paired_heads(config, tmp_path / "run", progress=False)
     g = summary["groups"]["1"]
     assert g["diverged"] == 4 and g["final_loss_mean"] is None

@@ -27,7 +27,7 @@ TINY = dict(
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("task_allocation")
-    return out, run_task_allocation(TaskAllocationConfig(**TINY), out, progress=False)
+    return out, run_task_allocation(TaskAllocationConfig.of(**TINY), out, progress=False)
 
 
 @pytest.mark.slow  # the end-to-end fixture; smaller runs below stay fast
@@ -57,7 +57,7 @@ def test_rerun_resumes_from_stored_groups(tiny_run, monkeypatch):
         raise AssertionError("a stored group was recomputed")
 
     monkeypatch.setattr(Group, "advance", must_not_run)
-    again = run_task_allocation(TaskAllocationConfig(**TINY), out, progress=False)
+    again = run_task_allocation(TaskAllocationConfig.of(**TINY), out, progress=False)
     # JSON text: NaN (a phase not reached) compares equal to itself there.
     assert json.dumps(again["groups"]) == json.dumps(summary["groups"])
 
@@ -119,7 +119,7 @@ def test_no_rate_while_seeds_are_still_in_warmup(tmp_path):
     short_horizon = dict(d=15, context_len=100, n_seeds=16, init_scale=1e-3, horizon=10.0)
     short_horizon.update(horizon_cap=10.0, n_records=20, warmup_scales=(1e-3, 2e-3))
     short_horizon.update(horizon_merged=2.0)
-    config = TaskAllocationConfig(**dict(TINY, **short_horizon))
+    config = TaskAllocationConfig.of(**dict(TINY, **short_horizon))
     summary = run_task_allocation(config, tmp_path / "run", progress=False)
     g = summary["groups"]["random-positive/H3"]
     assert g["still_in_warmup"] == 16 and g["success_rate"] is None
@@ -135,23 +135,23 @@ def test_horizon_follows_the_warmup_of_the_chosen_d():
     loss's gradient) than at d = 50, and both exceed the minimum horizon."""
     from jaxicl._experiments._task_allocation import factorized_horizon
 
-    config = TaskAllocationConfig(d=50, warmup_scales=(1e-3,))
+    config = TaskAllocationConfig.of(d=50, warmup_scales=(1e-3,))
     short = factorized_horizon(config)
-    long = factorized_horizon(TaskAllocationConfig(d=15, warmup_scales=(1e-3,)))
-    assert config.horizon < short < long < config.horizon_cap
+    long = factorized_horizon(TaskAllocationConfig.of(d=15, warmup_scales=(1e-3,)))
+    assert config.study.horizon < short < long < config.horizon_cap
 
 
 def test_bad_config_names_the_field():
     with pytest.raises(ValueError, match="`n_seeds`"):
-        TaskAllocationConfig(**dict(TINY, n_seeds=0))
+        TaskAllocationConfig.of(**dict(TINY, n_seeds=0))
     with pytest.raises(ValueError, match="`dt_merged`"):
-        TaskAllocationConfig(**dict(TINY, dt_merged=0.0003))
+        TaskAllocationConfig.of(**dict(TINY, dt_merged=0.0003))
     with pytest.raises(ValueError, match="`flow`"):
-        TaskAllocationConfig(**dict(TINY, flow="riemannian"))
+        TaskAllocationConfig.of(**dict(TINY, flow="riemannian"))
     with pytest.raises(ValueError, match="`schemes`"):
-        TaskAllocationConfig(**dict(TINY, schemes=("balanced", "uniform")))
+        TaskAllocationConfig.of(**dict(TINY, schemes=("balanced", "uniform")))
     with pytest.raises(ValueError, match="`heads`"):
-        TaskAllocationConfig(**dict(TINY, heads=(0,)))
+        TaskAllocationConfig.of(**dict(TINY, heads=(0,)))
 
 
 @pytest.mark.slow
@@ -222,7 +222,7 @@ def test_diverged_members_still_get_a_table_and_figures(tmp_path, capsys):
 
 def test_repeated_heads_are_refused():
     with pytest.raises(ValueError, match="`heads` repeats 3"):
-        TaskAllocationConfig(**dict(TINY, heads=(3, 3)))
+        TaskAllocationConfig.of(**dict(TINY, heads=(3, 3)))
 
 
 def test_a_diverged_warmup_probe_is_counted_as_diverged_not_in_warmup():
@@ -230,7 +230,7 @@ def test_a_diverged_warmup_probe_is_counted_as_diverged_not_in_warmup():
     as still in warm-up, and the slope is fitted over the others."""
     from jaxicl._experiments._task_allocation import warmup_scaling
 
-    config = TaskAllocationConfig(**dict(TINY, warmup_scales=(2e-2, 6e-2, 1e3)))
+    config = TaskAllocationConfig.of(**dict(TINY, warmup_scales=(2e-2, 6e-2, 1e3)))
     scaling = warmup_scaling(config, 100.0)
     for flow in ("factorized", "merged"):
         assert scaling[flow]["diverged"] == 1 and scaling[flow]["still_in_warmup"] == 0

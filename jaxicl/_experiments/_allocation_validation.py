@@ -1,7 +1,7 @@
 """Allocation rates of the full model against both reduced flows, for `full-vs-reduced`.
 
 At a size the full model can afford (default d = 6 in 3 blocks, L = 40, H = 3), the same
-random-positive inits run three ways: the full softmax model (all weights, `alloc_batch`
+random-positive inits run three ways: the full softmax model (all weights, `alloc_batch_size`
 fresh prompts per member and step, plain SGD with one learning rate), the reduced flow of the
 weights' gradient flow on the same clock and horizon, and the Euclidean (Ω, M) flow on its own
 clock, integrated until it settles. Each member's data are its own (no shared stream), so the
@@ -35,33 +35,21 @@ def random_positive_start(parametrization: str, spread: float) -> AbstractInitSc
     return Merged(scheme) if parametrization == "merged" else scheme
 
 
-ALLOCATION_DEFAULTS = dict(
-    d=6,
-    context_len=40,
-    init_scale=0.03,
-    init_spread=1.0,
-    members=128,
-    batch=256,
-    horizon=200.0,
-    dt=0.2,
-    euclidean_horizon=40.0,
-    euclidean_dt=0.01,
-    records=50,
+# The full model's size where it affords many members: d = 6 in 3 blocks, L = 40; its steps
+# and horizon on the weights' flow's clock.
+ALLOCATION_STUDY = AnsatzDynamics(
+    d=6, context_len=40, batch_size=256, init_scale=0.03, dt=0.2, horizon=200.0, n_records=50
 )
+# the allocation check's own settings: its start's spread, members, the Euclidean flow's clock
+ALLOCATION_DEFAULTS = dict(init_spread=1.0, members=128, euclidean_horizon=40.0, euclidean_dt=0.01)
 
 
 def _studies(config):
-    base = AnsatzDynamics(
-        d=config.alloc_d,
-        n_tasks=config.n_tasks,
-        heads=config.heads,
-        context_len=config.alloc_context_len,
-        batch_size=config.alloc_batch,
+    base = dataclasses.replace(
+        config.alloc,
+        n_tasks=config.study.n_tasks,
+        heads=config.study.heads,
         scheme=random_positive_start(config.parametrization, config.alloc_init_spread),
-        init_scale=config.alloc_init_scale,
-        dt=config.alloc_dt,
-        horizon=config.alloc_horizon,
-        n_records=ALLOCATION_DEFAULTS["records"],
     )
     yield "reduced", dataclasses.replace(base, dynamics=ReducedFlow())
     euclidean = ReducedFlow(EuclideanFlow())
@@ -135,14 +123,14 @@ def allocation_validation(config, out_dir, *, progress=None) -> tuple[dict, dict
         "only_full_allocates": int((full["success"] & ~reduced["success"])[both].sum()),
         "only_reduced_allocates": int((~full["success"] & reduced["success"])[both].sum()),
         "settings": {
-            "d": config.alloc_d,
-            "context_len": config.alloc_context_len,
-            "heads": config.heads,
-            "init_scale": config.alloc_init_scale,
+            "d": config.alloc.d,
+            "context_len": config.alloc.context_len,
+            "heads": config.study.heads,
+            "init_scale": config.alloc.init_scale,
             "init_spread": config.alloc_init_spread,
-            "batch": config.alloc_batch,
-            "learning_rate": config.alloc_dt,
-            "horizon": config.alloc_horizon,
+            "batch": config.alloc.batch_size,
+            "learning_rate": config.alloc.dt,
+            "horizon": config.alloc.horizon,
             "euclidean_dt": config.alloc_euclidean_dt,
             "euclidean_horizon": config.alloc_euclidean_horizon,
         },

@@ -5,6 +5,7 @@ numbers; the trained models are rebuilt from each store's final weights.
 """
 
 import dataclasses
+from typing import ClassVar
 
 import jax
 
@@ -13,7 +14,7 @@ from .._host._memory import host_memory_bytes
 from .._studies._attention_regression import AttentionRegression, trained_models
 from .._sweeps._outcome import flag
 from .._sweeps._runner import sweep
-from ._experiment import setting
+from ._experiment import ExperimentConfig, setting
 
 
 # help of the settings whose defaults differ between the experiments
@@ -22,26 +23,40 @@ HEADS = "head counts H, comma-separated (one group each)"
 N_MEMBERS = "ensemble members (random inits) per head count"
 
 
+STUDY_HELP = "each head count's study"
+
+
+def group_study(steps: int) -> AttentionRegression:
+    """The study of every head count (its task and heads set per group), recorded every 50
+    steps."""
+    return AttentionRegression(steps=steps, n_records=steps // 50)
+
+
 @dataclasses.dataclass(frozen=True)
-class AttentionTraining:
-    """The training settings of the attention-group experiments with the same defaults in
-    each (an experiment's configuration adds its own)."""
+class AttentionTraining(ExperimentConfig):
+    """The settings of the attention-group experiments with the same defaults in each (an
+    experiment's configuration adds its own and holds its `study`: Adam's `learning_rate`,
+    `batch_size`, `init_scale`, `steps` and `n_records` are its settings)."""
 
     noise_var: float = setting(0.1, "label noise variance σ² (context and query)")
-    record_every: int = setting(50, "steps between records")
     chunk_steps: int = setting(500, "steps per checkpointed chunk (a kill loses at most one)")
-    batch_size: int = setting(256, "sampled prompts per step")
-    learning_rate: float = setting(1e-3, "Adam learning rate")
-    init_scale: float = setting(0.1, "standard deviation of the initial weights (> 0)")
     eval_prompts: int = setting(4096, "prompts of the Monte Carlo population loss")
     seed: int = setting(0, "root random seed, in [0, 2**63)")
+
+    # each group's task (built from the experiment's settings) and head count
+    varied: ClassVar[tuple[str, ...]] = ("task", "heads")
+
+    @property
+    def record_every(self) -> int:
+        """Steps between records."""
+        return self.study.steps // self.study.n_records
 
 
 def train_group(config, task, n_heads: int, out_dir, *, progress, on_chunk):
     """Train (or resume) `config.n_members` random inits with `n_heads` heads on `task`.
 
-    Adam at `config.learning_rate`, `config.batch_size` fresh prompts a step (shared by the
-    members), `config.steps` steps in chunks of `config.chunk_steps`, each stored in
+    `config.study` (Adam, fresh prompts each step shared by the members) for its
+    steps in chunks of `config.chunk_steps`, each stored in
     `out_dir/sweeps/H{n_heads}` (keys from `config.seed`, as every sweep derives them).
     `on_chunk(n_heads, steps_done)` is called after each stored chunk.
 
@@ -49,15 +64,7 @@ def train_group(config, task, n_heads: int, out_dir, *, progress, on_chunk):
     every `config.record_every` steps (`step`, block-mean `loss_mean`, (ω, μ) of shape
     (H, n_tasks), `diverged`).
     """
-    study = AttentionRegression(
-        task=task,
-        heads=n_heads,
-        batch_size=config.batch_size,
-        init_scale=config.init_scale,
-        learning_rate=config.learning_rate,
-        steps=config.steps,
-        n_records=config.steps // config.record_every,
-    )
+    study = dataclasses.replace(config.study, task=task, heads=n_heads)
     chunk_records = config.chunk_steps // config.record_every
     report = None
     if on_chunk is not None:
@@ -84,23 +91,23 @@ def train_group(config, task, n_heads: int, out_dir, *, progress, on_chunk):
 
 def check_training_config(config) -> None:
     """Validate the fields `train_group` reads (and `heads`, `noise_var`, `eval_prompts`),
-    naming the field, before anything compiles."""
-    for name in ("n_members", "steps", "record_every", "chunk_steps", "batch_size", "eval_prompts"):
+    naming the field, before anything compiles (the study validates its own)."""
+    if not isinstance(config.study, AttentionRegression):
+        raise ValueError(f"`study` must be an AttentionRegression, got {config.study!r}.")
+    for name in ("n_members", "chunk_steps", "eval_prompts"):
         check.positive_int(name, getattr(config, name))
     check.finite_nonnegative("noise_var", config.noise_var)
-    check.finite_positive("learning_rate", config.learning_rate)
-    # At scale 0 every weight stays 0: no gradient moves it and the statistics are 0/0.
-    check.finite_positive("init_scale", config.init_scale)
     check.seed("seed", config.seed)
     if not config.heads:
         raise ValueError("`heads` must list at least one head count, got ().")
     for h in config.heads:
         check.positive_int("heads", h)
     check.distinct("heads", config.heads)
-    if config.chunk_steps % config.record_every or config.steps % config.chunk_steps:
+    steps = config.study.steps
+    if config.chunk_steps % config.record_every or steps % config.chunk_steps:
         raise ValueError(
-            f"`record_every` ({config.record_every}) must divide `chunk_steps` "
-            f"({config.chunk_steps}), which must divide `steps` ({config.steps})."
+            f"`chunk_steps` ({config.chunk_steps}) must be a multiple of the steps between "
+            f"records ({config.record_every} = steps / n_records) and divide `steps` ({steps})."
         )
     _check_evaluation_memory(config)
 

@@ -32,19 +32,18 @@ sample. Every group is a sweep of the `FeatureLearning` study, streamed into a s
 
 import dataclasses
 import pathlib
+from typing import ClassVar
 
 import numpy as np
 
 from .. import _validation as check
 from .._host._checkpoint import claim_run_directory, save_json
-from .._meanfield._activations import ACTIVATIONS
 from .._meanfield._flow import JointAttention
 from .._meanfield._perturbations import HessianNoise, IsotropicNoise
-from .._meanfield._task import INPUT_LAWS
 from .._studies._feature_learning import FeatureLearning, SplitAtoms, SymmetricPoint
 from .._sweeps._outcome import flag
 from .._sweeps._runner import sweep
-from ._experiment import Experiment, setting
+from ._experiment import Experiment, ExperimentConfig, setting
 from ._feature_learning_figure import plot_feature_learning
 from ._feature_learning_summary import (
     SADDLE_VARIANTS,
@@ -76,38 +75,39 @@ PRESETS = {
 }
 
 
-@dataclasses.dataclass(frozen=True)
-class FeatureLearningConfig:
-    """Configuration of `feature-learning` (mean-field particle solver); validated on
-    construction."""
+# The static runs' study at the paper's sizes; every group changes a few of its settings.
+STUDY = FeatureLearning(
+    d=20,
+    k=5,
+    particles=500,
+    teacher_neurons=10,
+    n_inputs=1000,
+    n_eval_inputs=4000,
+    steps=2000,
+    n_records=40,
+)
 
-    d: int = setting(20, "input dimension")
-    k: int = setting(5, "features per neuron output (W is k × k)")
-    n_particles: int = setting(500, "particles M of the mean-field measure")
-    activation: str = setting("sigmoid", "sigmoid, tanh or relu")
-    teacher_neurons: int = setting(10, "neurons of the teacher MLP")
-    teacher_scale: float = setting(3.0, "scale of the teacher's output weights")
-    input_law: str = setting("gaussian", "gaussian or spherical inputs")
-    a_scale: float = setting(1.0, "scale of the particles' initial output weights")
-    n_inputs: int = setting(1000, "training inputs (a fixed sample)")
-    n_eval_inputs: int = setting(4000, "held-out inputs of the recorded losses")
-    learning_rate: float = setting(0.02, "Euler step η of the particle flow")
-    steps: int = setting(2000, "Euler steps")
-    record_every: int = setting(50, "steps between records")
+
+@dataclasses.dataclass(frozen=True)
+class FeatureLearningConfig(ExperimentConfig):
+    """Configuration of `feature-learning` (mean-field particle solver); validated on
+    construction. Its study's settings (`d`, `k`, `particles`, `learning_rate`, `steps`, …)
+    are flags of their own; the fields below are the experiment's."""
+
+    study: FeatureLearning = setting(STUDY, "the static runs' study")
     n_seeds: int = setting(16, "seeds of the static (two-timescale) flow")
     attention_seeds: int = setting(4, "seeds of the jointly trained W runs (≤ n_seeds)")
     attention_ratios: tuple[float, ...] = setting(
         (1.0, 10.0, 100.0, 1000.0), "learning-rate ratios of W to the particles, comma-separated"
     )
-    success_threshold: float = setting(0.05, "success: L < threshold × L of the constant predictor")
     stall_tolerance: float = setting(
         0.01,
         "a static run above the threshold has stalled when its dissipation −dL/dt times its "
         "flow time is below this × L_c",
     )
-    perturbation_size: float = setting(0.01, "size of the saddle-escape perturbations")
-    perturb_every: int = setting(10, "steps between perturbations")
-    birth_death_rate: float = setting(10.0, "rate of the birth–death moves")
+    saddle_birth_death_rate: float = setting(
+        10.0, "rate of the birth–death moves of the saddle runs"
+    )
     escape_atoms: int = setting(
         5, "atoms of the split-atoms saddle (its features have full rank from k)"
     )
@@ -133,19 +133,31 @@ class FeatureLearningConfig:
         "token pairs n per prompt of the in-context runs, comma-separated (0: n = ∞, the "
         "population loss; must be included)",
     )
-    prompts_per_step: int = setting(16, "fresh prompts per Euler step of the in-context runs")
     in_context_seeds: int = setting(4, "seeds of the in-context runs")
     in_context_joint_ratio: float = setting(
         0.0,
         "0: none; > 0: also run the in-context runs with W trained jointly at this "
         "learning-rate ratio",
     )
-    seed: int = setting(0, "root random seed, in [0, 2**63)")
+    seed: int = setting(0, "root random seed, in [0, 2**63); also the problem's seed")
+
+    # what each group sets itself: the init, W's treatment, the noise, n, the problem's seed
+    varied: ClassVar[tuple[str, ...]] = (
+        "init",
+        "displacement",
+        "attention",
+        "attention_ratio",
+        "perturbation",
+        "birth_death_rate",
+        "prompt_length",
+        "problem_seed",
+        "geometry",
+    )
 
     def __post_init__(self):
-        for name in ("d", "k", "n_particles", "teacher_neurons", "n_inputs", "n_eval_inputs"):
-            check.positive_int(name, getattr(self, name))
-        for name in ("steps", "record_every", "n_seeds", "perturb_every", "mean_field_seeds"):
+        if not isinstance(self.study, FeatureLearning):
+            raise ValueError(f"`study` must be a FeatureLearning, got {self.study!r}.")
+        for name in ("n_seeds", "mean_field_seeds", "mean_field_steps"):
             check.positive_int(name, getattr(self, name))
         check.positive_int("attention_seeds", self.attention_seeds)
         if self.attention_seeds > self.n_seeds:
@@ -153,18 +165,8 @@ class FeatureLearningConfig:
                 f"`attention_seeds` must be at most `n_seeds` ({self.n_seeds}), "
                 f"got {self.attention_seeds}."
             )
-        check.positive_int("mean_field_steps", self.mean_field_steps)
         check.seed("seed", self.seed)
-        check.one_of("activation", self.activation, ACTIVATIONS)
-        check.one_of("input_law", self.input_law, INPUT_LAWS)
-        for name in ("teacher_scale", "a_scale", "learning_rate", "perturbation_size"):
-            check.finite_positive(name, getattr(self, name))
-        check.finite_nonnegative("birth_death_rate", self.birth_death_rate)
-        check.in_open_interval("success_threshold", self.success_threshold, 0.0, 1.0)
-        if self.k > self.d:
-            raise ValueError(
-                f"`k` must be at most `d` ({self.d}) for the coupled init, got {self.k}."
-            )
+        check.finite_positive("saddle_birth_death_rate", self.saddle_birth_death_rate)
         for name in ("escape_atoms", "escape_particles_per_atom", "escape_seeds", "escape_steps"):
             check.positive_int(name, getattr(self, name))
         check.finite_positive("stall_tolerance", self.stall_tolerance)
@@ -179,11 +181,11 @@ class FeatureLearningConfig:
                 f"`mean_field_seeds` must be at least 3 (a spread over seeds), got "
                 f"{self.mean_field_seeds}."
             )
-        for name in ("steps", "mean_field_steps", "escape_steps"):
+        for name in ("mean_field_steps", "escape_steps"):
             if getattr(self, name) % self.record_every:
                 raise ValueError(
-                    f"`{name}` ({getattr(self, name)}) must be a multiple of `record_every` "
-                    f"({self.record_every})."
+                    f"`{name}` ({getattr(self, name)}) must be a multiple of the steps between "
+                    f"records ({self.record_every} = steps / n_records)."
                 )
         for ratio in self.attention_ratios:
             check.finite_positive("attention_ratios", ratio)
@@ -191,7 +193,6 @@ class FeatureLearningConfig:
             check.positive_int("mean_field_sizes", size)
         if len(self.mean_field_sizes) < 3:
             raise ValueError("`mean_field_sizes` needs at least 3 sizes to fit a rate.")
-        check.positive_int("prompts_per_step", self.prompts_per_step)
         check.positive_int("in_context_seeds", self.in_context_seeds)
         check.finite_nonnegative("in_context_joint_ratio", self.in_context_joint_ratio)
         for n in self.prompt_lengths:
@@ -206,36 +207,15 @@ class FeatureLearningConfig:
                 f"against it, got {self.prompt_lengths}."
             )
 
-    def as_dict(self) -> dict:
-        out = dataclasses.asdict(self)
-        out["attention_ratios"] = list(self.attention_ratios)
-        out["mean_field_sizes"] = list(self.mean_field_sizes)
-        out["escape_displacements"] = list(self.escape_displacements)
-        out["prompt_lengths"] = list(self.prompt_lengths)
-        return out
+    @property
+    def record_every(self) -> int:
+        """Euler steps between records (of every group)."""
+        return self.study.steps // self.study.n_records
 
 
 def _study(config) -> FeatureLearning:
-    """The static runs' study; every group changes a few of its settings."""
-    return FeatureLearning(
-        d=config.d,
-        k=config.k,
-        particles=config.n_particles,
-        activation=ACTIVATIONS[config.activation],
-        teacher_neurons=config.teacher_neurons,
-        teacher_scale=config.teacher_scale,
-        input_law=INPUT_LAWS[config.input_law],
-        n_inputs=config.n_inputs,
-        n_eval_inputs=config.n_eval_inputs,
-        learning_rate=config.learning_rate,
-        a_scale=config.a_scale,
-        steps=config.steps,
-        n_records=config.steps // config.record_every,
-        success_threshold=config.success_threshold,
-        perturbation_size=config.perturbation_size,
-        perturb_every=config.perturb_every,
-        problem_seed=config.seed,
-    )
+    """The static runs' study: the configured one on the problem of the run's seed."""
+    return dataclasses.replace(config.study, problem_seed=config.seed)
 
 
 def _saddle_changes(config, variant) -> dict:
@@ -246,7 +226,9 @@ def _saddle_changes(config, variant) -> dict:
         return dict(changes, perturbation=HessianNoise())
     if variant == "isotropic":
         return dict(changes, perturbation=IsotropicNoise())
-    return dict(changes, perturbation=IsotropicNoise(), birth_death_rate=config.birth_death_rate)
+    return dict(
+        changes, perturbation=IsotropicNoise(), birth_death_rate=config.saddle_birth_death_rate
+    )
 
 
 def _sweeps(config) -> list:
@@ -289,14 +271,13 @@ def _sweeps(config) -> list:
         ),
         (
             "in_context",
-            dataclasses.replace(base, prompts_per_step=config.prompts_per_step),
+            base,
             {"prompt_length": list(config.prompt_lengths)},
             config.in_context_seeds,
         ),
     ]
     if config.in_context_joint_ratio > 0:
         joint = dict(
-            prompts_per_step=config.prompts_per_step,
             attention=JointAttention(),
             attention_ratio=config.in_context_joint_ratio,
         )
@@ -344,12 +325,12 @@ def run_feature_learning(config: FeatureLearningConfig, out_dir, *, progress=Non
         if name == "attention":
             for ratio in config.attention_ratios:
                 one = dataset.sel(attention_ratio=ratio)
-                results[f"attention_r{ratio:g}"] = _records(one, config.learning_rate)
+                results[f"attention_r{ratio:g}"] = _records(one, config.study.learning_rate)
         elif name == "escape":
             for e in [0.0, *config.escape_displacements]:
                 one = dataset.sel(displacement=e)
                 results[f"escape_eps{e:g}"] = {
-                    **_records(one, config.learning_rate),
+                    **_records(one, config.study.learning_rate),
                     **{
                         v: one[v].transpose("seed").values
                         for v in ("teacher_mixture_slope", "teacher_mixture_curvature")
@@ -358,17 +339,17 @@ def run_feature_learning(config: FeatureLearningConfig, out_dir, *, progress=Non
         elif name == "mean_field":
             for m in config.mean_field_sizes:
                 results[f"mean_field_M{m}"] = _records(
-                    dataset.sel(particles=m), config.learning_rate
+                    dataset.sel(particles=m), config.study.learning_rate
                 )
         elif name in ("in_context", "in_context_joint"):
             for n in config.prompt_lengths:
                 one = dataset.sel(prompt_length=n)
                 results[f"{name}_n{n}"] = {
-                    **_records(one, config.learning_rate),
+                    **_records(one, config.study.learning_rate),
                     "final_features": one["final_features"].transpose("seed", ...).values,
                 }
         else:
-            results[name] = _records(dataset, config.learning_rate)
+            results[name] = _records(dataset, config.study.learning_rate)
     summary = summarize(config, _study(config), results)
     save_json(out_dir / "summary.json", summary)
     plot_feature_learning(results, summary, out_dir / "feature_learning.png")

@@ -41,9 +41,9 @@ def stalls(config, static, scale) -> dict:
     diverged (see the module docstring)."""
     healthy = ~static["diverged"]
     final = static["loss"][healthy, -1] / scale
-    horizon = config.steps * config.learning_rate
+    horizon = config.study.steps * config.study.learning_rate
     moving = static["flow_dissipation"][healthy, -1] * horizon / scale
-    above = final >= config.success_threshold
+    above = final >= config.study.success_threshold
     stalled = int((above & (moving < config.stall_tolerance)).sum())
     return {
         "seeds": int(final.size),

@@ -107,7 +107,7 @@ def _static(config, static, healthy, scale) -> dict:
     out = {"seeds": int(final.size), "diverged": int((~healthy).sum())}
     if not final.size:
         return out
-    rate = float((final < config.success_threshold).mean())
+    rate = float((final < config.study.success_threshold).mean())
     # monotonicity of the flow's own objective (the training sample); the held-out L need not be
     train = static["train_loss"][healthy]
     increases = np.diff(train, axis=1) > 1e-10 * train[:, :-1]

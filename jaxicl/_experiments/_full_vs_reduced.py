@@ -28,6 +28,7 @@ rate with its binomial standard error beside both reduced flows' rates from the 
 
 import dataclasses
 import pathlib
+from typing import ClassVar
 
 import jax
 import jax.numpy as jnp
@@ -47,23 +48,32 @@ from .._tasks._regression import MultiTaskRegression, disjoint_blocks
 from .._train._objectives import monte_carlo_loss
 from ._allocation_validation import (
     ALLOCATION_DEFAULTS,
+    ALLOCATION_STUDY,
     PARAMETRIZATIONS,
     allocation_validation,
     format_allocation_validation,
     random_positive_start,
 )
-from ._experiment import Experiment, setting
+from ._experiment import Experiment, ExperimentConfig, setting
 from ._full_vs_reduced_figure import plot_full_vs_reduced
 
 
-@dataclasses.dataclass(frozen=True)
-class FullVsReducedConfig:
-    """Configuration of `full-vs-reduced` (the full model against the reduced flow); validated
-    on construction."""
+# the main runs' study: each sweep sets its dynamics, context length, batch and start
+STUDY = AnsatzDynamics(
+    d=15, n_tasks=3, heads=3, init_scale=0.03, dt=0.25, horizon=50.0, n_records=40
+)
 
-    d: int = setting(15, "input dimension, split into n_tasks disjoint blocks")
-    n_tasks: int = setting(3, "regression tasks n (one block each)")
-    heads: int = setting(3, "head count H")
+
+@dataclasses.dataclass(frozen=True)
+class FullVsReducedConfig(ExperimentConfig):
+    """Configuration of `full-vs-reduced` (the full model against the reduced flow); validated
+    on construction. The main runs' study settings (`d`, `n_tasks`, `heads`, `init_scale`,
+    `dt`: the SGD learning rate of every dynamics, `horizon`: steps × learning rate, `n_records`)
+    and the allocation check's (`alloc_d`, `alloc_context_len`, `alloc_batch_size`, …) are
+    flags of their own."""
+
+    study: AnsatzDynamics = setting(STUDY, "the main runs' study")
+    alloc: AnsatzDynamics = setting(ALLOCATION_STUDY, "allocation check")
     context_lens: tuple[int, ...] = setting(
         (100, 200), "context lengths L, comma-separated (one set of runs each)"
     )
@@ -72,40 +82,18 @@ class FullVsReducedConfig:
     )
     exact_batch: int = setting(1024, "prompts per step of the exact flow (with control variates)")
     n_seeds: int = setting(2, "random-positive inits, shared by all dynamics")
-    init_scale: float = setting(0.03, "init scale s of ω, μ")
     init_spread: float = setting(0.1, "c in ω, μ = s(1 + c·U(0, 1))")
     parametrization: str = setting(
         "factorized", "factorized (Q, K, V, O from a balanced start) or merged (W, U)"
     )
-    horizon: float = setting(50.0, "steps × learning rate of every run (plain SGD's clock)")
-    dt: float = setting(0.25, "the SGD learning rate of every dynamics (one step each)")
-    n_records: int = setting(40, "records per run (must divide the steps)")
     eval_prompts: int = setting(8192, "Monte Carlo prompts of each final loss")
     seed: int = setting(0, "root random seed, in [0, 2**63)")
-    alloc_d: int = setting(
-        ALLOCATION_DEFAULTS["d"], "allocation check: input dimension (the full model's size)"
-    )
-    alloc_context_len: int = setting(
-        ALLOCATION_DEFAULTS["context_len"], "allocation check: context length L"
-    )
-    alloc_init_scale: float = setting(
-        ALLOCATION_DEFAULTS["init_scale"],
-        "allocation check: init scale s of the random-positive inits",
-    )
     alloc_init_spread: float = setting(
         ALLOCATION_DEFAULTS["init_spread"], "allocation check: c in ω, μ = s(1 + c·U(0, 1))"
     )
     alloc_members: int = setting(
         ALLOCATION_DEFAULTS["members"], "allocation check: members (each its own prompts)"
     )
-    alloc_batch: int = setting(
-        ALLOCATION_DEFAULTS["batch"], "allocation check: prompts per member and step"
-    )
-    alloc_horizon: float = setting(
-        ALLOCATION_DEFAULTS["horizon"],
-        "allocation check: steps × learning rate (full model, weights' flow)",
-    )
-    alloc_dt: float = setting(ALLOCATION_DEFAULTS["dt"], "allocation check: the SGD learning rate")
     alloc_euclidean_horizon: float = setting(
         ALLOCATION_DEFAULTS["euclidean_horizon"],
         "allocation check: horizon of the Euclidean flow (own clock)",
@@ -114,24 +102,32 @@ class FullVsReducedConfig:
         ALLOCATION_DEFAULTS["euclidean_dt"], "allocation check: Euler step of the Euclidean flow"
     )
 
+    # each sweep's dynamics, start, L and B; the allocation check's tasks and heads are the
+    # main runs'
+    varied: ClassVar[tuple[str, ...]] = (
+        "dynamics",
+        "context_len",
+        "batch_size",
+        "scheme",
+        "alloc_dynamics",
+        "alloc_scheme",
+        "alloc_n_tasks",
+        "alloc_heads",
+    )
+
     def __post_init__(self):
-        for name in ("d", "n_tasks", "heads", "exact_batch", "n_seeds", "n_records"):
+        for name in ("study", "alloc"):
+            if not isinstance(getattr(self, name), AnsatzDynamics):
+                raise ValueError(
+                    f"`{name}` must be an AnsatzDynamics, got {getattr(self, name)!r}."
+                )
+        for name in ("exact_batch", "n_seeds", "alloc_members", "eval_prompts"):
             check.positive_int(name, getattr(self, name))
-        for name in ("alloc_d", "alloc_context_len", "alloc_members", "alloc_batch"):
-            check.positive_int(name, getattr(self, name))
-        disjoint_blocks(self.alloc_d, self.n_tasks)
-        for name in (
-            "alloc_init_scale",
-            "alloc_horizon",
-            "alloc_dt",
-            "alloc_euclidean_horizon",
-            "alloc_euclidean_dt",
-        ):
+        disjoint_blocks(self.alloc.d, self.study.n_tasks)
+        for name in ("alloc_euclidean_horizon", "alloc_euclidean_dt"):
             check.finite_positive(name, getattr(self, name))
         check.finite_nonnegative("alloc_init_spread", self.alloc_init_spread)
-        check.positive_int("eval_prompts", self.eval_prompts)
         check.seed("seed", self.seed)
-        disjoint_blocks(self.d, self.n_tasks)
         for name in ("context_lens", "batches"):
             values = getattr(self, name)
             if not values:
@@ -139,48 +135,31 @@ class FullVsReducedConfig:
             for v in values:
                 check.positive_int(name, v)
             check.distinct(name, values)
-        for name in ("init_scale", "horizon", "dt"):
-            check.finite_positive(name, getattr(self, name))
         check.finite_nonnegative("init_spread", self.init_spread)
         check.one_of("parametrization", self.parametrization, PARAMETRIZATIONS)
-        for horizon, dt, records in (
-            ("horizon", "dt", self.n_records),
-            ("alloc_horizon", "alloc_dt", ALLOCATION_DEFAULTS["records"]),
-            ("alloc_euclidean_horizon", "alloc_euclidean_dt", ALLOCATION_DEFAULTS["records"]),
-        ):
-            check.whole_record_blocks(
-                f"`{horizon}` / `{dt}`",
-                getattr(self, horizon) / getattr(self, dt),
-                records,
-                "`n_records`" if horizon == "horizon" else f"{records} records",
-            )
+        check.whole_record_blocks(
+            "`alloc_euclidean_horizon` / `alloc_euclidean_dt`",
+            self.alloc_euclidean_horizon / self.alloc_euclidean_dt,
+            self.alloc.n_records,
+            "`alloc_n_records`",
+        )
 
     @property
     def block_sizes(self) -> tuple[int, ...]:
-        return tuple(b - a for a, b in disjoint_blocks(self.d, self.n_tasks))
+        return self.study.block_sizes
 
     @property
     def steps(self) -> int:
-        return round(self.horizon / self.dt)
-
-    def as_dict(self) -> dict:
-        out = dataclasses.asdict(self)
-        return {k: list(v) if isinstance(v, tuple) else v for k, v in out.items()}
+        return round(self.study.horizon / self.study.dt)
 
 
 def _sweeps(config):
     """(dynamics, study, grid) of the four sweeps, cheapest first; every sweep has the same
     seeds (so every dynamics starts from the same (Ω, M) at seed s)."""
-    base = AnsatzDynamics(
-        d=config.d,
-        n_tasks=config.n_tasks,
-        heads=config.heads,
+    base = dataclasses.replace(
+        config.study,
         context_len=config.context_lens[0],
         scheme=random_positive_start(config.parametrization, config.init_spread),
-        init_scale=config.init_scale,
-        dt=config.dt,
-        horizon=config.horizon,
-        n_records=config.n_records,
     )
     lengths = {"context_len": list(config.context_lens)}
     batches = dict(lengths, batch_size=list(config.batches))
@@ -203,13 +182,15 @@ def _final_loss(config, dynamics, run, length):
         estimate = ansatz_monte_carlo_loss(
             jnp.asarray(run["omega_final"]),
             jnp.asarray(run["mu_final"]),
-            d=config.d,
+            d=config.study.d,
             context_len=length,
             n_prompts=config.eval_prompts,
             key=key,
         )
-        return np.asarray(estimate.loss) / config.n_tasks  # ℓ sums the tasks
-    task = MultiTaskRegression(config.d, length, disjoint_blocks(config.d, config.n_tasks))
+        return np.asarray(estimate.loss) / config.study.n_tasks  # ℓ sums the tasks
+    task = MultiTaskRegression(
+        config.study.d, length, disjoint_blocks(config.study.d, config.study.n_tasks)
+    )
 
     def population_loss(weights):
         model = MergedAttention(W=weights[0], U=weights[1], kind="softmax")
@@ -245,9 +226,9 @@ def _arrays(config, dynamics, dataset, length) -> dict:
         "diverged": flag(run["diverged"]),
     }
     if dynamics == "full":
-        blocks = disjoint_blocks(config.d, config.n_tasks)
+        blocks = disjoint_blocks(config.study.d, config.study.n_tasks)
         out["off_ansatz"] = np.asarray(
-            jax.vmap(lambda w, u, o, m: _off_ansatz(w, u, o, m, blocks, config.d))(
+            jax.vmap(lambda w, u, o, m: _off_ansatz(w, u, o, m, blocks, config.study.d))(
                 run["W"], run["U"], run["omega_final"], run["mu_final"]
             )
         )

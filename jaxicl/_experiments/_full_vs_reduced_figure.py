@@ -91,7 +91,7 @@ def plot_full_vs_reduced(runs, summary, config, path) -> None:
         _allocation_bars(axes[4], summary["allocation"])
     fig.suptitle(
         f"Full softmax model against the reduced dynamics of the weights' gradient flow: "
-        f"d = {config.d} in {config.n_tasks} blocks, H = {config.heads}, "
+        f"d = {config.study.d} in {config.study.n_tasks} blocks, H = {config.study.heads}, "
         f"{config.parametrization} model, {config.n_seeds} seeds"
     )
     save_figure(fig, path)

@@ -15,12 +15,14 @@ def layout_optima(config) -> dict:
     out = {}
     for n_heads in config.heads:
         key = jr.fold_in(jr.fold_in(jr.key(config.seed), 11), n_heads)
-        best = best_layout_loss(config.block_sizes, config.context_len, n_heads, key=key)
+        best = best_layout_loss(
+            config.study.block_sizes, config.study.context_len, n_heads, key=key
+        )
         full = ansatz_monte_carlo_loss(
             best.omega,
             best.mu,
-            d=config.d,
-            context_len=config.context_len,
+            d=config.study.d,
+            context_len=config.study.context_len,
             n_prompts=config.separation_prompts,
             key=jr.fold_in(key, 1),
         )

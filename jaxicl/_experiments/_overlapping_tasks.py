@@ -29,9 +29,11 @@ from ._attention_groups import (
     CONTEXT_LEN,
     HEADS,
     N_MEMBERS,
+    STUDY_HELP,
     AttentionTraining,
     check_training_config,
     evaluation_members,
+    group_study,
     train_group,
 )
 from ._experiment import Experiment, setting
@@ -47,18 +49,13 @@ class OverlappingTasksConfig(AttentionTraining):
     """Configuration of `overlapping-tasks`; every field is validated on construction."""
 
     context_len: int = setting(48, CONTEXT_LEN)
+    study: AttentionRegression = setting(group_study(4000), STUDY_HELP)
     heads: tuple[int, ...] = setting((2, 3, 4, 6), HEADS)
     n_members: int = setting(32, N_MEMBERS)
-    steps: int = setting(4000, "optimizer steps")
 
     def __post_init__(self):
         check.positive_int("context_len", self.context_len)
         check_training_config(self)
-
-    def as_dict(self) -> dict:
-        out = dataclasses.asdict(self)
-        out["heads"] = list(self.heads)
-        return out
 
 
 def _split_statistics(omega, mu) -> dict:

@@ -26,9 +26,11 @@ from ._attention_groups import (
     CONTEXT_LEN,
     HEADS,
     N_MEMBERS,
+    STUDY_HELP,
     AttentionTraining,
     check_training_config,
     evaluation_members,
+    group_study,
     train_group,
 )
 from ._experiment import Experiment, setting
@@ -46,9 +48,9 @@ class PairedHeadsConfig(AttentionTraining):
 
     d: int = setting(5, "input dimension x ∈ R^d")
     context_len: int = setting(40, CONTEXT_LEN)
+    study: AttentionRegression = setting(group_study(3000), STUDY_HELP)
     heads: tuple[int, ...] = setting((1, 2, 4, 8), HEADS)
     n_members: int = setting(64, N_MEMBERS)
-    steps: int = setting(3000, "optimizer steps")
     eval_lengths: tuple[int, ...] = setting(
         (10, 20, 40, 60, 80, 100), "context lengths L of the length-generalization curve"
     )
@@ -61,12 +63,6 @@ class PairedHeadsConfig(AttentionTraining):
             raise ValueError("`eval_lengths` must list at least one context length, got ().")
         for length in self.eval_lengths:
             check.positive_int("eval_lengths", length)
-
-    def as_dict(self) -> dict:
-        out = dataclasses.asdict(self)
-        out["heads"] = list(self.heads)
-        out["eval_lengths"] = list(self.eval_lengths)
-        return out
 
 
 def reference_risks(config: PairedHeadsConfig, *, key) -> tuple[dict, dict]:

@@ -24,7 +24,7 @@ def separation(config) -> dict:
     """Rows per L: the full model's optimal losses and ratio (± s.e.), the reduced ones."""
     rows = []
     for length in config.separation_lengths:
-        reduced = optimal_allocation_losses(config.block_sizes, length)
+        reduced = optimal_allocation_losses(config.study.block_sizes, length)
         key = jr.fold_in(jr.key(config.seed), length)  # the same prompts for both layouts
         full = {}
         for layout, single_head, centre in (
@@ -35,8 +35,8 @@ def separation(config) -> dict:
             full[layout] = layout_optimum_monte_carlo(
                 single_head,
                 grid,
-                d=config.d,
-                n_tasks=config.n_tasks,
+                d=config.study.d,
+                n_tasks=config.study.n_tasks,
                 context_len=length,
                 n_prompts=config.separation_prompts,
                 key=key,
@@ -64,6 +64,6 @@ def separation(config) -> dict:
         )
     return {
         "rows": rows,
-        "reduced_limit": separation_limit(config.block_sizes),
+        "reduced_limit": separation_limit(config.study.block_sizes),
         "prompts": config.separation_prompts,
     }

@@ -27,6 +27,7 @@ chosen stable; the tests show it is first order, so halving a step halves its er
 import dataclasses
 import math
 import pathlib
+from typing import ClassVar
 
 import numpy as np
 
@@ -39,14 +40,12 @@ from .._attention._init_schemes import (
     RandomPositive,
     RandomPositiveCentre,
 )
-from .._attention._reduced_flows import REDUCED_FLOWS
 from .._host._checkpoint import claim_run_directory, save_json
 from .._host._progress import progress_bar
 from .._studies import ReducedAllocation
 from .._sweeps._outcome import flag
 from .._sweeps._runner import sweep
-from .._tasks._regression import disjoint_blocks
-from ._experiment import Experiment, setting
+from ._experiment import Experiment, ExperimentConfig, setting
 from ._layout_optima import layout_optima, loss_ratio
 from ._separation import separation
 from ._task_allocation_figure import plot_task_allocation
@@ -82,25 +81,29 @@ PRESETS = {
         horizon=30.0,
         horizon_cap=400.0,
         horizon_merged=10.0,
-        dt_factorized=0.005,
+        dt=0.005,
         dt_merged=0.0005,
     ),
 }
 
 
-@dataclasses.dataclass(frozen=True)
-class TaskAllocationConfig:
-    """Configuration of `task-allocation` (reduced dynamics); validated on construction."""
+# The factorized groups' study: every group sets its head count, scheme and (merged model,
+# or a horizon the probes extended) its horizon and step.
+STUDY = ReducedAllocation(
+    d=50, n_tasks=3, context_len=100, init_scale=1e-3, horizon=50.0, dt=0.25, n_records=200
+)
 
-    d: int = setting(50, "input dimension, split into n_tasks disjoint blocks")
-    n_tasks: int = setting(3, "regression tasks n (one block each)")
-    context_len: int = setting(100, "context length L of the reduced loss")
+
+@dataclasses.dataclass(frozen=True)
+class TaskAllocationConfig(ExperimentConfig):
+    """Configuration of `task-allocation` (reduced dynamics); validated on construction.
+    Its study's settings (`d`, `n_tasks`, `context_len`, `flow`, `init_scale`, `horizon`, `dt`,
+    `n_records`) are flags of their own: `horizon` is the factorized model's shortest horizon
+    (the probes may extend it, up to `horizon_cap`), `dt` its Euler step (for the weights'
+    flow: the SGD learning rate)."""
+
+    study: ReducedAllocation = setting(STUDY, "the factorized model's study")
     heads: tuple[int, ...] = setting((2, 3, 4), "head counts H, comma-separated")
-    flow: str = setting(
-        "weights",
-        "reduced flow: weights (gradient flow on the attention weights, plain SGD's clock) or "
-        "euclidean (gradient flow of ℓ on (Ω, M); see preset euclidean-flow)",
-    )
     schemes: tuple[str, ...] = setting(
         DEFAULT_SCHEMES,
         "init schemes, comma-separated: balanced, random-positive, random-sign, chen-code",
@@ -108,18 +111,12 @@ class TaskAllocationConfig:
     n_seeds: int = setting(
         1024, "seeds per random init scheme and H (the balanced init is run once)"
     )
-    init_scale: float = setting(1e-3, "init scale s of ω, μ")
     init_spread: float = setting(0.1, "c in random-positive's ω, μ = s(1 + c·U(0, 1))")
-    horizon: float = setting(50.0, "shortest horizon of the factorized model (the flow's time)")
     horizon_cap: float = setting(
         4000.0, "longest horizon: the factorized model runs 2.5× the probes' warm-up, at most this"
     )
     horizon_merged: float = setting(20.0, "horizon of the merged model (random-sign)")
-    dt_factorized: float = setting(
-        0.25, "Euler step of the factorized model (for the weights' flow: the SGD learning rate)"
-    )
     dt_merged: float = setting(0.005, "Euler step of the merged model")
-    n_records: int = setting(200, "records per run (must divide the steps)")
     warmup_scales: tuple[float, ...] = setting(
         (3e-4, 1e-3, 3e-3, 1e-2), "init scales of the warm-up-against-scale panel, comma-separated"
     )
@@ -129,64 +126,40 @@ class TaskAllocationConfig:
     separation_prompts: int = setting(8192, "Monte Carlo prompts of the full model's ratio")
     seed: int = setting(0, "root random seed, in [0, 2**63)")
 
+    varied: ClassVar[tuple[str, ...]] = ("heads", "scheme", "history")
+
     def __post_init__(self):
-        for name in (
-            "d",
-            "n_tasks",
-            "context_len",
-            "n_seeds",
-            "n_records",
-            "separation_prompts",
-        ):
+        if not isinstance(self.study, ReducedAllocation):
+            raise ValueError(f"`study` must be a ReducedAllocation, got {self.study!r}.")
+        for name in ("n_seeds", "separation_prompts"):
             check.positive_int(name, getattr(self, name))
         check.seed("seed", self.seed)
-        disjoint_blocks(self.d, self.n_tasks)
-        for name in (
-            "init_scale",
-            "horizon",
-            "horizon_cap",
-            "horizon_merged",
-            "dt_factorized",
-            "dt_merged",
-        ):
+        for name in ("horizon_cap", "horizon_merged", "dt_merged"):
             check.finite_positive(name, getattr(self, name))
         if not self.heads or not self.schemes or not self.separation_lengths:
             raise ValueError("`heads`, `schemes` and `separation_lengths` must be non-empty.")
         for h in self.heads:
             check.positive_int("heads", h)
-        check.one_of("flow", self.flow, REDUCED_FLOWS)
         for scheme in self.schemes:
             check.one_of("schemes", scheme, INIT_SCHEMES)
         for name in ("heads", "schemes", "warmup_scales", "separation_lengths"):
             check.distinct(name, getattr(self, name))
         check.finite_nonnegative("init_spread", self.init_spread)
-        if self.horizon_cap < self.horizon:
+        if self.horizon_cap < self.study.horizon:
             raise ValueError(
-                f"`horizon_cap` must be at least `horizon` ({self.horizon}), got "
+                f"`horizon_cap` must be at least `horizon` ({self.study.horizon}), got "
                 f"{self.horizon_cap}."
             )
         for s in self.warmup_scales:
             check.finite_positive("warmup_scales", s)
         for length in self.separation_lengths:
             check.positive_int("separation_lengths", length)
-        for horizon, dt in (
-            ("horizon", "dt_factorized"),
-            ("horizon_merged", "dt_merged"),
-        ):
-            check.whole_record_blocks(
-                f"`{horizon}` / `{dt}`",
-                getattr(self, horizon) / getattr(self, dt),
-                self.n_records,
-                "`n_records`",
-            )
-
-    @property
-    def block_sizes(self) -> tuple[int, ...]:
-        return tuple(b - a for a, b in disjoint_blocks(self.d, self.n_tasks))
-
-    def as_dict(self) -> dict:
-        out = dataclasses.asdict(self)
-        return {k: list(v) if isinstance(v, tuple) else v for k, v in out.items()}
+        check.whole_record_blocks(
+            "`horizon_merged` / `dt_merged`",
+            self.horizon_merged / self.dt_merged,
+            self.study.n_records,
+            "`n_records`",
+        )
 
 
 def init_scheme(config, name: str) -> AbstractInitScheme:
@@ -200,17 +173,13 @@ def _warmup_end(config, scheme, scale, dt, horizon, store, progress) -> tuple[fl
     warm-up: the flag tells them apart). Run through the sweep runner like every other member:
     resumable in `store` (None: in memory), keyed by the run's seed (the reduced flows draw no
     data)."""
-    study = ReducedAllocation(
-        d=config.d,
-        n_tasks=config.n_tasks,
-        heads=config.n_tasks,
-        context_len=config.context_len,
+    study = dataclasses.replace(
+        config.study,
+        heads=config.study.n_tasks,
         scheme=scheme,
-        flow=REDUCED_FLOWS[config.flow],
         init_scale=scale,
         horizon=horizon,
         dt=dt,
-        n_records=config.n_records,
     )
     result = sweep(
         study, seeds=1, store=store, root_seed=config.seed, members_per_call=1, progress=progress
@@ -225,7 +194,7 @@ def _probe_store(out_dir, name):
 
 def _on_grid(config, horizon: float, dt: float) -> float:
     """`horizon` rounded up to a whole number of record blocks of step `dt`."""
-    block = dt * config.n_records
+    block = dt * config.study.n_records
     return math.ceil(horizon / block - 1e-9) * block
 
 
@@ -237,13 +206,13 @@ def factorized_horizon(config, out_dir=None, *, progress=None) -> float:
     no fixed horizon fits every d (at d = 15 it ends near t ≈ 50 from s = 1e-3). The probes
     stream into `out_dir/sweeps/probe-*` when `out_dir` is given."""
     probes = {"balanced": Balanced(), "centre": RandomPositiveCentre(config.init_spread)}
-    cap = _on_grid(config, config.horizon_cap, config.dt_factorized)
+    cap = _on_grid(config, config.horizon_cap, config.study.dt)
     ends = [
         _warmup_end(
             config,
             scheme,
-            config.init_scale,
-            config.dt_factorized,
+            config.study.init_scale,
+            config.study.dt,
             cap,
             _probe_store(out_dir, f"probe-{name}"),
             progress,
@@ -252,7 +221,7 @@ def factorized_horizon(config, out_dir=None, *, progress=None) -> float:
     ]
     ends = [end for end, _ in ends]  # a diverged probe has no end: the cap, as in warm-up
     wanted = 2.5 * max(ends) if all(np.isfinite(ends)) else cap
-    return min(cap, _on_grid(config, max(config.horizon, wanted), config.dt_factorized))
+    return min(cap, _on_grid(config, max(config.study.horizon, wanted), config.study.dt))
 
 
 # Whole (Ω, M) histories only for a few example seeds: they are large.
@@ -272,17 +241,12 @@ def _parametrization(scheme: str) -> str:
 def _scheme_study(config, scheme: str, horizon: float, heads: int, **changes) -> ReducedAllocation:
     """One scheme's members: a merged-model scheme on the merged step and horizon."""
     merged = _parametrization(scheme) == "merged"
-    return ReducedAllocation(
-        d=config.d,
-        n_tasks=config.n_tasks,
+    return dataclasses.replace(
+        config.study,
         heads=heads,
-        context_len=config.context_len,
         scheme=init_scheme(config, scheme),
-        flow=REDUCED_FLOWS[config.flow],
-        init_scale=config.init_scale,
         horizon=config.horizon_merged if merged else horizon,
-        dt=config.dt_merged if merged else config.dt_factorized,
-        n_records=config.n_records,
+        dt=config.dt_merged if merged else config.study.dt,
         **changes,
     )
 
@@ -347,8 +311,8 @@ def warmup_scaling(config, horizon, out_dir=None, *, progress=None) -> dict:
                 scheme, dt = Merged(Balanced()), config.dt_merged / 10
                 length = config.horizon_merged
             else:
-                scheme, dt = Balanced(), config.dt_factorized
-                stretched = horizon * max(1.0, config.init_scale / scale)
+                scheme, dt = Balanced(), config.study.dt
+                stretched = horizon * max(1.0, config.study.init_scale / scale)
                 length = min(
                     _on_grid(config, stretched, dt), _on_grid(config, config.horizon_cap, dt)
                 )
@@ -422,8 +386,8 @@ def run_task_allocation(config: TaskAllocationConfig, out_dir, *, progress=None,
                 g["loss"][:, -1],
                 g["settled"] & ~g["diverged"],
                 optima[n_heads]["reduced"],
-                config.n_tasks,
-                config.flow,
+                config.study.n_tasks,
+                config.study.flow.name,
             ),
             "parametrization": _parametrization(scheme),
             "horizon": integrated_to,

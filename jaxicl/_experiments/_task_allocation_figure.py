@@ -10,7 +10,8 @@ def plot_task_allocation(groups, summary, config, path) -> None:
     fig, axes = plt.subplots(2, 4, figsize=(20, 9))
     schemes = [s for s in config.schemes if any(s == g for g, _ in groups)]
     colors = dict(zip(schemes, ("C0", "C1", "C2", "C3")))
-    n = config.n_tasks
+    study = config.study
+    n = study.n_tasks
     focus = n if n in config.heads else config.heads[0]
     _success_bars(axes[0, 0], summary, schemes, config.heads, colors)
     for scheme in schemes:
@@ -19,7 +20,7 @@ def plot_task_allocation(groups, summary, config, path) -> None:
             axes[0, 1], g["loss"][:, -1], bins=40, alpha=0.6, color=colors[scheme], label=scheme
         )
     axes[0, 1].set(
-        xlabel=f"final loss ({_LOSS[config.flow]})",
+        xlabel=f"final loss ({_LOSS[config.study.flow.name]})",
         ylabel="seeds",
         title=f"Final loss, H = {focus}",
     )
@@ -33,8 +34,8 @@ def plot_task_allocation(groups, summary, config, path) -> None:
     _separation(axes[1, 3], summary["separation"])
     legend(axes[1, 3], fontsize=8)
     fig.suptitle(
-        f"Task allocation, reduced dynamics ({_FLOW[config.flow]}): d = {config.d} in {n} "
-        f"blocks, L = {config.context_len}, {config.n_seeds} seeds per random scheme and H "
+        f"Task allocation, reduced dynamics ({_FLOW[study.flow.name]}): d = {study.d} in {n} "
+        f"blocks, L = {study.context_len}, {config.n_seeds} seeds per random scheme and H "
         "(the balanced init is deterministic: one run)"
     )
     save_figure(fig, path)

@@ -33,7 +33,7 @@ from .._attention._decomposable import attention_from_start
 from .._attention._init_schemes import INIT_SCHEMES, AbstractInitScheme, RandomPositive
 from .._attention._observables import semi_singular_values
 from .._attention._reduced_flows import AbstractReducedFlow, EuclideanFlow, WeightFlow
-from .._sweeps._study import AbstractStudy
+from .._sweeps._study import AbstractStudy, setting
 from .._tasks._regression import MultiTaskRegression, disjoint_blocks
 from .._train._objectives import AbstractObjective, ICLLoss
 from .._train._optimizers import sgd
@@ -163,17 +163,19 @@ class OwnStream(AbstractObjective):
 class AnsatzDynamics(AbstractStudy):
     """the reduced flow, the finite-L flow on the ansatz, its sampled version, or the full model"""
 
-    dynamics: AbstractDynamics = ReducedFlow()
-    d: int = eqx.field(static=True, default=15)
-    n_tasks: int = eqx.field(static=True, default=3)
-    heads: int = eqx.field(static=True, default=3)
-    context_len: int = eqx.field(static=True, default=100)
-    batch_size: int = eqx.field(static=True, default=256)
-    scheme: AbstractInitScheme = RandomPositive(0.1)
-    init_scale: float = 0.03
-    dt: float = 0.01
-    horizon: float = 3.0
-    n_records: int = eqx.field(static=True, default=30)
+    dynamics: AbstractDynamics = setting(
+        ReducedFlow(), "what runs: reduced, exact, ansatz (sampled) or full (the full model)"
+    )
+    d: int = setting(15, "input dimension, split into n_tasks disjoint blocks", static=True)
+    n_tasks: int = setting(3, "regression tasks n (one block each)", static=True)
+    heads: int = setting(3, "head count H", static=True)
+    context_len: int = setting(100, "context length L", static=True)
+    batch_size: int = setting(256, "prompts per member and step (sampled dynamics)", static=True)
+    scheme: AbstractInitScheme = setting(RandomPositive(0.1), "init scheme of (Ω, M)")
+    init_scale: float = setting(0.03, "init scale s of ω, μ")
+    dt: float = setting(0.01, "the SGD learning rate (one step of every dynamics)")
+    horizon: float = setting(3.0, "steps × learning rate of the run (plain SGD's clock)")
+    n_records: int = setting(30, "records per run (must divide the steps)", static=True)
 
     member_axes: ClassVar[tuple[str, ...]] = ("init_scale",)
     variants: ClassVar[dict] = {"dynamics": DYNAMICS, "scheme": INIT_SCHEMES}

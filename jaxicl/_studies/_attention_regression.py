@@ -18,7 +18,7 @@ from .. import _validation as check
 from .._attention._init import init_normal
 from .._attention._models import FactorizedAttention
 from .._attention._observables import semi_singular_values
-from .._sweeps._study import AbstractStudy
+from .._sweeps._study import AbstractStudy, setting
 from .._tasks._regression import AbstractTask, LinearRegression
 from .._train._objectives import ICLLoss
 
@@ -29,13 +29,13 @@ WEIGHTS = ("Q", "K", "V", "O")
 class AttentionRegression(AbstractStudy):
     """factorized softmax attention (Adam, sampled prompts) on a regression task"""
 
-    task: AbstractTask = LinearRegression(5, 40)
-    heads: int = eqx.field(static=True, default=2)
-    batch_size: int = eqx.field(static=True, default=256)
-    init_scale: float = 0.1
-    learning_rate: float = 1e-3
-    steps: int = eqx.field(static=True, default=3000)
-    n_records: int = eqx.field(static=True, default=60)
+    task: AbstractTask = setting(LinearRegression(5, 40), "the regression task")
+    heads: int = setting(2, "head count H", static=True)
+    batch_size: int = setting(256, "sampled prompts per step", static=True)
+    init_scale: float = setting(0.1, "standard deviation of the initial weights (> 0)")
+    learning_rate: float = setting(1e-3, "Adam learning rate")
+    steps: int = setting(3000, "optimizer steps", static=True)
+    n_records: int = setting(60, "records per run (must divide the steps)", static=True)
 
     member_axes: ClassVar[tuple[str, ...]] = ("init_scale", "learning_rate")
     series_dims: ClassVar[dict[str, tuple[str, ...]]] = {

@@ -52,7 +52,7 @@ from .._meanfield._task import (
     feature_regression,
 )
 from .._sweeps._outcome import outcome
-from .._sweeps._study import AbstractStudy
+from .._sweeps._study import AbstractStudy, setting
 
 
 class _Problem(NamedTuple):
@@ -183,32 +183,44 @@ PROBE_INPUTS = 256
 class FeatureLearning(AbstractStudy):
     """mean-field particle solver (W = W_µ or trained) on feature regression"""
 
-    d: int = eqx.field(static=True, default=10)
-    k: int = eqx.field(static=True, default=3)
-    particles: int = eqx.field(static=True, default=200)
-    activation: AbstractActivation = Sigmoid()
-    teacher_neurons: int = eqx.field(static=True, default=5)
-    teacher_scale: float = 3.0
-    input_law: AbstractInputLaw = GaussianInputs()
-    init: AbstractFeatureInit = CoupledLaw()
-    n_inputs: int = eqx.field(static=True, default=500)
-    n_eval_inputs: int = eqx.field(static=True, default=1000)
-    learning_rate: float = 0.02
-    a_scale: float = 1.0
-    displacement: float = 0.0
-    steps: int = eqx.field(static=True, default=2000)
-    n_records: int = eqx.field(static=True, default=20)
-    success_threshold: float = 0.05
-    attention: AbstractAttentionTreatment = OptimalAttention()
-    attention_ratio: float = 10.0
-    perturbation: AbstractPerturbation = NoPerturbation()
-    perturbation_size: float = 0.01
-    perturb_every: int = 10
-    birth_death_rate: float = 0.0
-    prompt_length: int = eqx.field(static=True, default=0)
-    prompts_per_step: int = eqx.field(static=True, default=16)
-    problem_seed: int = 0
-    geometry: bool = eqx.field(static=True, default=False)
+    d: int = setting(10, "input dimension", static=True)
+    k: int = setting(3, "features per neuron output (W is k × k)", static=True)
+    particles: int = setting(200, "particles M of the mean-field measure", static=True)
+    activation: AbstractActivation = setting(Sigmoid(), "the neurons' σ: sigmoid, tanh or relu")
+    teacher_neurons: int = setting(5, "neurons of the teacher MLP", static=True)
+    teacher_scale: float = setting(3.0, "scale of the teacher's input weights")
+    input_law: AbstractInputLaw = setting(GaussianInputs(), "inputs: gaussian or sphere")
+    init: AbstractFeatureInit = setting(
+        CoupledLaw(), "the particles' start: coupled, symmetric or split-atoms"
+    )
+    n_inputs: int = setting(500, "training inputs (a fixed sample)", static=True)
+    n_eval_inputs: int = setting(1000, "held-out inputs of the recorded losses", static=True)
+    learning_rate: float = setting(0.02, "Euler step η of the particle flow")
+    a_scale: float = setting(1.0, "scale of the particles' initial output weights")
+    displacement: float = setting(0.0, "split size ε of the split-atoms init")
+    steps: int = setting(2000, "Euler steps", static=True)
+    n_records: int = setting(20, "records over the run (steps a multiple of it)", static=True)
+    success_threshold: float = setting(0.05, "success: L < threshold × L of the constant predictor")
+    attention: AbstractAttentionTreatment = setting(
+        OptimalAttention(), "W: static (at its optimum) or attention (trained jointly)"
+    )
+    attention_ratio: float = setting(10.0, "learning-rate ratio of W to the particles")
+    perturbation: AbstractPerturbation = setting(
+        NoPerturbation(), "saddle-escape noise: none, isotropic or hessian"
+    )
+    perturbation_size: float = setting(0.01, "size of the saddle-escape perturbations")
+    perturb_every: int = setting(10, "steps between perturbations")
+    birth_death_rate: float = setting(0.0, "rate of the birth–death moves (0: none)")
+    prompt_length: int = setting(
+        0, "token pairs n per prompt (0: n = ∞, the population loss)", static=True
+    )
+    prompts_per_step: int = setting(
+        16, "fresh prompts per Euler step of the in-context runs", static=True
+    )
+    problem_seed: int = setting(0, "seed of the teacher and the input samples")
+    geometry: bool = setting(
+        False, "also record the flow's dissipation and splitting curvature", static=True
+    )
 
     registry_name: ClassVar[str] = "feature-learning"
     member_axes: ClassVar[tuple[str, ...]] = ("learning_rate", "a_scale", "displacement")

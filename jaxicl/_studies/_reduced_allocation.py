@@ -12,7 +12,6 @@ record)."""
 
 from typing import ClassVar
 
-import equinox as eqx
 import jax.numpy as jnp
 import numpy as np
 
@@ -21,7 +20,7 @@ from .._attention._analysis import detect_phases, task_allocation
 from .._attention._init_schemes import INIT_SCHEMES, AbstractInitScheme, RandomPositive
 from .._attention._reduced_flows import REDUCED_FLOWS, AbstractReducedFlow, WeightFlow
 from .._sweeps._outcome import outcome
-from .._sweeps._study import AbstractStudy
+from .._sweeps._study import AbstractStudy, setting
 from .._tasks._regression import disjoint_blocks
 from .._train._optimizers import sgd
 
@@ -29,17 +28,23 @@ from .._train._optimizers import sgd
 class ReducedAllocation(AbstractStudy):
     """reduced (Ω, M) dynamics of multi-head softmax attention on disjoint tasks (SGD of `dt`)"""
 
-    d: int = eqx.field(static=True, default=50)
-    n_tasks: int = eqx.field(static=True, default=3)
-    heads: int = eqx.field(static=True, default=3)
-    context_len: int = 100
-    scheme: AbstractInitScheme = RandomPositive()
-    flow: AbstractReducedFlow = WeightFlow()
-    init_scale: float = 1e-3
-    horizon: float = 1000.0
-    dt: float = 0.25
-    n_records: int = eqx.field(static=True, default=40)
-    history: bool = eqx.field(static=True, default=False)
+    d: int = setting(50, "input dimension, split into n_tasks disjoint blocks", static=True)
+    n_tasks: int = setting(3, "regression tasks n (one block each)", static=True)
+    heads: int = setting(3, "head count H", static=True)
+    context_len: int = setting(100, "context length L of the reduced loss")
+    scheme: AbstractInitScheme = setting(
+        RandomPositive(), "init scheme: balanced, random-positive, random-sign, chen-code"
+    )
+    flow: AbstractReducedFlow = setting(
+        WeightFlow(),
+        "reduced flow: weights (gradient flow on the attention weights, plain SGD's clock) or "
+        "euclidean (gradient flow of ℓ on (Ω, M))",
+    )
+    init_scale: float = setting(1e-3, "init scale s of ω, μ")
+    horizon: float = setting(1000.0, "the flow's time to run to")
+    dt: float = setting(0.25, "Euler step (for the weights' flow: the SGD learning rate)")
+    n_records: int = setting(40, "records per run (must divide the steps)", static=True)
+    history: bool = setting(False, "also record the whole (Ω, M) history", static=True)
 
     registry_name: ClassVar[str] = "reduced-allocation"
     member_axes: ClassVar[tuple[str, ...]] = ("init_scale",)

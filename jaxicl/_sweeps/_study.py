@@ -18,6 +18,12 @@ from jaxtyping import Array, PRNGKeyArray, PyTree
 from .._train._state import TrainState, Trajectory
 
 
+def setting(default, help: str, *, static: bool = False):
+    """A setting with its default and the one line of help the command line prints for it: a
+    study's field (`static=True` for one that sets shapes), or an experiment configuration's."""
+    return eqx.field(default=default, static=static, metadata={"help": help})
+
+
 class AbstractStudy(eqx.Module):
     """One member of a sweep: its initial model, objective, optimizer, records and summaries.
 
