@@ -1,10 +1,12 @@
 """Sweeps: validation before compiling, the labelled store, equality with direct training,
 chunking, resume after SIGKILL, refusal of another sweep's store, the stored layout."""
 
+import json
 import os
 import subprocess
 import sys
 
+import jax
 import jax.random as jr
 import numpy as np
 import pytest
@@ -18,6 +20,7 @@ from jaxicl import (
     ReducedAllocation,
     WeightFlow,
     _cli,
+    run_plan,
     sgd,
     sweep,
     train,
@@ -81,6 +84,7 @@ BASE = 'study = "reduced-allocation"\nseeds = 5\n'
             'study = "feature-learning"\nseeds = 1\n[fixed]\nsteps = 10\nn_records = 4\n',
             "`steps` must be a whole number",
         ),
+        (BASE + 'matmul_precision = "tf32"\n', "`matmul_precision` must be one of"),
         (BASE + "root_seed = -1\n", "root_seed"),
         (BASE + "root_seed = 9223372036854775808\n", "root_seed"),
         (
@@ -216,10 +220,30 @@ def test_another_sweep_is_refused_never_overwritten(tmp_path, monkeypatch):
     assert "\n" not in str(refused.value)
     with pytest.raises(ValueError, match="different sweep"):
         _run(tmp_path / "store", root_seed=1)
+    # the float32 products' precision is part of the sweep: a faster one on request, recorded
+    with pytest.raises(ValueError, match="matmul_precision: stored 'highest', asked 'default'"):
+        _run(tmp_path / "store", matmul_precision="default")
+    stored = json.loads(zarr.open_group(str(tmp_path / "store"), mode="r").attrs["sweep"])
+    assert stored["matmul_precision"] == "highest"
     monkeypatch.setattr(sweep_store, "float64", lambda: False)  # as if x64 were off
     with pytest.raises(ValueError, match="different sweep"):
         _run(tmp_path / "store")
     assert xr.open_zarr(str(tmp_path / "store"), consolidated=False).sizes["seed"] == 5
+
+
+def test_a_faster_matmul_precision_is_taken_and_recorded(tmp_path):
+    """`matmul_precision = "default"` (the device's fastest) from a sweep file reaches the
+    store's description; on CPU float32 products are exact whatever is asked, so the numbers
+    equal the highest precision's."""
+    path = _file(tmp_path, BASE + 'matmul_precision = "default"\n[fixed]\nhorizon = 2.0\n')
+    plan = load_sweep(path)
+    assert plan.matmul_precision == "default"
+    fast = run_plan(plan, tmp_path / "fast", progress=False)
+    stored = json.loads(zarr.open_group(str(tmp_path / "fast"), mode="r").attrs["sweep"])
+    assert stored["matmul_precision"] == "default"
+    exact = sweep(plan.study, seeds=plan.seeds, progress=False)
+    if jax.default_backend() == "cpu":
+        np.testing.assert_array_equal(fast["loss"].values, exact["loss"].values)
 
 
 def test_a_number_written_another_way_is_the_same_sweep():

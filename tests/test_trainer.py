@@ -31,7 +31,10 @@ def test_member_of_1024_equals_member_alone(getkey):
     """Float64; tolerance 1e-9 relative: only reduction order may differ between vmap and alone."""
     models = eqx.filter_vmap(make)(jr.split(getkey(), 1024))
     data_key = getkey()
-    kwargs = dict(steps=20, record=ji.Record(every=5, observe=observe), key=data_key)
+    # under the precision large sweeps run at: true float32 products (accelerators' default
+    # is not; on CPU the same)
+    record = ji.Record(every=5, observe=observe)
+    kwargs = dict(steps=20, record=record, matmul_precision="highest", key=data_key)
     states, trajectories = ji.train_ensemble_steps(
         ji.init_ensemble_state(models, ADAM), LOSS, ADAM, **kwargs
     )
@@ -41,6 +44,30 @@ def test_member_of_1024_equals_member_alone(getkey):
         )
         assert tree_allclose(member(states, i), alone, rtol=1e-9, atol=1e-12)
         assert tree_allclose(member(trajectories, i), trajectory, rtol=1e-9, atol=1e-12)
+
+
+def test_member_equals_member_alone_in_float32_at_the_highest_precision(getkey):
+    """Float32 (the precision large sweeps run in): member i of 256 (the shared-prompt GEMM
+    kernel) against member i alone (per-prompt products) after 20 Adam steps, relative 1e-4.
+    TF32 products (an accelerator's default for float32) round their inputs to 10-bit
+    mantissas, a relative 5e-4 per product: the tolerance is set below it."""
+    task = ji.LinearRegression(5, 10, context_noise=0.3, query_noise=0.3, dtype=jnp.float32)
+    loss = ji.ICLLoss(task, 16)
+    make32 = lambda k: ji.init_normal(  # noqa: E731
+        d=5, n_out=1, n_heads=2, scale=0.3, dtype=jnp.float32, key=k
+    )
+    models = eqx.filter_vmap(make32)(jr.split(getkey(), 256))
+    kwargs = dict(steps=20, record=ji.Record(every=5), matmul_precision="highest", key=getkey())
+    states, trajectories = ji.train_ensemble_steps(
+        ji.init_ensemble_state(models, ADAM), loss, ADAM, **kwargs
+    )
+    assert states.model.Q.dtype == jnp.float32
+    for i in (0, 131, 255):
+        alone, trajectory = ji.train_steps(
+            ji.init_train_state(member(models, i), ADAM, member=i), loss, ADAM, **kwargs
+        )
+        assert tree_allclose(member(states, i), alone, rtol=1e-4, atol=1e-6)
+        assert tree_allclose(member(trajectories, i), trajectory, rtol=1e-4, atol=1e-6)
 
 
 def test_per_member_data_equals_alone_with_folded_key(getkey):
@@ -256,6 +283,8 @@ def test_options_must_be_their_modules(getkey, no_type_checker):
         ji.Members(chunk=2.5)
     with pytest.raises(ValueError, match="`record` must be a jaxicl.Record"):
         ji.train_ensemble(models, LOSS, ADAM, steps=2, record=1, key=getkey())
+    with pytest.raises(ValueError, match="`matmul_precision` must be one of"):
+        ji.train_ensemble(models, LOSS, ADAM, steps=2, matmul_precision="tf32", key=getkey())
     with pytest.raises(ValueError, match="`members` must be a jaxicl.Members"):
         ji.train_ensemble(models, LOSS, ADAM, steps=2, members=32, key=getkey())
     with pytest.raises(TypeError, match="`members`"):

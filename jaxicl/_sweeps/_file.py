@@ -5,6 +5,7 @@
     root_seed = 0                 # every random stream derives from it
     members_per_call = "auto"     # "auto" sizes it from the device's memory
     chunk_records = "auto"        # records per step chunk (a checkpoint after each)
+    matmul_precision = "highest"  # float32 products: "highest", "high" or "default" (fastest)
 
     [fixed]
     horizon = 20.0
@@ -115,6 +116,7 @@ def load_sweep(path, studies: dict) -> SweepPlan:
     if "workload" in raw:
         raise ValueError(f"{path}: `workload` is now `study` (same names); rename the key.")
     allowed = ("study", "seeds", "root_seed", "members_per_call", "chunk_records", "fixed", "grid")
+    allowed += ("matmul_precision",)
     for key in raw:
         check.one_of("top-level key", key, allowed)
     for key in ("study", "seeds"):
@@ -143,4 +145,5 @@ def load_sweep(path, studies: dict) -> SweepPlan:
         members_per_call=raw.get("members_per_call", "auto"),
         chunk_records=raw.get("chunk_records", "auto"),
         study_name=raw["study"],
+        matmul_precision=raw.get("matmul_precision", "highest"),
     )

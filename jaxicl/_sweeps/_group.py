@@ -84,8 +84,9 @@ _ANALYSES: dict = {}
 class Group:
     """The members of one group of the grid, for the runner."""
 
-    def __init__(self, study: AbstractStudy, *, init_key, data_key):
+    def __init__(self, study: AbstractStudy, *, init_key, data_key, matmul_precision="highest"):
         self.study = study
+        self.matmul_precision = matmul_precision
         self.init_key, self.data_key = init_key, data_key
         self.n_records, self.record_every = study.schedule()
         self.time = np.asarray(study.time())
@@ -114,6 +115,7 @@ class Group:
             members=Members(chunk=type(self.study).member_chunk),
             after_step=self.after_step,
             shared_data=self.shared_data,
+            matmul_precision=self.matmul_precision,
         )
         series = _series(self.study, trajectory)
         return states, {name: np.asarray(v) for name, v in series.items()}

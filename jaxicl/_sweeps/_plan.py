@@ -16,6 +16,7 @@ import numbers
 import equinox as eqx
 
 from .. import _validation as check
+from .._train._options import check_matmul_precision
 from ._study import AbstractStudy
 
 
@@ -59,6 +60,8 @@ class SweepPlan:
     - `chunk_records`: records per step chunk (the sweep streams and checkpoints after each), or
       `"auto"` for about a quarter of the records (a divisor of their count: equal chunks).
     - `study_name`: how a sweep file names the study (a built-in name or `module:Class`).
+    - `matmul_precision`: of float32 matrix products (`"highest"`, `"high"`, `"default"`; as in
+      `train_ensemble_steps`), recorded in the store: a resume under another is refused.
     """
 
     study: AbstractStudy
@@ -68,6 +71,7 @@ class SweepPlan:
     members_per_call: int | str = "auto"
     chunk_records: int | str = "auto"
     study_name: str = ""
+    matmul_precision: str = "highest"
 
     def __post_init__(self):
         if not isinstance(self.study, AbstractStudy):
@@ -84,6 +88,7 @@ class SweepPlan:
             # seeds are int32 inside the compiled program (as are its step counters)
             raise ValueError(f"`seeds` must be below 2**31, got {self.seeds}.")
         check.seed("root_seed", self.root_seed)
+        check_matmul_precision("matmul_precision", self.matmul_precision)
         for name in ("members_per_call", "chunk_records"):
             if getattr(self, name) != "auto":
                 check.positive_int(name, getattr(self, name))
@@ -179,7 +184,7 @@ class SweepPlan:
 
     def description(self, float64: bool) -> str:
         """What makes two sweeps the same: resuming a store with another description is refused.
-        The precision is part of it (a resume in the other one would not reproduce the run)."""
+        The precisions are part of it (a resume in another would not reproduce the run)."""
         return json.dumps(
             {
                 "study": self.study_name or _import_path(type(self.study)),
@@ -188,6 +193,7 @@ class SweepPlan:
                 "seeds": self.seeds,
                 "root_seed": self.root_seed,
                 "float64": float64,
+                "matmul_precision": self.matmul_precision,
             },
             sort_keys=True,
         )

@@ -200,6 +200,7 @@ def sweep(
     progress: bool | str | None = None,
     on_chunk=None,
     allow_code_change: bool = False,
+    matmul_precision: str = "highest",
 ):
     """Run (or resume) `study` over `grid` × `seeds`; returns the labelled xarray dataset.
 
@@ -224,6 +225,9 @@ def sweep(
     - `allow_code_change`: resume a store although the study's code (its module's source, or
       jaxicl's version) changed since it was started; the change is recorded in the store.
       Without it such a resume is refused: the store would mix results of two versions.
+    - `matmul_precision`: of float32 matrix products, `"highest"` (default), `"high"` or
+      `"default"` (as in `train_ensemble_steps`); recorded in the store, and a resume under
+      another is refused.
 
     Member i gets the same trajectory whether it runs alone, with any chunking, on any number
     of devices or processes, or resumed after a kill.
@@ -237,6 +241,7 @@ def sweep(
         root_seed=root_seed,
         members_per_call=members_per_call,
         chunk_records=chunk_records,
+        matmul_precision=matmul_precision,
     )
     return run_plan(
         plan, store, progress=progress, on_chunk=on_chunk, allow_code_change=allow_code_change
@@ -259,7 +264,7 @@ def run_plan(plan: SweepPlan, store=None, *, progress=None, on_chunk=None, allow
     for index, study in enumerate(plan.group_studies()):
         # an error the study raises building or tracing a group names the group's grid place
         try:
-            group = Group(study, **keys)
+            group = Group(study, **keys, matmul_precision=plan.matmul_precision)
             group_dtypes = group.dtypes(values)
         except (ValueError, TypeError) as error:
             raise ValueError(f"{plan.group_place(index)}: {error}") from None

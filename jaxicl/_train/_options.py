@@ -13,6 +13,17 @@ def no_observables(model) -> tuple:
     return ()
 
 
+# JAX's float32 matrix-product precisions a run may ask for: "highest" (true float32; the
+# default: on recent NVIDIA GPUs JAX's own default computes float32 products in TF32), "high"
+# (bfloat16 × 3 passes) and "default" (the device's fastest: TF32 or bfloat16 on accelerators).
+# CPUs compute float32 products in float32 whatever is asked.
+MATMUL_PRECISIONS = ("highest", "high", "default")
+
+
+def check_matmul_precision(name: str, value) -> str:
+    return check.one_of(name, value, MATMUL_PRECISIONS)
+
+
 class Record(eqx.Module):
     """What a run records, and how often.
 

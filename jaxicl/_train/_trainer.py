@@ -14,7 +14,7 @@ from jaxtyping import PRNGKeyArray, PyTree
 
 from ._lowering import lower_steps
 from ._members import AutoChunks, member_devices, run_sharded
-from ._options import Members, Record
+from ._options import Members, Record, check_matmul_precision
 from ._state import TrainState, Trajectory, init_ensemble_state, init_train_state
 from ._step import AfterStep, Objective, StepProgram, run_steps
 
@@ -35,6 +35,7 @@ def train_ensemble_steps(
     members: Members = Members(),
     after_step: AfterStep | None = None,
     shared_data: bool = True,
+    matmul_precision: str = "highest",
 ) -> tuple[TrainState, Trajectory]:
     """Continue a stacked ensemble (from `init_ensemble_state`) in one compiled program.
 
@@ -57,6 +58,9 @@ def train_ensemble_steps(
     - `shared_data`: `True` (default): every member sees the same prompts at a given step
       (common random numbers; on CPU random-number generation would otherwise dominate).
       `False`: member i draws from `fold_in(key, i)`.
+    - `matmul_precision`: the precision of float32 matrix products: `"highest"` (default: true
+      float32, which JAX's own default is not on recent NVIDIA GPUs), `"high"` or `"default"`
+      (the device's fastest). CPUs compute float32 products exactly whatever is asked.
 
     Member i's trajectory equals training it alone with `train_steps` on the same key (with
     `fold_in(key, i)` for per-member data). A diverging member is frozen and flagged; the others
@@ -68,6 +72,7 @@ def train_ensemble_steps(
         if not isinstance(value, kind):
             raise ValueError(f"`{name}` must be a jaxicl.{kind.__name__}, got {value!r}.")
     record.interval(steps)
+    check_matmul_precision("matmul_precision", matmul_precision)
     if not isinstance(shared_data, bool):
         raise ValueError(f"`shared_data` must be True or False, got {shared_data!r}.")
     host_steps = np.asarray(states.step)
@@ -85,15 +90,17 @@ def train_ensemble_steps(
         )
         return lower_steps(probe, objective, optimizer, one_step)
 
-    workload = (objective, optimizer, one_step, states)
-    chunk = _AUTO_CHUNKS.resolve(members.chunk, states, lower_probe, workload, n_devices)
-    start_step = jnp.asarray(member_steps[0], jnp.int32)
-    program = StepProgram(steps, record, after_step, shared_data, chunk)
-    if n_devices > 1:
-        return run_sharded(
-            run_steps, states, objective, optimizer, key, start_step, program, n_devices
-        )
-    return _run_jit(states, objective, optimizer, key, start_step, program)
+    # the precision is part of what jit traces, so each setting has its own programs
+    with jax.default_matmul_precision(matmul_precision):
+        workload = (objective, optimizer, one_step, states, matmul_precision)
+        chunk = _AUTO_CHUNKS.resolve(members.chunk, states, lower_probe, workload, n_devices)
+        start_step = jnp.asarray(member_steps[0], jnp.int32)
+        program = StepProgram(steps, record, after_step, shared_data, chunk)
+        if n_devices > 1:
+            return run_sharded(
+                run_steps, states, objective, optimizer, key, start_step, program, n_devices
+            )
+        return _run_jit(states, objective, optimizer, key, start_step, program)
 
 
 # what only an ensemble has: a single run is one member, all at once, on one device
