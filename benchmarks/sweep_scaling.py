@@ -1,14 +1,15 @@
-"""Reduced-dynamics sweep at scale: throughput and peak resident memory of a sweep, each
-configuration in a fresh process (so its peak memory is its own).
+"""Reduced-dynamics sweep at scale: throughput, peak resident memory and store size of a
+sweep, each configuration in a fresh process (so its peak memory is its own).
 
-Study `reduced-allocation` (d = 50, 3 tasks, H = 3, random-positive init), 100,000 seeds in
-units of 25,000 (one compiled call per step chunk, 4 step chunks per unit, a checkpoint after
-each); two step counts (peak memory must not grow with steps: records stream to the store one
-step chunk at a time), and 1 vs 2 vs 4 CPU devices (members sharded with JAX sharding). The
-first step chunk compiles; throughput is taken from the fastest of the others.
+Study `reduced-allocation` (d = 50, 3 tasks, H = 3, random-positive init), 10⁵ and 10⁶ seeds
+streamed to a Zarr store in units of 25,000 (one compiled call per step chunk, 4 step chunks
+per unit, a checkpoint after each); two step counts, and 1 vs 2 CPU devices (members sharded).
+Peak memory must be flat in the number of seeds and in the steps (records stream to the store
+one step chunk at a time): the benchmark asserts it (within 25%). The first step chunk
+compiles; throughput is taken from the fastest of the others.
 
     python benchmarks/sweep_scaling.py --out benchmarks/sweep_scaling_cpu.json
-    python benchmarks/sweep_scaling.py --seeds 8000 --members-per-call 2000      # quicker
+    python benchmarks/sweep_scaling.py --seeds 8000,80000 --members-per-call 2000   # quicker
 """
 
 import argparse
@@ -62,13 +63,17 @@ def run(seeds: int, horizon: float, devices: int, chunk: int) -> dict:
         done = subprocess.run(
             [*command, str(chunk)], env=env, check=True, capture_output=True, text=True
         )
-    return {"seeds": seeds, "devices": devices, **json.loads(done.stdout.splitlines()[-1])}
+        size = sum(f.stat().st_size for f in out.rglob("*") if f.is_file())
+    result = json.loads(done.stdout.splitlines()[-1])
+    return {"seeds": seeds, "devices": devices, **result, "store_mb": size / 2**20}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--child", nargs=4, help=argparse.SUPPRESS)
-    parser.add_argument("--seeds", type=int, default=100_000)
+    parser.add_argument(
+        "--seeds", default="100000,1000000", help="the two seed counts, comma-separated"
+    )
     parser.add_argument("--members-per-call", type=int, default=25_000)
     parser.add_argument("--out", default=None)
     args = parser.parse_args()
@@ -76,16 +81,25 @@ def main() -> None:
         seeds, horizon, out, chunk = args.child
         child(int(seeds), float(horizon), out, int(chunk))
         return
-    plan = [(5.0, 2), (20.0, 2), (5.0, 1), (5.0, 4)]
-    rows = [run(args.seeds, horizon, n, args.members_per_call) for horizon, n in plan]
+    few, many = (int(n) for n in args.seeds.split(","))
+    # (seeds, horizon, devices): more seeds, more steps, one device
+    plan = [(few, 5.0, 2), (many, 5.0, 2), (few, 20.0, 2), (few, 5.0, 1)]
+    rows = [run(seeds, horizon, n, args.members_per_call) for seeds, horizon, n in plan]
     for r in rows:
         print(
             f"{r['seeds']} members × {r['steps']} steps on {r['devices']} CPU device(s):"
             f" {r['member_steps_per_s']:.3g} member-steps/s after compiling"
             f" ({r['compile_s']:.1f} s), {r['seconds']:.1f} s in all"
             f" ({r['overall_member_steps_per_s']:.3g} member-steps/s, {r['step_chunks']} chunks),"
-            f" peak RSS {r['peak_rss_mb']:.0f} MB"
+            f" peak RSS {r['peak_rss_mb']:.0f} MB, store {r['store_mb']:.0f} MB"
         )
+    base = rows[0]["peak_rss_mb"]
+    for row, what in ((rows[1], "seeds"), (rows[2], "steps")):
+        growth = row["peak_rss_mb"] / base
+        print(
+            f"peak memory with {many // few if what == 'seeds' else 4}× the {what}: ×{growth:.2f}"
+        )
+        assert growth < 1.25, f"peak memory grew ×{growth:.2f} with the {what}"
     if args.out:
         pathlib.Path(args.out).write_text(json.dumps(rows, indent=2))
 
