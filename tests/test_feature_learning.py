@@ -75,7 +75,9 @@ def test_runs_writes_results_and_resumes_without_recomputing(finished, monkeypat
 def test_other_configuration_is_refused(finished):
     _, out, _ = finished
     with pytest.raises(ValueError, match="different configuration"):
-        run_feature_learning(FeatureLearningConfig.of(**{**TINY, "steps": 120, "n_records": 12}), out)
+        run_feature_learning(
+            FeatureLearningConfig.of(**{**TINY, "steps": 120, "n_records": 12}), out
+        )
 
 
 @pytest.mark.parametrize(
