@@ -235,7 +235,8 @@ def test_a_faster_matmul_precision_is_taken_and_recorded(tmp_path):
     """`matmul_precision = "default"` (the device's fastest) from a sweep file reaches the
     store's description; on CPU float32 products are exact whatever is asked, so the numbers
     equal the highest precision's."""
-    path = _file(tmp_path, BASE + 'matmul_precision = "default"\n[fixed]\nhorizon = 2.0\n')
+    fixed = "[fixed]\nd = 9\nhorizon = 2.0\nn_records = 4\n"
+    path = _file(tmp_path, BASE + 'matmul_precision = "default"\n' + fixed)
     plan = load_sweep(path)
     assert plan.matmul_precision == "default"
     fast = run_plan(plan, tmp_path / "fast", progress=False)

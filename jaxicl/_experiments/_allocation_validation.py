@@ -26,13 +26,13 @@ from .._sweeps._runner import sweep
 
 
 # the command line's names of the two parametrizations of the random-positive start
-PARAMETRIZATIONS = ("factorized", "merged")
+PARAMETRIZATIONS = {"factorized": lambda scheme: scheme, "merged": Merged}
 
 
 def random_positive_start(parametrization: str, spread: float) -> AbstractInitScheme:
-    """The random-positive scheme of `spread`, in the factorized or the merged parametrization."""
-    scheme = RandomPositive(spread)
-    return Merged(scheme) if parametrization == "merged" else scheme
+    """The random-positive scheme of `spread`, in the parametrization named (the factorized
+    one, or the merged one)."""
+    return PARAMETRIZATIONS[parametrization](RandomPositive(spread))
 
 
 # The full model's size where it affords many members: d = 6 in 3 blocks, L = 40; its steps

@@ -218,17 +218,17 @@ def _study(config) -> FeatureLearning:
     return dataclasses.replace(config.study, problem_seed=config.seed)
 
 
-def _saddle_changes(config, variant) -> dict:
-    changes = dict(init=SymmetricPoint())
-    if variant == "none":
-        return changes
-    if variant == "hessian":
-        return dict(changes, perturbation=HessianNoise())
-    if variant == "isotropic":
-        return dict(changes, perturbation=IsotropicNoise())
-    return dict(
-        changes, perturbation=IsotropicNoise(), birth_death_rate=config.saddle_birth_death_rate
-    )
+def _saddle_changes(config) -> dict:
+    """Each saddle run's settings, by its name in the summary (`SADDLE_VARIANTS`): all start
+    at one symmetric point."""
+    at_one_point = dict(init=SymmetricPoint())
+    births = dict(birth_death_rate=config.saddle_birth_death_rate)
+    return {
+        "none": at_one_point,
+        "isotropic": dict(at_one_point, perturbation=IsotropicNoise()),
+        "isotropic+birth-death": dict(at_one_point, perturbation=IsotropicNoise(), **births),
+        "hessian": dict(at_one_point, perturbation=HessianNoise()),
+    }
 
 
 def _sweeps(config) -> list:
@@ -254,7 +254,7 @@ def _sweeps(config) -> list:
             config.attention_seeds,
         ),
         *(
-            (f"saddle_{v}", dataclasses.replace(base, **_saddle_changes(config, v)), {}, 1)
+            (f"saddle_{v}", dataclasses.replace(base, **_saddle_changes(config)[v]), {}, 1)
             for v in SADDLE_VARIANTS
         ),
         (
