@@ -23,12 +23,12 @@ import tempfile
 import time
 
 
-def child(seeds: int, horizon: float, out: str, members_per_call: int) -> None:
-    """One sweep in this process; prints its timings and peak RSS as JSON."""
+def child(seeds: int, steps: int, out: str, members_per_call: int) -> None:
+    """One sweep of `steps` steps in this process; prints its timings and peak RSS as JSON."""
     import jaxicl
 
-    study = jaxicl.ReducedAllocation(horizon=horizon, n_records=40)
-    steps = round(horizon / study.dt)
+    dt = jaxicl.ReducedAllocation().dt
+    study = jaxicl.ReducedAllocation(horizon=steps * dt, n_records=40)
     marks = [time.perf_counter()]
     jaxicl.sweep(
         study,
@@ -54,12 +54,12 @@ def child(seeds: int, horizon: float, out: str, members_per_call: int) -> None:
     print(json.dumps(result))
 
 
-def run(seeds: int, horizon: float, devices: int, chunk: int) -> dict:
+def run(seeds: int, steps: int, devices: int, chunk: int) -> dict:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("JAX_", "XLA_"))}
     env["JAX_NUM_CPU_DEVICES"] = str(devices)
     with tempfile.TemporaryDirectory() as tmp:
         out = pathlib.Path(tmp) / "store"
-        command = [sys.executable, __file__, "--child", str(seeds), str(horizon), str(out)]
+        command = [sys.executable, __file__, "--child", str(seeds), str(steps), str(out)]
         done = subprocess.run(
             [*command, str(chunk)], env=env, check=True, capture_output=True, text=True
         )
@@ -78,13 +78,13 @@ def main() -> None:
     parser.add_argument("--out", default=None)
     args = parser.parse_args()
     if args.child:
-        seeds, horizon, out, chunk = args.child
-        child(int(seeds), float(horizon), out, int(chunk))
+        seeds, steps, out, chunk = args.child
+        child(int(seeds), int(steps), out, int(chunk))
         return
     few, many = (int(n) for n in args.seeds.split(","))
-    # (seeds, horizon, devices): more seeds, more steps, one device
-    plan = [(few, 5.0, 2), (many, 5.0, 2), (few, 20.0, 2), (few, 5.0, 1)]
-    rows = [run(seeds, horizon, n, args.members_per_call) for seeds, horizon, n in plan]
+    # (seeds, steps, devices): more seeds, more steps, one device
+    plan = [(few, 1000, 2), (many, 1000, 2), (few, 4000, 2), (few, 1000, 1)]
+    rows = [run(seeds, steps, n, args.members_per_call) for seeds, steps, n in plan]
     for r in rows:
         print(
             f"{r['seeds']} members × {r['steps']} steps on {r['devices']} CPU device(s):"
