@@ -116,25 +116,33 @@ def repair_coordinates(root, path, plan, times) -> None:
         )
 
 
+def _metadata_fault(path: pathlib.Path) -> str | None:
+    """None where the JSON file at `path` reads, else why not: "missing" or "damaged (…)"."""
+    try:
+        json.loads(path.read_text())
+    except FileNotFoundError:
+        return "missing"
+    except (OSError, ValueError) as error:  # a UnicodeDecodeError is a ValueError
+        return f"damaged ({error})"
+    return None
+
+
 def _check_metadata(path, arrays: bool = False) -> None:
     """Read the store's zarr.json first (and with `arrays`, every array's), so a damaged one is
     an error that names it (Zarr's own reader gives a bare JSON error)."""
     metadata = pathlib.Path(path) / "zarr.json"
-    try:
-        json.loads(metadata.read_text())
-    except (ValueError, UnicodeDecodeError) as error:
+    fault = _metadata_fault(metadata)
+    if fault:
         raise ValueError(
-            f"{metadata} is damaged ({error}); the store's layout cannot be read. Restore it "
-            "or start the sweep in a new store."
-        ) from None
+            f"{metadata} is {fault}; the store's layout cannot be read. Restore it or start "
+            "the sweep in a new store."
+        )
     for array in sorted(pathlib.Path(path).glob("*/zarr.json")) if arrays else ():
-        try:
-            json.loads(array.read_text())
-        except (ValueError, UnicodeDecodeError) as error:
+        fault = _metadata_fault(array)
+        if fault:
             raise ValueError(
-                f"{array} is damaged ({error}); rerun the sweep to rebuild it from the sweep's "
-                "description."
-            ) from None
+                f"{array} is {fault}; rerun the sweep to rebuild it from the sweep's description."
+            )
 
 
 def _reopen(path: pathlib.Path, description: str, mode: str):
@@ -318,11 +326,10 @@ def repair_arrays(root, path, plan: SweepPlan, n_times: int, dtypes, layout: dic
     check reruns the units whose records do not."""
     for name, spec, meaning in _data_arrays(plan, n_times, dtypes, layout):
         metadata = pathlib.Path(path) / name / "zarr.json"
-        try:
-            json.loads(metadata.read_text())
+        fault = _metadata_fault(metadata)
+        if fault is None:
             continue
-        except (OSError, ValueError, UnicodeDecodeError) as error:
-            why = "missing" if isinstance(error, FileNotFoundError) else "damaged"
+        why = fault.split(" ")[0]  # missing or damaged
         metadata.unlink(missing_ok=True)
         chunks = pathlib.Path(path) / name / "c"
         kept = pathlib.Path(path) / f".{name}-chunks-kept"
