@@ -43,20 +43,6 @@ def _parse_tuple(field_type, text: str):
     return _parse_field(field_type, text)
 
 
-def _settings(config_cls) -> list:
-    """(flat name, type, default, help) of every setting of a run: its studies' (but those the
-    experiment sets for each group), then the configuration's own."""
-    studies, fields = config_cls.held_studies(), config_cls.__dataclass_fields__
-    out = []
-    for name, (where, field) in config_cls.study_settings().items():
-        about = field.metadata.get("help", "")
-        if where != "study":  # a second study: its flags say whose they are
-            about = f"{fields[where].metadata['help']}: {about}"
-        out.append((name, field.type, getattr(studies[where], field.name), about))
-    own = config_cls.own_settings().values()
-    return out + [(f.name, f.type, f.default, f.metadata.get("help", "")) for f in own]
-
-
 def _studies_help() -> str:
 
     lines = [
@@ -102,7 +88,7 @@ def _build_parser() -> argparse.ArgumentParser:
                     for k, p in presets.items()
                 ),
             )
-        for name, _, default, about in _settings(config_cls):
+        for name, _, default, about in config_cls.flags():
             flag = "--" + name.replace("_", "-")
             shown = ",".join(map(str, default)) if isinstance(default, tuple) else label(default)
             sub.add_argument(
@@ -304,7 +290,7 @@ def _main(argv) -> int:
     config_cls, run, describe = experiment.config, experiment.run, experiment.describe
     overrides = dict(experiment.presets.get(getattr(args, "preset", None), {}))
     try:
-        for name, kind, _, _ in _settings(config_cls):
+        for name, kind, _, _ in config_cls.flags():
             text = getattr(args, name)
             if text is not None:
                 try:

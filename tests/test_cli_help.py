@@ -11,7 +11,7 @@ from jaxicl._registry import EXPERIMENTS
 @pytest.mark.parametrize("name", sorted(EXPERIMENTS))
 def test_every_field_has_a_description_and_its_default(name, capsys):
     config_cls = EXPERIMENTS[name].config
-    settings = _cli._settings(config_cls)
+    settings = config_cls.flags()
     help_of = {flat: about for flat, _, _, about in settings}
     assert all(len(text) > 5 for text in help_of.values()), help_of  # none missing
     with pytest.raises(SystemExit):
@@ -33,8 +33,7 @@ def test_a_configuration_holds_its_study_and_copies_none_of_its_settings(name):
     assert not settable & set(config_cls.own_settings()), name
     every = set()
     for held, study in config_cls.held_studies().items():
-        prefix = "" if held == "study" else f"{held}_"
-        every |= {prefix + f.name for f in dataclasses.fields(study)}
+        every |= {config_cls.prefix(held) + f.name for f in dataclasses.fields(study)}
     assert set(config_cls.varied) <= every, name
     config = config_cls.of()
     assert config_cls.of(**config.as_dict()).as_dict() == config.as_dict()

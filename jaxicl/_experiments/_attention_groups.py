@@ -92,8 +92,7 @@ def train_group(config, task, n_heads: int, out_dir, *, progress, on_chunk):
 def check_training_config(config) -> None:
     """Validate the fields `train_group` reads (and `heads`, `noise_var`, `eval_prompts`),
     naming the field, before anything compiles (the study validates its own)."""
-    if not isinstance(config.study, AttentionRegression):
-        raise ValueError(f"`study` must be an AttentionRegression, got {config.study!r}.")
+    config.check_studies()
     for name in ("n_members", "chunk_steps", "eval_prompts"):
         check.positive_int(name, getattr(config, name))
     check.finite_nonnegative("noise_var", config.noise_var)

@@ -26,6 +26,11 @@ class ExperimentConfig:
 
     varied: ClassVar[tuple[str, ...]] = ()
 
+    @staticmethod
+    def prefix(held: str) -> str:
+        """How the settings of the study held in field `held` are named flat."""
+        return "" if held == "study" else f"{held}_"
+
     @classmethod
     def held_studies(cls) -> dict[str, AbstractStudy]:
         """Field name → the default study it holds."""
@@ -38,11 +43,32 @@ class ExperimentConfig:
         the held studies a run may set (all but the `varied`)."""
         out = {}
         for held, study in cls.held_studies().items():
-            prefix = "" if held == "study" else f"{held}_"
             for field in dataclasses.fields(study):
-                if prefix + field.name not in cls.varied:
-                    out[prefix + field.name] = (held, field)
+                if cls.prefix(held) + field.name not in cls.varied:
+                    out[cls.prefix(held) + field.name] = (held, field)
         return out
+
+    @classmethod
+    def flags(cls) -> list[tuple[str, object, object, str]]:
+        """(flat name, type, default, help) of every setting of a run, the held studies' first:
+        a second study's help says whose it is."""
+        studies, fields = cls.held_studies(), cls.__dataclass_fields__
+        out = []
+        for name, (held, field) in cls.study_settings().items():
+            about = field.metadata.get("help", "")
+            if cls.prefix(held):
+                about = f"{fields[held].metadata['help']}: {about}"
+            out.append((name, field.type, getattr(studies[held], field.name), about))
+        own = cls.own_settings().values()
+        return out + [(f.name, f.type, f.default, f.metadata.get("help", "")) for f in own]
+
+    def check_studies(self) -> None:
+        """Each held field holds a study of its default's class (call first in
+        `__post_init__`: the rest of the checks read the studies)."""
+        for held, default in self.held_studies().items():
+            value = getattr(self, held)
+            if not isinstance(value, type(default)):
+                raise ValueError(f"`{held}` must be a {type(default).__name__}, got {value!r}.")
 
     @classmethod
     def own_settings(cls) -> dict[str, dataclasses.Field]:
@@ -95,10 +121,9 @@ class ExperimentConfig:
 
 def _flag_names(message: str, held: str, study: AbstractStudy) -> str:
     """A held study's error in the names a run's settings have (`alloc_d` for `alloc.d`)."""
-    if held == "study":
-        return message
-    for field in dataclasses.fields(study):
-        message = message.replace(f"`{field.name}`", f"`{held}_{field.name}`")
+    prefix = ExperimentConfig.prefix(held)
+    for field in dataclasses.fields(study) if prefix else ():
+        message = message.replace(f"`{field.name}`", f"`{prefix}{field.name}`")
     return message
 
 

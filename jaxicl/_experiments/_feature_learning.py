@@ -155,8 +155,7 @@ class FeatureLearningConfig(ExperimentConfig):
     )
 
     def __post_init__(self):
-        if not isinstance(self.study, FeatureLearning):
-            raise ValueError(f"`study` must be a FeatureLearning, got {self.study!r}.")
+        self.check_studies()
         for name in ("n_seeds", "mean_field_seeds", "mean_field_steps"):
             check.positive_int(name, getattr(self, name))
         check.positive_int("attention_seeds", self.attention_seeds)

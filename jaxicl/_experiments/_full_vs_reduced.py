@@ -116,11 +116,7 @@ class FullVsReducedConfig(ExperimentConfig):
     )
 
     def __post_init__(self):
-        for name in ("study", "alloc"):
-            if not isinstance(getattr(self, name), AnsatzDynamics):
-                raise ValueError(
-                    f"`{name}` must be an AnsatzDynamics, got {getattr(self, name)!r}."
-                )
+        self.check_studies()
         for name in ("exact_batch", "n_seeds", "alloc_members", "eval_prompts"):
             check.positive_int(name, getattr(self, name))
         disjoint_blocks(self.alloc.d, self.study.n_tasks)

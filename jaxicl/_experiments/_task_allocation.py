@@ -129,8 +129,7 @@ class TaskAllocationConfig(ExperimentConfig):
     varied: ClassVar[tuple[str, ...]] = ("heads", "scheme", "history")
 
     def __post_init__(self):
-        if not isinstance(self.study, ReducedAllocation):
-            raise ValueError(f"`study` must be a ReducedAllocation, got {self.study!r}.")
+        self.check_studies()
         for name in ("n_seeds", "separation_prompts"):
             check.positive_int(name, getattr(self, name))
         check.seed("seed", self.seed)
