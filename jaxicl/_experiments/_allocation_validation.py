@@ -13,11 +13,8 @@ and excluded.
 import dataclasses
 import math
 
-import jax
-import jax.numpy as jnp
 import numpy as np
 
-from .._attention._analysis import detect_phases, task_allocation
 from .._attention._init_schemes import AbstractInitScheme, Merged, RandomPositive
 from .._attention._reduced_flows import EuclideanFlow
 from .._studies._ansatz_dynamics import AnsatzDynamics, FullModel, ReducedFlow
@@ -65,18 +62,14 @@ def _studies(config):
     yield "full", dataclasses.replace(base, dynamics=FullModel())
 
 
-def _outcomes(dataset, window: int) -> dict:
-    """Per member: allocated at the end, left warm-up, diverged."""
-    omega = jnp.asarray(dataset["omega_final"].transpose("seed", ...).values)
-    mu = jnp.asarray(dataset["mu_final"].transpose("seed", ...).values)
-    loss = jnp.asarray(dataset["loss"].transpose("seed", ...).values)
-    time = jnp.asarray(dataset["time"].values)
-    phases = jax.vmap(lambda curve: detect_phases(time, curve, window=window))(loss)
+def _outcomes(dataset) -> dict:
+    """Per member (the study's summaries): allocated at the end, left warm-up, diverged."""
+    per_seed = lambda name: dataset[name].transpose("seed", ...).values.reshape(-1)  # noqa: E731
     return {
-        "success": np.asarray(jax.vmap(task_allocation)(omega, mu).success),
-        "left_warmup": np.asarray(phases.left_warmup),
-        "warmup_end": np.asarray(phases.warmup_end),
-        "diverged": flag(dataset["diverged"]).reshape(-1),
+        "success": flag(per_seed("success")),
+        "left_warmup": flag(per_seed("left_warmup")),
+        "warmup_end": per_seed("warmup_end"),
+        "diverged": flag(per_seed("diverged")),
     }
 
 
@@ -109,7 +102,7 @@ def allocation_validation(config, out_dir, *, progress=None) -> tuple[dict, dict
             members_per_call=config.alloc_members,
             progress=progress,
         ).load()
-        outcomes[name] = _outcomes(dataset, study.dynamics.phase_window)
+        outcomes[name] = _outcomes(dataset)
     rows = {name: _rate(outcome) for name, outcome in outcomes.items()}
     full, reduced = outcomes["full"], outcomes["reduced"]
     both = ~full["diverged"] & ~reduced["diverged"]

@@ -36,7 +36,6 @@ import jax.random as jr
 import numpy as np
 
 from .. import _validation as check
-from .._attention._analysis import detect_phases, task_allocation
 from .._attention._ansatz_monte_carlo import ansatz_monte_carlo_loss
 from .._attention._decomposable import decomposable_attention
 from .._attention._models import MergedAttention
@@ -202,23 +201,17 @@ def _arrays(config, dynamics, dataset, length) -> dict:
         for name, array in dataset.data_vars.items()
         if "seed" in array.dims
     }
-    time = dataset["time"].values
-    loss = run["loss"]
-    window = VARIANTS[dynamics].phase_window
-    phases = jax.vmap(lambda l: detect_phases(jnp.asarray(time), l, window=window))(
-        jnp.asarray(loss)
-    )
-    omega, mu = run["omega"], run["mu"]
     out = {
-        "time": time,
-        "loss": loss,
-        "omega_t": omega,
-        "mu_t": mu,
+        "time": dataset["time"].values,
+        "loss": run["loss"],
+        "omega_t": run["omega"],
+        "mu_t": run["mu"],
         "final_loss": _final_loss(config, dynamics, run, length),
-        "success": np.asarray(jax.vmap(task_allocation)(omega[:, -1], mu[:, -1]).success),
-        "left_warmup": np.asarray(phases.left_warmup),
-        "warmup_end": np.asarray(phases.warmup_end),
-        "emergence_end": np.asarray(phases.emergence_end),
+        # the study's summaries: allocated at the end, phases (NaN where not reached)
+        "success": flag(run["success"]),
+        "left_warmup": flag(run["left_warmup"]),
+        "warmup_end": run["warmup_end"],
+        "emergence_end": run["emergence_end"],
         "diverged": flag(run["diverged"]),
     }
     if dynamics == "full":
@@ -288,7 +281,7 @@ def _row(run, reduced, exact) -> dict:
     return {
         "seeds": int(run["diverged"].size),
         "diverged": int(run["diverged"].sum()),
-        "still_in_warmup": int((~run["left_warmup"]).sum()),
+        "still_in_warmup": int((ok & ~run["left_warmup"]).sum()),
         "gap_to_reduced": _median(trajectory_gap(run, reduced)[ok]),
         "gap_to_exact": _median(trajectory_gap(run, exact)[ok]),
         "final_loss": _median(run["final_loss"][ok]),

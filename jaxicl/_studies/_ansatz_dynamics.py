@@ -24,15 +24,18 @@ import abc
 from typing import ClassVar
 
 import equinox as eqx
+import jax.numpy as jnp
 import jax.random as jr
 import numpy as np
 
 from .. import _validation as check
+from .._attention._analysis import detect_phases, task_allocation
 from .._attention._ansatz_monte_carlo import AnsatzICLLoss
 from .._attention._decomposable import attention_from_start
 from .._attention._init_schemes import INIT_SCHEMES, AbstractInitScheme, RandomPositive
 from .._attention._observables import semi_singular_values
 from .._attention._reduced_flows import AbstractReducedFlow, EuclideanFlow, WeightFlow
+from .._sweeps._outcome import outcome
 from .._sweeps._study import AbstractStudy, setting
 from .._tasks._regression import MultiTaskRegression, disjoint_blocks
 from .._train._objectives import AbstractObjective, ICLLoss
@@ -243,9 +246,18 @@ class AnsatzDynamics(AbstractStudy):
 
     def summarize(self, state, series):
         omega, mu = self._spectral(state.model)
+        time = jnp.asarray(self.time(), series["loss"].dtype)
+        phases = detect_phases(time, series["loss"], window=self.dynamics.phase_window)
+        healthy = ~state.diverged
         return {
             "omega_final": omega,
             "mu_final": mu,
+            # allocated at the end; no outcome for a member still on its plateau or diverged
+            "success": outcome(task_allocation(omega, mu).success, phases.left_warmup & healthy),
+            # a diverged member has no phases: NaN, not "still in warm-up"
+            "left_warmup": outcome(phases.left_warmup, healthy),
+            "warmup_end": outcome(phases.warmup_end, healthy),
+            "emergence_end": outcome(phases.emergence_end, healthy),
             "diverged": state.diverged,
             **self.dynamics.final_weights(state.model),
         }
