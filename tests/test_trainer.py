@@ -333,17 +333,18 @@ def test_divergence_inside_the_last_record_block_is_reported():
     assert traj.diverged[:, 0].tolist() == [False, False]
 
 
-def test_auto_member_chunk_fits_the_smallest_cache_holding_a_vector_of_members():
-    from jaxicl._train._member_chunk import chunk_for_caches
+def test_auto_member_chunk_fits_l2_and_holds_at_least_a_vector_of_members():
+    from jaxicl._train._member_chunk import VECTOR_MEMBERS, chunk_for_caches
 
     caches = (512 * 2**10, 16 * 2**20)
     # ~1 KB members (the reduced flow): L2 holds 524 of them → the power of two below
     assert chunk_for_caches(1000, caches, 65536) == 512
-    # ~0.4 MB members (attention): L2 holds one, L3 holds 40 → the power of two below
-    assert chunk_for_caches(0.42e6, caches, 1024) == 32
-    # everything fits: all at once; nothing fits even alone: one at a time
+    # ~0.26 MB members (attention): L2 holds one or two → a vector's width of members
+    assert chunk_for_caches(0.26e6, caches, 1024) == VECTOR_MEMBERS == 16
+    # everything fits: all at once; a vector's width or more of the members: all at once
     assert chunk_for_caches(1000, caches, 100) is None
-    assert chunk_for_caches(1e9, caches, 8) == 1
+    assert chunk_for_caches(1e9, caches, 16) is None
+    assert chunk_for_caches(1e9, caches, 17) == 16
 
 
 def test_auto_member_chunk_is_chosen_once_per_workload(getkey, monkeypatch):

@@ -1,6 +1,7 @@
 """How a head turns its scores over the L context tokens into attention weights.
 
-An attention kind is a Module with `weights(scores, axis)`; the models and the shared-prompt
+An attention kind is a Module with `weights(scores, axis)` (and `mix`, the weighted sum of
+values, which softmax gives a written-out derivative); the models and the shared-prompt
 kernel call it and never branch on a name. `ATTENTION_KINDS` maps the names `"softmax"` and
 `"linear"` to the built-in kinds at the edge (a model's `kind` may be given by name).
 """
@@ -10,9 +11,11 @@ from typing import ClassVar
 
 import equinox as eqx
 import jax
+import jax.numpy as jnp
 from jaxtyping import Array, Float
 
 from .. import _validation as check
+from ._softmax_mix import softmax_mix
 
 
 class AbstractAttentionKind(eqx.Module):
@@ -24,6 +27,11 @@ class AbstractAttentionKind(eqx.Module):
     def weights(self, scores: Float[Array, "..."], axis: int) -> Float[Array, "..."]:
         """The attention weights over the context axis `axis` of `scores`."""
 
+    def mix(self, scores: Float[Array, "..."], values: Float[Array, "..."], axis: int):
+        """Σ_l a_l v_l over the context axis `axis`, a = `weights(scores, axis)` (scores and
+        values of one shape); a kind may override it with a cheaper derivative."""
+        return jnp.sum(self.weights(scores, axis) * values, axis=axis)
+
 
 class SoftmaxScores(AbstractAttentionKind):
     """a = softmax_l(scores): softmax attention."""
@@ -32,6 +40,9 @@ class SoftmaxScores(AbstractAttentionKind):
 
     def weights(self, scores, axis):
         return jax.nn.softmax(scores, axis=axis)
+
+    def mix(self, scores, values, axis):
+        return softmax_mix(scores, values, axis)
 
 
 class LinearScores(AbstractAttentionKind):
