@@ -333,7 +333,7 @@ def test_divergence_inside_the_last_record_block_is_reported():
     assert traj.diverged[:, 0].tolist() == [False, False]
 
 
-def test_auto_member_chunk_fits_l2_and_holds_at_least_a_vector_of_members():
+def test_auto_member_chunk_fits_l2_or_up_to_a_vector_of_members_in_l3():
     from jaxicl._train._member_chunk import VECTOR_MEMBERS, chunk_for_caches
 
     caches = (512 * 2**10, 16 * 2**20)
@@ -341,10 +341,13 @@ def test_auto_member_chunk_fits_l2_and_holds_at_least_a_vector_of_members():
     assert chunk_for_caches(1000, caches, 65536) == 512
     # ~0.26 MB members (attention): L2 holds one or two → a vector's width of members
     assert chunk_for_caches(0.26e6, caches, 1024) == VECTOR_MEMBERS == 16
-    # everything fits: all at once; a vector's width or more of the members: all at once
+    # ~4 MB members (a large particle system): L3 holds 4 of them
+    assert chunk_for_caches(4e6, caches, 64) == 4
+    # everything fits: all at once; a chunk as large as the ensemble: all at once; nothing
+    # fits even alone: one at a time
     assert chunk_for_caches(1000, caches, 100) is None
-    assert chunk_for_caches(1e9, caches, 16) is None
-    assert chunk_for_caches(1e9, caches, 17) == 16
+    assert chunk_for_caches(0.26e6, caches, 16) is None
+    assert chunk_for_caches(1e9, caches, 8) == 1
 
 
 def test_auto_member_chunk_is_chosen_once_per_workload(getkey, monkeypatch):

@@ -5,9 +5,11 @@ On CPU a chunk of members is fastest when its step's temporaries (score tensors,
 gradients) stay close to the core: all members at once stream them through memory, while too
 few members leave the vector lanes and the products (members are their wide axis) narrow. So
 the chunk is the largest power of two whose temporaries, as XLA's memory analysis of one
-compiled step counts them per member, fit in the core's share of L2, and at least a vector's
-width of members (16: fp32 lanes of AVX-512). Tiny per-member states (the reduced flow) fit
-hundreds of members in L2; attention members (~0.26 MB each) take the vector's width.
+compiled step counts them per member, fit in the core's share of L2; when fewer than a
+vector's width of members (16: fp32 lanes of AVX-512) fit there, as many up to that width as
+fit in the core's share of L3. Tiny per-member states (the reduced flow) fit hundreds of
+members in L2; attention members (~0.26 MB each) take the vector's width; members of several
+MB (large particle systems) take fewer.
 Measured on a 2-core EPYC (L2 512 KB a core, L3 32 MB), 1,024 attention members: 16 ran
 within noise of the best chunk, 32 (what filling the L3 share chose before) ran 0.75–1.0× it
 and 64 0.75×. Accelerators, and ensembles of at most 16 members a device, map all members at
@@ -78,17 +80,23 @@ def temp_bytes_per_member(lowered, n_members: int) -> float:
     return _TEMP_BYTES_PER_MEMBER[key]
 
 
-def chunk_for_caches(bytes_per_member: float | int, caches: tuple, n_members: int) -> int | None:
-    """The largest power of two of members whose temporaries fit in the first of `caches`
-    (bytes a core, L2 first), and at least `VECTOR_MEMBERS`; `None` (all at once) when every
-    member fits."""
-    budget = caches[0]
-    if bytes_per_member * n_members <= budget:
-        return None
+def _fitting(bytes_per_member: float | int, budget: int) -> int:
+    """The largest power of two of members whose temporaries fit in `budget` bytes (≥ 1)."""
     chunk = 1
     while 2 * chunk * bytes_per_member <= budget:
         chunk *= 2
-    chunk = max(chunk, VECTOR_MEMBERS)
+    return chunk
+
+
+def chunk_for_caches(bytes_per_member: float | int, caches: tuple, n_members: int) -> int | None:
+    """The largest power of two of members whose temporaries fit in the first of `caches`
+    (bytes a core, L2 first); when that is under `VECTOR_MEMBERS`, as many up to
+    `VECTOR_MEMBERS` as fit in the last; `None` (all at once) when every member fits in L2."""
+    if bytes_per_member * n_members <= caches[0]:
+        return None
+    chunk = _fitting(bytes_per_member, caches[0])
+    if chunk < VECTOR_MEMBERS:
+        chunk = min(VECTOR_MEMBERS, _fitting(bytes_per_member, caches[-1]))
     return None if chunk >= n_members else chunk
 
 
