@@ -10,6 +10,7 @@ vector's width of members (16: fp32 lanes of AVX-512) fit there, as many up to t
 fit in the core's share of L3. Tiny per-member states (the reduced flow) fit hundreds of
 members in L2; attention members (~0.26 MB each) take the vector's width; members of several
 MB (large particle systems) take fewer.
+
 Measured on a 2-core EPYC (L2 512 KB a core, L3 32 MB), 1,024 attention members: 16 ran
 within noise of the best chunk, 32 (what filling the L3 share chose before) ran 0.75–1.0× it
 and 64 0.75×. Accelerators, and ensembles of at most 16 members a device, map all members at

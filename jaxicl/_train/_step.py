@@ -99,7 +99,7 @@ def _member_gradients(states: TrainState, evaluate_members, data):
 
 
 # the fewest members on a device for which the objective's joint loss is used (see `_run`)
-JOINT_LOSS_MEMBERS = 64
+JOINT_LOSS_MEMBERS = 8
 
 # Per-member randomness of `after_step` comes from its own stream, so it never correlates with
 # the data, which may be shared by all members.
@@ -115,10 +115,11 @@ def run_steps(states, objective, optimizer, key, start_step, program: "StepProgr
     draw, evaluate, evaluate_members = _draw_and_evaluate(objective)
     after_key = jr.fold_in(key, _AFTER_STEP_STREAM)
 
-    # The objective's joint loss of a chunk (e.g. the shared-prompt GEMM kernel) pays per step
-    # a fixed cost that member-by-member evaluation does not: on a 2-core CPU it lost below
-    # 64 members a device (2.0k vs 2.7k member-steps/s at 8) and won from there (1.4× at
-    # 1024). The member count of this device is static here.
+    # The objective's joint loss of a chunk (e.g. the shared-prompt kernel) pays per step a
+    # fixed cost that member-by-member evaluation does not. On a 2-core CPU (2 devices) the
+    # current kernel lost at 1, 2 and 4 members a device (536, 1,132, 2,198 against 760,
+    # 1,220, 2,709 member-steps/s) and won from 8 (5,829 and 6,019 against 4,460 and 3,589 at 16
+    # members); the first kernel lost below 64. The member count of this device is static here.
     n_local = jtu.tree_leaves(eqx.filter(states, eqx.is_array))[0].shape[0]
     joint_loss = evaluate_members
     if joint_loss is None or n_local < JOINT_LOSS_MEMBERS:
