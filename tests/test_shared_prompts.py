@@ -1,4 +1,4 @@
-"""The shared-prompt kernel (all members' scores as one GEMM) is the same function as the
+"""The shared-prompt kernel (every member scored at once) is the same function as the
 per-member model: values and gradients in float64 against `vmap`, for every model kind, and
 the trainer's results with it equal those member by member."""
 

@@ -113,7 +113,7 @@ class MergedAttention(AbstractAttention):
 
     def predict_members(self, prompts: Prompt) -> Float[Array, "m B n_out"]:
         """`self` stacked over members (leading axis m): every member's prediction of every
-        prompt of the shared batch `prompts`, as GEMMs (see `shared_prompt_predictions`)."""
+        prompt of the shared batch `prompts`, every member at once (`shared_prompt_predictions`)."""
         _check_width(prompts, self.W.shape[-1])
         return shared_prompt_predictions(self.W, self.U, self.kind, prompts)
 

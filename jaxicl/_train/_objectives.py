@@ -70,8 +70,8 @@ class ICLLoss(AbstractObjective):
         return jnp.mean(jax.vmap(lambda p: squared_error(model(p), p))(data))
 
     def evaluate_members(self, models: PyTree, data: Prompt) -> Float[Array, " m"]:
-        """Attention models through their `predict_members` (the built-in ones: all members'
-        scores as one GEMM), any other model member by member."""
+        """Attention models through their `predict_members` (the built-in ones: every member
+        at once, `shared_prompt_predictions`), any other model member by member."""
         if not isinstance(models, AbstractAttention):
             return super().evaluate_members(models, data)
         return jnp.mean((models.predict_members(data) - data.query_y[None]) ** 2, axis=(1, 2))
