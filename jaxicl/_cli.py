@@ -6,7 +6,6 @@ import argparse
 import errno
 import math
 import os
-import signal
 import sys
 
 import jax
@@ -16,6 +15,7 @@ from ._host._compilation_cache import use_compilation_cache
 from ._host._devices import use_all_cpu_cores
 from ._host._distributed import join_processes
 from ._host._progress import progress_mode
+from ._host._stop_requests import install_stop_handlers, restore_handlers
 from ._registry import EXPERIMENTS, STUDIES, load_sweep
 from ._sweeps._file import study_fields
 from ._sweeps._plan import label
@@ -189,12 +189,8 @@ class _Terminated(BaseException):
     so that it stops the run as an interrupt does: between steps, with every stored chunk kept."""
 
 
-def _terminate(signum, frame):
-    raise _Terminated
-
-
 def main(argv=None) -> int:
-    previous = signal.signal(signal.SIGTERM, _terminate)
+    previous = install_stop_handlers(_Terminated)
     try:
         return _guarded(argv)
     except _Terminated:
@@ -205,7 +201,7 @@ def main(argv=None) -> int:
         )
         return 143
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        restore_handlers(previous)
 
 
 def _guarded(argv) -> int:

@@ -176,6 +176,36 @@ def test_interrupted_mid_unit_resumes_from_its_checkpoint(tmp_path):
     assert list((tmp_path / "store" / "resume").glob("*.npz")) == []
 
 
+def test_a_signal_dropped_inside_a_finalizer_still_stops_after_the_chunk(tmp_path, capsys):
+    """A signal whose handler runs inside a weakref finalizer raises where Python can only print
+    "Exception ignored" and go on; the sweep must still stop, after the step chunk in which it
+    arrived, with nothing printed about the dropped exception. (Before, such a SIGTERM was lost
+    and the sweep ran to its end with exit status 0.)"""
+    import signal
+    import weakref
+
+    from jaxicl._host._stop_requests import install_stop_handlers, restore_handlers
+
+    class Anything:
+        pass
+
+    def signal_inside_a_finalizer(u, c):
+        if (u, c) == (1, 0):
+            target = Anything()
+            weakref.finalize(target, os.kill, os.getpid(), signal.SIGTERM)
+            del target  # the finalizer sends SIGTERM; its handler runs inside the finalizer
+
+    previous = install_stop_handlers(_cli._Terminated)
+    try:
+        with pytest.raises(_cli._Terminated):
+            _run(tmp_path / "store", chunk_records=1, on_chunk=signal_inside_a_finalizer)
+    finally:
+        restore_handlers(previous)
+    assert "Exception ignored" not in capsys.readouterr().err
+    flags = np.asarray(zarr.open_group(str(tmp_path / "store"), mode="r")["chunk_done"][:])
+    assert flags[0].all() and flags[1, 0] and not flags[1, 1:].any() and not flags[2:].any()
+
+
 def test_killed_between_checkpoint_and_records_stores_them_from_the_checkpoint(
     tmp_path, monkeypatch
 ):

@@ -25,6 +25,7 @@ import numpy as np
 from .._host._compilation_cache import use_compilation_cache
 from .._host._memory import host_memory_bytes
 from .._host._progress import ProgressLines, progress_bar
+from .._host._stop_requests import raise_if_stop_requested
 from . import _store as store_io
 from ._group import Group
 from ._plan import SweepPlan, chunk_bounds
@@ -375,6 +376,7 @@ class _Run:
                         lines.chunk_stored(u, c)
                     if self.on_chunk is not None:
                         self.on_chunk(u, c)
+                    raise_if_stop_requested()
                 finished += members[u]
                 show_members()
             if self.path is not None:
