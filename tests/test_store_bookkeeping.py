@@ -40,9 +40,9 @@ def _finish(store, monkeypatch):
     ran = []
     real_advance = group_module.Group.advance
 
-    def advance(self, states, steps):
+    def advance(self, states, steps, frozen=None):
         ran.append(int(np.asarray(states.member)[0]))
-        return real_advance(self, states, steps)
+        return real_advance(self, states, steps, frozen)
 
     monkeypatch.setattr(group_module.Group, "advance", advance)
     data = sweep(STUDY, **KWARGS, store=store, progress=False)

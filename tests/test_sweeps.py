@@ -225,9 +225,9 @@ def test_killed_between_checkpoint_and_records_stores_them_from_the_checkpoint(
     advances = []
     real_advance = group_module.Group.advance
 
-    def counting_advance(self, states, n):
+    def counting_advance(self, states, n, frozen=None):
         advances.append(n)
-        return real_advance(self, states, n)
+        return real_advance(self, states, n, frozen)
 
     monkeypatch.setattr(group_module.Group, "advance", counting_advance)
     _run(tmp_path / "store", chunk_records=1)

@@ -15,11 +15,13 @@ import jax.random as jr
 import numpy as np
 
 from .._train._lowering import compile_ensemble_steps, ensemble_steps_shapes
+from .._train._members import member_devices
 from .._train._objectives import AbstractObjective
 from .._train._options import Members, Record, no_observables
 from .._train._state import init_ensemble_state
 from .._train._step import StepProgram, run_steps
 from .._train._trainer import train_ensemble_steps
+from . import _compaction as compaction
 from ._member_values import member_optimizer, member_optimizer_state, unused_inputs
 from ._study import AbstractStudy
 
@@ -92,6 +94,8 @@ class Group:
         self.time = np.asarray(study.time())
         self.objective, self.optimizer, self.observe, self.after_step = _parts(study)
         self.shared_data = type(study).shared_data
+        # frozen members are left out of training only where their records can be repeated
+        self.compacts = compaction.deterministic(self.objective)
 
     def record(self, every: int | None = None) -> Record:
         return Record(every=every, observe=self.observe)
@@ -103,9 +107,36 @@ class Group:
         seeds = jnp.asarray(seeds, jnp.int32)
         return _init_states(self.study, self.optimizer, self.init_key, values, seeds)
 
-    def advance(self, states, n_records: int):
-        """`(states, {name: (members, n_records, *dims) array})`: `n_records` more records."""
-        states, trajectory = train_ensemble_steps(
+    def advance(self, states, n_records: int, frozen=None):
+        """`(states, {name: (members, n_records, *dims) array}, frozen)`: `n_records` more
+        records. `frozen` (what the previous call returned; None: none known) names members
+        frozen for good: they are not trained, their records repeat (`_compaction.py`)."""
+        diverged_before = np.asarray(states.diverged)
+        n_members = diverged_before.shape[0]
+        live = np.arange(n_members)
+        if self.compacts and frozen is not None:
+            live = np.flatnonzero(~frozen.frozen)
+        if live.size == n_members:
+            states, trajectory = self._train(states, n_records)
+        else:
+            steps = n_records * self.record_every
+            trajectory = compaction.repeated(frozen.last, n_records, self.record_every)
+            trained = compaction.advance_frozen(states, steps)
+            if live.size:
+                size = compaction.live_size(live.size, n_members, member_devices(True, n_members))
+                index = np.concatenate([live, np.full(size - live.size, live[0])])
+                live_states, live_trajectory = self._train(
+                    compaction.take(states, index), n_records
+                )
+                trained = compaction.merge(trained, index, live_states, live.size)
+                trajectory = compaction.merge(trajectory, index, live_trajectory, live.size)
+            states = trained
+        series = _series(self.study, trajectory)
+        frozen = compaction.frozen_after(diverged_before, trajectory)
+        return states, {name: np.asarray(v) for name, v in series.items()}, frozen
+
+    def _train(self, states, n_records: int):
+        return train_ensemble_steps(
             states,
             self.objective,
             self.optimizer,
@@ -117,8 +148,6 @@ class Group:
             shared_data=self.shared_data,
             matmul_precision=self.matmul_precision,
         )
-        series = _series(self.study, trajectory)
-        return states, {name: np.asarray(v) for name, v in series.items()}
 
     def summarize(self, states, series: dict) -> dict:
         """`{name: (members,) array}` from the final states and the members' whole series."""

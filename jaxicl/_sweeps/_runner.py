@@ -400,9 +400,10 @@ class _Run:
                 self._store(u, group, index, first, record_chunks, series, states)
                 yield first
                 first += 1
+        frozen = None  # members frozen for good, known after a chunk trained here
         for c in range(first, len(record_chunks)):
             a, b = record_chunks[c]
-            states, series = group.advance(states, b - a)
+            states, series, frozen = group.advance(states, b - a, frozen)
             if self.path is not None:
                 store_io.save_unit_state(self.path, u, states, c + 1, series)
             self._store(u, group, index, c, record_chunks, series, states)

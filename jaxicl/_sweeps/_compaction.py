@@ -1,0 +1,99 @@
+"""Compaction: members frozen for good stop costing a sweep, with its stored records unchanged.
+
+A diverged member is frozen by the trainer: its model, optimizer state and time never change
+again, only its step count. Under a deterministic objective (one that draws no data) every
+record it leaves after a whole frozen record block is the same as that block's, apart from the
+step: its loss, mean loss and observables are the same function of the same state. So between
+step chunks the runner trains only the members still live, and writes each frozen member's
+records by repeating its last one, which it has seen computed. The stored numbers are those of
+training every member (tests/test_compaction.py compares the stores bit for bit).
+
+Under fresh prompts a frozen member's recorded loss changes every step, so nothing can be
+repeated: such studies train every member to the end, as before. Live counts are padded up to
+one of a few sizes (eighths of the unit, at least a vector's worth of members a device), so a
+unit compiles at most a few programs.
+"""
+
+from typing import NamedTuple
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import jax.tree_util as jtu
+import numpy as np
+
+from .._train._objectives import AbstractObjective
+from .._train._state import TrainState, Trajectory
+from .._train._step import JOINT_LOSS_MEMBERS
+
+
+# live members are padded up to a multiple of this fraction of the unit (bounds the compiles)
+SIZE_STEPS = 8
+
+
+class FrozenRecords(NamedTuple):
+    """For each member of a unit: whether it is frozen for good with a record to repeat
+    (`frozen`), and that record (`last`: a `Trajectory` of one record per member)."""
+
+    frozen: np.ndarray
+    last: Trajectory
+
+
+def deterministic(objective) -> bool:
+    """Whether the objective draws no data, so a frozen member's loss never changes."""
+    if not isinstance(objective, AbstractObjective):
+        return False  # a plain `(model, key)` callable may use its key
+    drawn = jax.eval_shape(objective.draw, jax.random.key(0))
+    return not jtu.tree_leaves(drawn)
+
+
+def frozen_after(diverged_before: np.ndarray, trajectory: Trajectory) -> FrozenRecords:
+    """The members whose last record of this chunk repeats for ever: frozen during its whole
+    block, i.e. diverged at the chunk's start or by the end of the record before the last."""
+    flags = np.asarray(trajectory.diverged)
+    frozen = np.asarray(diverged_before, bool).copy()
+    if flags.shape[1] >= 2:
+        frozen |= flags[:, -2]
+    last = jtu.tree_map(lambda x: x[:, -1], trajectory)
+    return FrozenRecords(frozen=frozen, last=last)
+
+
+def live_size(n_live: int, n_members: int, n_devices: int) -> int:
+    """The padded count of live members to train: a multiple of an eighth of the unit (and of
+    the devices), at least `JOINT_LOSS_MEMBERS` a device so that members are evaluated as in
+    the whole unit; `n_members` when that saves nothing."""
+    step = -(-n_members // SIZE_STEPS)
+    step = -(-step // n_devices) * n_devices
+    size = max(-(-n_live // step) * step, JOINT_LOSS_MEMBERS * n_devices)
+    return min(size, n_members)
+
+
+def take(tree, index):
+    return jtu.tree_map(lambda x: x[index], tree)
+
+
+def repeated(last: Trajectory, n_records: int, record_every: int) -> Trajectory:
+    """`n_records` more records of members frozen at `last`: the same record, the step moving
+    on by `record_every` each."""
+    ahead = record_every * jnp.arange(1, n_records + 1, dtype=last.step.dtype)[None, :]
+    tiled = jtu.tree_map(lambda x: jnp.repeat(x[:, None], n_records, axis=1), last)
+    return Trajectory(
+        step=last.step[:, None] + ahead,
+        time=tiled.time,
+        loss=tiled.loss,
+        loss_mean=tiled.loss_mean,
+        diverged=tiled.diverged,
+        observables=tiled.observables,
+    )
+
+
+def merge(whole, live_index: np.ndarray, trained, n_live: int):
+    """`whole` with the rows `live_index[:n_live]` replaced by the first `n_live` of `trained`
+    (the rest of `trained` is padding)."""
+    rows = jnp.asarray(live_index[:n_live])
+    return jtu.tree_map(lambda w, t: w.at[rows].set(t[:n_live]), whole, trained)
+
+
+def advance_frozen(states: TrainState, steps: int) -> TrainState:
+    """What training does to frozen members: their step count moves on, nothing else."""
+    return eqx.tree_at(lambda s: s.step, states, states.step + steps)

@@ -1,0 +1,132 @@
+"""Compaction: a sweep trains only its live members once others are frozen for good (diverged),
+and stores exactly what training every member stores."""
+
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from jaxicl import (
+    ICLLoss,
+    MultiTaskRegression,
+    RandomPositive,
+    ReducedAllocation,
+    disjoint_blocks,
+    sweep,
+)
+from jaxicl._sweeps import _compaction as compaction, _group as group_module
+from jaxicl._train._state import Trajectory
+
+
+# init scales from healthy (1e-3) to the edge of the expansion (ω near 1/√2 diverges within a
+# few steps) and beyond it (NaN at the first step)
+STUDY = ReducedAllocation(d=9, horizon=4.0, dt=0.25, n_records=8, scheme=RandomPositive())
+GRID = {"heads": [2, 3], "init_scale": [1e-3, 0.55, 0.6, 0.9]}
+
+
+def _sweep(store, monkeypatch, *, compact: bool):
+    """The sweep's dataset and the member count of every training call it made."""
+    calls = []
+    real_train = group_module.Group._train
+
+    def counting_train(self, states, n_records):
+        calls.append((int(np.asarray(states.step).size), n_records))
+        return real_train(self, states, n_records)
+
+    with monkeypatch.context() as patch:
+        patch.setattr(group_module.Group, "_train", counting_train)
+        if not compact:
+            patch.setattr(compaction, "deterministic", lambda objective: False)
+        data = sweep(
+            STUDY,
+            store=store,
+            seeds=40,
+            grid=GRID,
+            members_per_call=160,
+            chunk_records=2,
+            progress=False,
+        )
+    return data, calls
+
+
+def test_compacted_sweep_stores_the_same_bits_and_trains_fewer_members(tmp_path, monkeypatch):
+    compacted, calls = _sweep(tmp_path / "compacted", monkeypatch, compact=True)
+    whole, whole_calls = _sweep(tmp_path / "whole", monkeypatch, compact=False)
+    diverged = np.asarray(whole["diverged"])
+    # the grid must have both kinds, and members that diverge during a run, not only at step 0
+    assert 0 < np.mean(diverged == 1) < 1
+    loss = np.asarray(whole["loss"])
+    assert np.isfinite(loss[..., 0]).any() and (diverged == 1).any()
+    for name in whole.data_vars:
+        np.testing.assert_array_equal(
+            np.asarray(compacted[name]), np.asarray(whole[name]), err_msg=name
+        )
+    # every call trains all 160 members of a unit without compaction; with it, the chunks after
+    # the first leave the frozen ones out (padded to eighths of the unit)
+    assert {m for m, _ in whole_calls} == {160}
+    trained = sum(m * r for m, r in calls)
+    assert trained < 0.8 * sum(m * r for m, r in whole_calls), calls
+    assert all(m % 20 == 0 for m, _ in calls), calls
+
+
+def test_a_resumed_sweep_with_compaction_equals_the_whole_one(tmp_path, monkeypatch):
+    """Killed mid-unit, the rerun resumes from the checkpoint without knowing which members
+    were frozen (it trains every member for one chunk, then compacts again): same bits."""
+    from jaxicl._sweeps import _runner as runner
+
+    real_write = runner.store_io.write_chunk
+    writes = []
+
+    def write_then_die(*args, **kwargs):
+        real_write(*args, **kwargs)
+        writes.append(1)
+        if len(writes) == 6:
+            raise KeyboardInterrupt
+
+    with monkeypatch.context() as patch:
+        patch.setattr(runner.store_io, "write_chunk", write_then_die)
+        with pytest.raises(KeyboardInterrupt):
+            _sweep(tmp_path / "store", monkeypatch, compact=True)
+    resumed, _ = _sweep(tmp_path / "store", monkeypatch, compact=True)
+    reference, _ = _sweep(tmp_path / "whole", monkeypatch, compact=False)
+    for name in reference.data_vars:
+        np.testing.assert_array_equal(
+            np.asarray(resumed[name]), np.asarray(reference[name]), err_msg=name
+        )
+
+
+def test_only_objectives_that_draw_nothing_allow_repeating_records():
+    task = MultiTaskRegression(6, 8, disjoint_blocks(6, 2))
+    assert not compaction.deterministic(ICLLoss(task, batch_size=4))
+    assert not compaction.deterministic(lambda model, key: 0.0)
+    assert compaction.deterministic(STUDY.objective())
+
+
+@pytest.mark.parametrize(
+    "n_live, n_members, n_devices, size",
+    [
+        (1, 160, 1, 20),  # an eighth of the unit
+        (21, 160, 1, 40),
+        (150, 160, 1, 160),  # saving under an eighth: the whole unit
+        (1, 160, 2, 20),
+        (1, 30, 2, 16),  # at least JOINT_LOSS_MEMBERS a device
+        (3, 12, 1, 8),
+        (3, 6, 1, 6),  # a unit under that: nothing to save
+    ],
+)
+def test_live_counts_are_padded_to_few_sizes(n_live, n_members, n_devices, size):
+    assert compaction.live_size(n_live, n_members, n_devices) == size
+
+
+def test_repeated_records_move_only_the_step():
+    last = Trajectory(
+        step=jnp.array([40, 40]),
+        time=jnp.array([1.5, 2.0]),
+        loss=jnp.array([0.3, jnp.nan]),
+        loss_mean=jnp.array([0.3, jnp.nan]),
+        diverged=jnp.array([True, True]),
+        observables=(jnp.ones((2, 3)),),
+    )
+    out = compaction.repeated(last, 3, 10)
+    np.testing.assert_array_equal(out.step, [[50, 60, 70]] * 2)
+    np.testing.assert_array_equal(out.time, [[1.5] * 3, [2.0] * 3])
+    assert out.observables[0].shape == (2, 3, 3)
