@@ -120,12 +120,16 @@ def test_an_interrupt_while_the_command_starts_is_one_line(delay):
     # (before any code of ours runs: it killed the child on a loaded machine) is not the case
     # tested; the entry point installs its own SIGINT handler whatever the child inherited, and
     # the delay counts from then (seen on Linux as the caught-signals mask).
-    with subprocess.Popen(
-        [*command, "inspect", "nowhere"],
-        stderr=subprocess.PIPE,
-        text=True,
-        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN),
-    ) as process:
+    # (an ignored signal is inherited through exec; `preexec_fn` would fork a process that
+    # runs JAX's threads, which JAX warns of)
+    ours = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        process = subprocess.Popen(
+            [*command, "inspect", "nowhere"], stderr=subprocess.PIPE, text=True
+        )
+    finally:
+        signal.signal(signal.SIGINT, ours)
+    with process:
         _wait_until_it_catches(process.pid, signal.SIGINT)
         time.sleep(delay)
         process.send_signal(signal.SIGINT)

@@ -8,6 +8,7 @@ lost."""
 
 import signal
 import sys
+from typing import NamedTuple
 
 
 _requested: type[BaseException] | None = None
@@ -22,14 +23,15 @@ def _stop_on(exception: type[BaseException]):
     return handler
 
 
-def install_stop_handlers(terminated: type[BaseException]) -> dict:
+class PreviousHandlers(NamedTuple):
+    sigint: object
+    sigterm: object
+    unraisablehook: object
+
+
+def install_stop_handlers(terminated: type[BaseException]) -> PreviousHandlers:
     """Handlers raising KeyboardInterrupt on SIGINT and `terminated` on SIGTERM, each recorded
-    for `raise_if_stop_requested`; returns the previous handlers for `restore_handlers`."""
-    previous = {
-        signal.SIGINT: signal.signal(signal.SIGINT, _stop_on(KeyboardInterrupt)),
-        signal.SIGTERM: signal.signal(signal.SIGTERM, _stop_on(terminated)),
-        "unraisablehook": sys.unraisablehook,
-    }
+    for `raise_if_stop_requested`; returns what they replace, for `restore_handlers`."""
     stops = (KeyboardInterrupt, terminated)
     report = sys.unraisablehook
 
@@ -38,17 +40,21 @@ def install_stop_handlers(terminated: type[BaseException]) -> dict:
         if not (_requested is not None and issubclass(unraisable.exc_type, stops)):
             report(unraisable)
 
+    previous = PreviousHandlers(
+        sigint=signal.signal(signal.SIGINT, _stop_on(KeyboardInterrupt)),
+        sigterm=signal.signal(signal.SIGTERM, _stop_on(terminated)),
+        unraisablehook=report,
+    )
     sys.unraisablehook = hook
     return previous
 
 
-def restore_handlers(previous: dict) -> None:
+def restore_handlers(previous: PreviousHandlers) -> None:
     global _requested
     _requested = None
-    previous = dict(previous)
-    sys.unraisablehook = previous.pop("unraisablehook")
-    for signum, handler in previous.items():
-        signal.signal(signum, handler)
+    signal.signal(signal.SIGINT, previous.sigint)
+    signal.signal(signal.SIGTERM, previous.sigterm)
+    sys.unraisablehook = previous.unraisablehook
 
 
 def raise_if_stop_requested() -> None:

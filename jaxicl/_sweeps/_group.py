@@ -109,8 +109,9 @@ class Group:
 
     def advance(self, states, n_records: int, frozen=None):
         """`(states, {name: (members, n_records, *dims) array}, frozen)`: `n_records` more
-        records. `frozen` (what the previous call returned; None: none known) names members
-        frozen for good: they are not trained, their records repeat (`_compaction.py`)."""
+        records. `frozen` (what the previous call returned; None: none known, or a study whose
+        records cannot be repeated) names members frozen for good: they are not trained, their
+        records repeat (`_compaction.py`)."""
         diverged_before = np.asarray(states.diverged)
         n_members = diverged_before.shape[0]
         live = np.arange(n_members)
@@ -132,7 +133,8 @@ class Group:
                 trajectory = compaction.merge(trajectory, index, live_trajectory, live.size)
             states = trained
         series = _series(self.study, trajectory)
-        frozen = compaction.frozen_after(diverged_before, trajectory)
+        if self.compacts:  # which members the next chunk may leave out
+            frozen = compaction.frozen_after(diverged_before, trajectory)
         return states, {name: np.asarray(v) for name, v in series.items()}, frozen
 
     def _train(self, states, n_records: int):
