@@ -121,17 +121,11 @@ def _derived_reduced_loss_jvp(block_sizes, context_len, primals, tangents):
         blockwise * inverse * (kernel[:, :, None] * gamma[:, :, None] + variance_grad * inverse)
     )
     through_own_kernel = jnp.sum(shrink_grad * own_inverse, axis=1, keepdims=True) / length
-    # G's extra diagonal (h = h'), applied to ω directly: a scatter into G made the gradient
-    # depend on the member count in its last bit (XLA's loops over members differed)
-    own_cross_grad = (
+    cross_grad = cross_grad.at[heads, heads].add(
         sizes * own_inverse * own_kernel * through_own_kernel
         + 2 * shrink_grad * own_kernel * own_inverse**2 / length
     )
-    grad_omega = (
-        slope_grad * mu * scale
-        + 2 * jnp.sum(cross_grad * omega[None], axis=1)
-        + 2 * own_cross_grad * omega
-    )
+    grad_omega = slope_grad * mu * scale + 2 * jnp.sum(cross_grad * omega[None], axis=1)
     grad_context_noise = 2 * context_noise * jnp.sum(variance_grad, axis=(0, 1, 2))
     grad_query_noise = 2 * query_noise * omega.shape[1]
     tangent = (
