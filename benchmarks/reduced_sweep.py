@@ -8,8 +8,7 @@ a compiling call, in member-steps per second of wall time and per second of the 
 CPU time; the share of the machine a hypervisor took meanwhile (`steal` in /proc/stat) is
 printed, since on a shared virtual machine wall times move with it.
 
-    python benchmarks/reduced_sweep.py --compare ../old-checkout \
-        --out benchmarks/reduced_sweep_cpu.json
+    python benchmarks/reduced_sweep.py --compare ../old-checkout --out benchmarks/reduced_sweep_cpu.json
 """
 
 import argparse
@@ -72,11 +71,7 @@ def run(source: str, members: int) -> dict:
     env = dict(os.environ, PYTHONPATH=os.path.abspath(source))
     done = subprocess.run(
         [sys.executable, "-c", CHILD, str(members)],
-        env=env,
-        capture_output=True,
-        text=True,
-        check=True,
-        cwd=os.path.abspath(source),
+        env=env, capture_output=True, text=True, check=True, cwd=os.path.abspath(source),
     )
     return json.loads(done.stdout.strip().splitlines()[-1])
 

@@ -7,10 +7,11 @@ import jax.numpy as jnp
 import jax.random as jr
 import pytest
 
+import jaxicl as ji
 from jaxicl._attention._init_schemes import INIT_SCHEMES
 from jaxicl._attention._reduced import expanded_reduced_loss
-from jaxicl._attention._reduced_derivative import derived_reduced_loss
 from jaxicl._attention._reduced_flows import REDUCED_FLOWS
+from jaxicl._attention._reduced_derivative import derived_reduced_loss
 
 
 SIZES, L = (4, 5, 6), 40
@@ -79,11 +80,8 @@ def test_members_minor_evaluation_equals_member_by_member(flow, scheme, getkey):
     objective = flow.objective(sizes, L, context_noise=0.2)
     joint = lambda s: jnp.sum(objective.evaluate_members(s, None))  # noqa: E731
     alone = lambda s: jnp.sum(eqx.filter_vmap(lambda m: objective.evaluate(m, None))(s))  # noqa: E731
-    assert jnp.allclose(
-        objective.evaluate_members(states, None),
-        eqx.filter_vmap(lambda m: objective.evaluate(m, None))(states),
-        rtol=1e-13,
-    )
+    assert jnp.allclose(objective.evaluate_members(states, None),
+                        eqx.filter_vmap(lambda m: objective.evaluate(m, None))(states), rtol=1e-13)
     got, want = jax.grad(joint)(states), jax.grad(alone)(states)
     for g, w in zip(jax.tree_util.tree_leaves(got), jax.tree_util.tree_leaves(want)):
         assert jnp.allclose(g, w, rtol=1e-12, atol=1e-14)

@@ -59,7 +59,7 @@ from jaxtyping import Array, Float, PRNGKeyArray
 from .. import _validation as check
 from .._custom_types import default_float_dtype
 from .._train._objectives import AbstractObjective
-from ._reduced_derivative import along_tasks, derived_reduced_loss, expansion_terms
+from ._reduced_derivative import derived_reduced_loss, expansion_terms
 
 
 class AbstractSpectral(eqx.Module):
@@ -146,8 +146,7 @@ def expanded_reduced_loss(
     terms = expansion_terms(omega, block_sizes, context_len, context_noise, tilt)
     fluctuation = jnp.einsum("hi...,gi...,hg...,hgi...->i...", mu, mu, terms.kernel, terms.variance)
     slope = jnp.sum(mu * omega / (1 + terms.shrink) if ratio_bias else mu * omega, axis=0)
-    sizes = along_tasks(block_sizes, slope, axis=0)
-    per_task = query_noise**2 + sizes * (1 - slope) ** 2 + fluctuation / context_len
+    per_task = query_noise**2 + terms.sizes * (1 - slope) ** 2 + fluctuation / context_len
     return jnp.sum(per_task, axis=0)
 
 

@@ -32,18 +32,20 @@ from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
-from jaxtyping import Array
+from jaxtyping import Array, Float
 
 
 class ExpansionTerms(NamedTuple):
     """The pieces of ℓ's first-order terms; trailing axes are members.
 
+    - `sizes`: r_i, shaped (n, 1…) to broadcast against a task axis.
     - `cross`: c_{hh'i} = ω_{h,i} ω_{h',i}, (H, H, n, …); `inverse`: 1/(1 − 2c).
     - `kernel`: K_{hh'} = Π_j (1 − 2 c_{hh'j})^{−r_j/2}, (H, H, …).
     - `variance`: V_{hh',i} = r_i + σ² + r_i c t (without the tilt: r_i + σ²), (H, H, n, …).
     - `shrink`: κ_{h,i} = K_{hh} / (L (1 − 2 ω_{h,i}²)), (H, n, …).
     """
 
+    sizes: Array
     cross: Array
     inverse: Array
     kernel: Array
@@ -53,30 +55,18 @@ class ExpansionTerms(NamedTuple):
 
 def expansion_terms(omega, block_sizes, context_len, context_noise, tilt=True) -> ExpansionTerms:
     """ℓ's pieces at `omega` (H, n, *members); see `ExpansionTerms`."""
+    members = (1,) * (omega.ndim - 2)
+    sizes = jnp.asarray(block_sizes, omega.dtype).reshape(-1, *members)  # (n, ...)
     cross = omega[:, None] * omega[None, :]  # (H, H, n, ...)
     inverse = 1 / (1 - 2 * cross)
-    blockwise = along_tasks(block_sizes, cross, axis=2)
+    blockwise = sizes[None, None]  # (1, 1, n, ...), as cross
     kernel = jnp.exp(-0.5 * jnp.sum(blockwise * jnp.log1p(-2 * cross), axis=2))  # (H, H, ...)
     tilted = blockwise * cross * inverse if tilt else jnp.zeros_like(cross)
     variance = blockwise + context_noise**2 + tilted
     heads = jnp.arange(omega.shape[0])
     own = kernel[heads, heads]  # K_{hh}: (H, ...)
     shrink = own[:, None] * inverse[heads, heads] / context_len  # κ_{h,i}
-    return ExpansionTerms(cross, inverse, kernel, variance, shrink)
-
-
-def along_tasks(values, like: Array, axis: int) -> Array:
-    """An array shaped like `like` holding `values[i]` at index i of its task `axis`.
-
-    Built from an iota and selects, not by broadcasting an (n,) array: XLA's CPU fusions
-    computed such a broadcast along a middle axis at a cost per element that made the
-    weights' flow (which scales each task's ω) run at 1.8-1.9 M member-steps/s on one core of a
-    2-core EPYC, against 2.7-2.8 M this way (512 members a chunk, members minor)."""
-    index = jax.lax.broadcasted_iota(jnp.int32, like.shape, axis)
-    out = jnp.full(like.shape, values[-1], like.dtype)
-    for i, value in enumerate(values[:-1]):
-        out = jnp.where(index == i, jnp.asarray(value, like.dtype), out)
-    return out
+    return ExpansionTerms(sizes, cross, inverse, kernel, variance, shrink)
 
 
 def _loss_and_pieces(omega, mu, block_sizes, context_len, context_noise, query_noise):
@@ -86,8 +76,7 @@ def _loss_and_pieces(omega, mu, block_sizes, context_len, context_noise, query_n
     pairs = mu[:, None] * mu[None, :]  # P_{hh'i}
     weighted = terms.kernel[:, :, None] * terms.variance  # K V
     fluctuation = jnp.sum(pairs * weighted, axis=(0, 1))
-    sizes = along_tasks(block_sizes, error, axis=0)
-    per_task = query_noise**2 + sizes * error**2 + fluctuation / context_len
+    per_task = query_noise**2 + terms.sizes * error**2 + fluctuation / context_len
     return jnp.sum(per_task, axis=0), (terms, scale, error, pairs, weighted)
 
 
@@ -102,12 +91,10 @@ def derived_reduced_loss(omega, mu, block_sizes, context_len, context_noise, que
 def _derived_reduced_loss_jvp(block_sizes, context_len, primals, tangents):
     omega, mu, context_noise, query_noise = primals
     d_omega, d_mu, d_context_noise, d_query_noise = tangents
-    loss, (terms, scale, error, pairs, weighted) = _loss_and_pieces(
-        *primals[:2], block_sizes, context_len, *primals[2:]
-    )
+    loss, (terms, scale, error, pairs, weighted) = _loss_and_pieces(*primals[:2], block_sizes,
+                                                                    context_len, *primals[2:])
     length = context_len
-    sizes = along_tasks(block_sizes, omega, axis=1)  # r_i: (H, n, ...)
-    slope_grad = -2 * sizes * error[None]  # a_i
+    slope_grad = -2 * terms.sizes[None] * error[None]  # a_i: (1, n, ...)
     grad_mu = slope_grad * omega * scale + (2 / length) * jnp.sum(mu[None] * weighted, axis=1)
     shrink_grad = -slope_grad * mu * omega * scale**2  # b_{h,i}
     heads = jnp.arange(omega.shape[0])
@@ -116,13 +103,11 @@ def _derived_reduced_loss_jvp(block_sizes, context_len, primals, tangents):
     own_inverse = inverse[heads, heads]  # t_{hhi}: (H, n, ...)
     gamma = jnp.sum(pairs * terms.variance, axis=2) / length  # Γ_{hh'}
     variance_grad = pairs * kernel[:, :, None] / length  # ∂ℓ/∂V
-    blockwise = along_tasks(block_sizes, inverse, axis=2)
-    cross_grad = (
-        blockwise * inverse * (kernel[:, :, None] * gamma[:, :, None] + variance_grad * inverse)
-    )
+    cross_grad = terms.sizes[None, None] * inverse * (kernel[:, :, None] * gamma[:, :, None]
+                                          + variance_grad * inverse)
     through_own_kernel = jnp.sum(shrink_grad * own_inverse, axis=1, keepdims=True) / length
     cross_grad = cross_grad.at[heads, heads].add(
-        sizes * own_inverse * own_kernel * through_own_kernel
+        terms.sizes[None] * own_inverse * own_kernel * through_own_kernel
         + 2 * shrink_grad * own_kernel * own_inverse**2 / length
     )
     grad_omega = slope_grad * mu * scale + 2 * jnp.sum(cross_grad * omega[None], axis=1)
