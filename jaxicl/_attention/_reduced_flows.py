@@ -55,7 +55,7 @@ class MergedWeights(AbstractSpectral):
     trailing_members: ClassVar[bool] = True
 
     def spectral(self):
-        return _each_task(self.w, self.block_sizes, lambda w, r: w / math.sqrt(r)), self.u
+        return self.w / jnp.sqrt(_per_task(self.block_sizes, self.w)), self.u
 
 
 class FactorizedWeights(AbstractSpectral):
@@ -73,9 +73,8 @@ class FactorizedWeights(AbstractSpectral):
     trailing_members: ClassVar[bool] = True
 
     def spectral(self):
-        root_width = math.sqrt(self.width)
-        omega = _each_task(self.q * self.k, self.block_sizes, lambda x, r: x / (r * root_width))
-        return omega, self.o * self.v
+        sizes = _per_task(self.block_sizes, self.q)
+        return self.q * self.k / (sizes * math.sqrt(self.width)), self.o * self.v
 
 
 class AbstractReducedFlow(eqx.Module):
@@ -104,14 +103,15 @@ class WeightFlow(AbstractReducedFlow):
 
     def state(self, start, block_sizes):
         if isinstance(start, MergedSpectral):
-            w = _each_task(start.omega, block_sizes, lambda omega, r: omega * math.sqrt(r))
-            return MergedWeights(w, start.mu, block_sizes)
+            sizes = _per_task(block_sizes, start.omega)
+            return MergedWeights(start.omega * jnp.sqrt(sizes), start.mu, block_sizes)
         if isinstance(start, FactorizedSpectral):
             width = sum(block_sizes) + len(block_sizes)
             # q̃ k̃ / (r √D) = q k
-            scaled = lambda x, r: x * math.sqrt(r * math.sqrt(width))  # noqa: E731
-            q, k = (_each_task(x, block_sizes, scaled) for x in (start.q, start.k))
-            return FactorizedWeights(q, k, start.o, start.v, block_sizes, width)
+            scale = jnp.sqrt(_per_task(block_sizes, start.q) * math.sqrt(width))
+            return FactorizedWeights(
+                start.q * scale, start.k * scale, start.o, start.v, block_sizes, width
+            )
         raise ValueError(
             "`start` must be a MergedSpectral or FactorizedSpectral (an init scheme's state), "
             f"got {type(start).__name__}."
@@ -139,14 +139,10 @@ class EuclideanFlow(AbstractReducedFlow):
         return ReducedLoss(block_sizes, context_len, **noise)
 
 
-def _each_task(x: Array, block_sizes: tuple[int, ...], fn) -> Array:
-    """`fn(x[:, i], r_i)` for each task i of `x` (H, n, *members), stacked back on axis 1.
-
-    r_i enters as a Python number: XLA's CPU fusions broadcast an (n,) array of sizes along
-    a middle axis with an index computation per element, and with members minor that took
-    the weights' flow from 2.7-3.1 down to 1.8-2.1 M member-steps/s on one core of a 2-core
-    EPYC (512 members a chunk)."""
-    return jnp.stack([fn(x[:, i], r) for i, r in enumerate(block_sizes)], axis=1)
+def _per_task(block_sizes: tuple[int, ...], like: Array) -> Array:
+    """r_i shaped to broadcast against `like`: (H, n, *members), tasks on its second axis."""
+    sizes = jnp.asarray(block_sizes, like.dtype)
+    return sizes.reshape((1, -1) + (1,) * (like.ndim - 2))
 
 
 # Names used at the command-line and sweep-file edge; the first is the default.
