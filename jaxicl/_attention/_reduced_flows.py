@@ -52,7 +52,6 @@ class MergedWeights(AbstractSpectral):
     w: Float[Array, "H n"]
     u: Float[Array, "H n"]
     block_sizes: tuple[int, ...] = eqx.field(static=True)
-    trailing_members: ClassVar[bool] = True
 
     def spectral(self):
         return self.w / jnp.sqrt(_per_task(self.block_sizes, self.w)), self.u
@@ -70,7 +69,6 @@ class FactorizedWeights(AbstractSpectral):
     v: Float[Array, "H n"]
     block_sizes: tuple[int, ...] = eqx.field(static=True)
     width: int = eqx.field(static=True)
-    trailing_members: ClassVar[bool] = True
 
     def spectral(self):
         sizes = _per_task(self.block_sizes, self.q)
@@ -140,9 +138,9 @@ class EuclideanFlow(AbstractReducedFlow):
 
 
 def _per_task(block_sizes: tuple[int, ...], like: Array) -> Array:
-    """r_i shaped to broadcast against `like`: (H, n, *members), tasks on its second axis."""
+    """r_i shaped to broadcast against `like` (tasks on its last axis)."""
     sizes = jnp.asarray(block_sizes, like.dtype)
-    return sizes.reshape((1, -1) + (1,) * (like.ndim - 2))
+    return sizes.reshape((1,) * (like.ndim - 1) + sizes.shape)
 
 
 # Names used at the command-line and sweep-file edge; the first is the default.
