@@ -4,8 +4,10 @@ import errno
 import json
 import os
 import pathlib
+import signal
 import subprocess
 import sys
+import time
 
 import jax
 import pytest
@@ -93,8 +95,6 @@ def test_a_reader_that_closed_the_pipe_ends_the_command_quietly():
 
 def _wait_until_it_catches(pid: int, signum: int, timeout: float = 120.0) -> None:
     """Wait until process `pid` has a handler for `signum` (Linux: /proc; elsewhere no wait)."""
-    import time
-
     status = pathlib.Path(f"/proc/{pid}/status")
     deadline = time.monotonic() + timeout
     while status.exists() and time.monotonic() < deadline:
@@ -112,9 +112,6 @@ def _wait_until_it_catches(pid: int, signum: int, timeout: float = 120.0) -> Non
 def test_an_interrupt_while_the_command_starts_is_one_line(delay):
     """Ctrl-C while JAX loads (seconds): one line, no traceback (it surfaced as an ImportError
     from an extension's initialisation, or in a garbage-collection callback)."""
-    import signal
-    import time
-
     command = [sys.executable, "-c", "import jaxicl_entry, sys; sys.exit(jaxicl_entry.main())"]
     # The child starts with SIGINT ignored, so a signal sent while the interpreter itself starts
     # (before any code of ours runs: it killed the child on a loaded machine) is not the case
