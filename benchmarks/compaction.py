@@ -40,9 +40,9 @@ def one_sweep(study, store, seeds: int, chunk_records, compact: bool) -> dict:
     trained = []
     real_train, real_deterministic = group_module.Group._train, compaction.deterministic
 
-    def counting_train(self, states, n_records):
+    def counting_train(self, states, n_records, chunk):
         trained.append(int(np.asarray(states.step).size) * n_records * self.record_every)
-        return real_train(self, states, n_records)
+        return real_train(self, states, n_records, chunk)
 
     group_module.Group._train = counting_train
     if not compact:

@@ -1,25 +1,41 @@
 """Compaction: a sweep trains only its live members once others are frozen for good (diverged),
 and stores exactly what training every member stores."""
 
+from typing import ClassVar
+
+import equinox as eqx
+import jax
 import jax.numpy as jnp
+import jax.random as jr
 import numpy as np
 import pytest
 
 from jaxicl import (
     ICLLoss,
+    Members,
     MultiTaskRegression,
     RandomPositive,
+    Record,
     ReducedAllocation,
     disjoint_blocks,
+    init_ensemble_state,
     sweep,
+    train_ensemble_steps,
 )
+from jaxicl._attention._reduced_flows import REDUCED_FLOWS
 from jaxicl._sweeps import _compaction as compaction, _group as group_module
 from jaxicl._train._state import Trajectory
 
 
+class ChunkedAllocation(ReducedAllocation):
+    """Members mapped 20 at a time: a unit compacts only when mapped in whole chunks."""
+
+    member_chunk: ClassVar[int] = 20
+
+
 # init scales from healthy (1e-3) to the edge of the expansion (ω near 1/√2 diverges within a
 # few steps) and beyond it (NaN at the first step)
-STUDY = ReducedAllocation(d=9, horizon=4.0, dt=0.25, n_records=8, scheme=RandomPositive())
+STUDY = ChunkedAllocation(d=9, horizon=4.0, dt=0.25, n_records=8, scheme=RandomPositive())
 GRID = {"heads": [2, 3], "init_scale": [1e-3, 0.55, 0.6, 0.9]}
 
 
@@ -28,9 +44,9 @@ def _sweep(store, monkeypatch, *, compact: bool):
     calls = []
     real_train = group_module.Group._train
 
-    def counting_train(self, states, n_records):
+    def counting_train(self, states, n_records, chunk):
         calls.append((int(np.asarray(states.step).size), n_records))
-        return real_train(self, states, n_records)
+        return real_train(self, states, n_records, chunk)
 
     with monkeypatch.context() as patch:
         patch.setattr(group_module.Group, "_train", counting_train)
@@ -104,19 +120,62 @@ def test_only_objectives_that_draw_nothing_allow_repeating_records():
 
 
 @pytest.mark.parametrize(
-    "n_live, n_members, n_devices, size",
+    "n_live, n_members, n_devices, chunk, size",
     [
-        (1, 160, 1, 20),  # an eighth of the unit
-        (21, 160, 1, 40),
-        (150, 160, 1, 160),  # saving under an eighth: the whole unit
-        (1, 160, 2, 20),
-        (1, 30, 2, 16),  # at least JOINT_LOSS_MEMBERS a device
-        (3, 12, 1, 8),
-        (3, 6, 1, 6),  # a unit under that: nothing to save
+        (1, 160, 1, 20, 20),  # an eighth of the unit
+        (21, 160, 1, 20, 40),
+        (150, 160, 1, 20, 160),  # saving under an eighth: the whole unit
+        (1, 160, 2, 20, 40),  # a whole chunk a device
+        (1, 160, 1, 8, 24),  # an eighth of the unit in whole chunks
+        (3, 12, 1, 4, 8),  # at least JOINT_LOSS_MEMBERS a device
+        (1, 160, 1, None, 160),  # all members at once: one shape only
+        (1, 150, 1, 20, 150),  # a remainder chunk of another shape
+        (1, 160, 1, 160, 160),
     ],
 )
-def test_live_counts_are_padded_to_few_sizes(n_live, n_members, n_devices, size):
-    assert compaction.live_size(n_live, n_members, n_devices) == size
+def test_live_counts_are_whole_chunks_of_few_sizes(n_live, n_members, n_devices, chunk, size):
+    assert compaction.live_size(n_live, n_members, n_devices, chunk) == size
+
+
+@pytest.mark.parametrize("flow", ["weights", "euclidean"])
+def test_members_carry_the_same_bits_in_fewer_chunks_of_one_shape(flow):
+    """What compaction relies on: a member's recorded losses and state are the same bits when
+    fewer chunks of the same shape share the call. XLA's CPU backend sums a reduction over 32
+    KiB in another order: chunks of 160 members are over that size in the reduced loss, and 16
+    steps a record of 480 members over it and of 160 under it, were the record's mean loss a
+    reduction (it once was, and differed in the last bit)."""
+    study = ReducedAllocation(
+        d=9, horizon=2.0, dt=0.05, n_records=4, flow=REDUCED_FLOWS[flow], scheme=RandomPositive()
+    )
+    models = eqx.filter_vmap(lambda k: study.initial_model({"heads": 3, "init_scale": 0.1}, k))(
+        jr.split(jr.key(1), 480)
+    )
+    optimizer = study.optimizer()
+
+    def train(count):
+        states = init_ensemble_state(jax.tree_util.tree_map(lambda x: x[:count], models), optimizer)
+        return train_ensemble_steps(
+            states,
+            study.objective(),
+            optimizer,
+            steps=64,
+            key=jr.key(2),
+            record=Record(every=16),
+            members=Members(chunk=160, shard=False),
+        )
+
+    whole_states, whole = train(480)
+    assert bool(jnp.all(jnp.isfinite(whole.loss)))
+    for count in (160, 320):
+        states, trajectory = train(count)
+        for name in ("loss", "loss_mean"):
+            got, want = getattr(trajectory, name), getattr(whole, name)[:count]
+            assert bool(jnp.all(got == want)), (count, name)
+        leaves = zip(
+            jax.tree_util.tree_leaves(states.model), jax.tree_util.tree_leaves(whole_states.model)
+        )
+        for got, want in leaves:
+            assert bool(jnp.all(got == want[:count])), count
 
 
 def test_repeated_records_move_only_the_step():

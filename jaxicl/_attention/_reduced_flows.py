@@ -38,10 +38,10 @@ import math
 from typing import ClassVar
 
 import equinox as eqx
-import jax.numpy as jnp
 from jaxtyping import Array, Float
 
 from ._reduced import AbstractSpectral, FactorizedSpectral, MergedSpectral, ReducedLoss
+from ._reduced_derivative import along_tasks
 
 
 class MergedWeights(AbstractSpectral):
@@ -52,9 +52,11 @@ class MergedWeights(AbstractSpectral):
     w: Float[Array, "H n"]
     u: Float[Array, "H n"]
     block_sizes: tuple[int, ...] = eqx.field(static=True)
+    trailing_members: ClassVar[bool] = True
 
     def spectral(self):
-        return self.w / jnp.sqrt(_per_task(self.block_sizes, self.w)), self.u
+        roots = [math.sqrt(r) for r in self.block_sizes]
+        return self.w / along_tasks(roots, self.w, axis=1), self.u
 
 
 class FactorizedWeights(AbstractSpectral):
@@ -69,10 +71,11 @@ class FactorizedWeights(AbstractSpectral):
     v: Float[Array, "H n"]
     block_sizes: tuple[int, ...] = eqx.field(static=True)
     width: int = eqx.field(static=True)
+    trailing_members: ClassVar[bool] = True
 
     def spectral(self):
-        sizes = _per_task(self.block_sizes, self.q)
-        return self.q * self.k / (sizes * math.sqrt(self.width)), self.o * self.v
+        scales = [r * math.sqrt(self.width) for r in self.block_sizes]
+        return self.q * self.k / along_tasks(scales, self.q, axis=1), self.o * self.v
 
 
 class AbstractReducedFlow(eqx.Module):
@@ -101,12 +104,13 @@ class WeightFlow(AbstractReducedFlow):
 
     def state(self, start, block_sizes):
         if isinstance(start, MergedSpectral):
-            sizes = _per_task(block_sizes, start.omega)
-            return MergedWeights(start.omega * jnp.sqrt(sizes), start.mu, block_sizes)
+            roots = [math.sqrt(r) for r in block_sizes]
+            w = start.omega * along_tasks(roots, start.omega, axis=1)
+            return MergedWeights(w, start.mu, block_sizes)
         if isinstance(start, FactorizedSpectral):
             width = sum(block_sizes) + len(block_sizes)
             # q̃ k̃ / (r √D) = q k
-            scale = jnp.sqrt(_per_task(block_sizes, start.q) * math.sqrt(width))
+            scale = along_tasks([math.sqrt(r * math.sqrt(width)) for r in block_sizes], start.q, 1)
             return FactorizedWeights(
                 start.q * scale, start.k * scale, start.o, start.v, block_sizes, width
             )
@@ -135,12 +139,6 @@ class EuclideanFlow(AbstractReducedFlow):
 
     def objective(self, block_sizes, context_len, **noise):
         return ReducedLoss(block_sizes, context_len, **noise)
-
-
-def _per_task(block_sizes: tuple[int, ...], like: Array) -> Array:
-    """r_i shaped to broadcast against `like` (tasks on its last axis)."""
-    sizes = jnp.asarray(block_sizes, like.dtype)
-    return sizes.reshape((1,) * (like.ndim - 1) + sizes.shape)
 
 
 # Names used at the command-line and sweep-file edge; the first is the default.

@@ -9,9 +9,20 @@ records by repeating its last one, which it has seen computed. The stored number
 training every member (tests/test_compaction.py compares the stores bit for bit).
 
 Under fresh prompts a frozen member's recorded loss changes every step, so nothing can be
-repeated: such studies train every member to the end, as before. Live counts are padded up to
-one of a few sizes (eighths of the unit, at least a vector's worth of members a device), so a
-unit compiles at most a few programs.
+repeated: such studies train every member to the end, as before.
+
+A live member's numbers must be the bits it has in the whole unit, and XLA computes them the
+same way only at the same shape: its CPU backend (jaxlib 0.10) hands a reduction over 32 KiB to
+a library kernel (YNNPACK) that sums in another order than its own loops (the reduced loss of
+H = 3 heads and 3 tasks crossed that size between 148 and 152 members, and changed in its last
+bit). Turning the kernel off made the reduced sweep 5× slower. So a compacting unit maps its
+members in chunks of one shape (its `member_chunk`, resolved once for the whole unit), whole or
+compacted, and live counts are padded to whole chunks, in steps of about an eighth of the unit
+(a unit compiles at most a few programs) and at least a vector's worth of members a device. A
+unit not mapped in whole chunks (all members at once, as on accelerators and for units of at
+most 16 members a device, or with a remainder chunk) is not compacted.
+The trainer carries a record block's mean loss as a running sum for the same reason
+(`_train/_step.py`).
 """
 
 from typing import NamedTuple
@@ -58,14 +69,21 @@ def frozen_after(diverged_before: np.ndarray, trajectory: Trajectory) -> FrozenR
     return FrozenRecords(frozen=frozen, last=last)
 
 
-def live_size(n_live: int, n_members: int, n_devices: int) -> int:
-    """The padded count of live members to train: a multiple of an eighth of the unit (and of
-    the devices), at least `JOINT_LOSS_MEMBERS` a device so that members are evaluated as in
-    the whole unit; `n_members` when that saves nothing."""
-    step = -(-n_members // SIZE_STEPS)
-    step = -(-step // n_devices) * n_devices
-    size = max(-(-n_live // step) * step, JOINT_LOSS_MEMBERS * n_devices)
-    return min(size, n_members)
+def live_size(n_live: int, n_members: int, n_devices: int, chunk: int | None) -> int:
+    """The padded count of live members to train: whole member chunks of the unit's shape
+    (`chunk` a device), a multiple of about an eighth of the unit (so a unit compiles at most a
+    few programs), at least `JOINT_LOSS_MEMBERS` a device so that members are evaluated as in
+    the whole unit; `n_members` when that saves nothing, or when the unit's members are not
+    mapped in whole chunks of one shape (all at once, or with a remainder): a member's numbers
+    are the same bits only at the same shape."""
+    local = n_members // n_devices
+    if chunk is None or chunk >= local or local % chunk:
+        return n_members
+    step = -(-local // SIZE_STEPS)
+    step = -(-step // chunk) * chunk
+    fewest = -(-JOINT_LOSS_MEMBERS // step) * step
+    size = max(-(-n_live // (step * n_devices)) * step, fewest)
+    return min(size, local) * n_devices
 
 
 def take(tree, index):

@@ -20,7 +20,7 @@ from .._train._objectives import AbstractObjective
 from .._train._options import Members, Record, no_observables
 from .._train._state import init_ensemble_state
 from .._train._step import StepProgram, run_steps
-from .._train._trainer import train_ensemble_steps
+from .._train._trainer import resolved_member_chunk, train_ensemble_steps
 from . import _compaction as compaction
 from ._member_values import member_optimizer, member_optimizer_state, unused_inputs
 from ._study import AbstractStudy
@@ -117,17 +117,21 @@ class Group:
         live = np.arange(n_members)
         if self.compacts and frozen is not None:
             live = np.flatnonzero(~frozen.frozen)
+        # A compacting unit maps its members in chunks of one shape, whole or compacted: XLA
+        # may sum a member's numbers in another order at another shape (`_compaction.py`).
+        chunk = self._unit_chunk(states) if self.compacts else type(self.study).member_chunk
         if live.size == n_members:
-            states, trajectory = self._train(states, n_records)
+            states, trajectory = self._train(states, n_records, chunk)
         else:
             steps = n_records * self.record_every
             trajectory = compaction.repeated(frozen.last, n_records, self.record_every)
             trained = compaction.advance_frozen(states, steps)
             if live.size:
-                size = compaction.live_size(live.size, n_members, member_devices(True, n_members))
+                n_devices = member_devices(True, n_members)
+                size = compaction.live_size(live.size, n_members, n_devices, chunk)
                 index = np.concatenate([live, np.full(size - live.size, live[0])])
                 live_states, live_trajectory = self._train(
-                    compaction.take(states, index), n_records
+                    compaction.take(states, index), n_records, chunk
                 )
                 trained = compaction.merge(trained, index, live_states, live.size)
                 trajectory = compaction.merge(trajectory, index, live_trajectory, live.size)
@@ -137,7 +141,20 @@ class Group:
             frozen = compaction.frozen_after(diverged_before, trajectory)
         return states, {name: np.asarray(v) for name, v in series.items()}, frozen
 
-    def _train(self, states, n_records: int):
+    def _unit_chunk(self, states) -> int | None:
+        """The chunk the study's `member_chunk` resolves to for this whole unit."""
+        return resolved_member_chunk(
+            states,
+            self.objective,
+            self.optimizer,
+            members=Members(chunk=type(self.study).member_chunk),
+            observe=self.observe,
+            after_step=self.after_step,
+            shared_data=self.shared_data,
+            matmul_precision=self.matmul_precision,
+        )
+
+    def _train(self, states, n_records: int, chunk):
         return train_ensemble_steps(
             states,
             self.objective,
@@ -145,7 +162,7 @@ class Group:
             steps=n_records * self.record_every,
             key=self.data_key,
             record=self.record(self.record_every),
-            members=Members(chunk=type(self.study).member_chunk),
+            members=Members(chunk=chunk),
             after_step=self.after_step,
             shared_data=self.shared_data,
             matmul_precision=self.matmul_precision,

@@ -1,7 +1,9 @@
 """Mapping members: over chunks inside a step (`map_members`), and over local devices
 (`run_sharded`); how many devices share them, and the chunk "auto" chooses for a workload.
 
-Members never interact, so how they are split changes no result.
+Members never interact, so how they are split changes no result beyond rounding: XLA may sum
+a member's numbers in another order at another shape, so the bits are the same only for
+members mapped in chunks of the same shape (what compaction relies on, `_sweeps/_compaction.py`).
 """
 
 import equinox as eqx

@@ -56,7 +56,8 @@ class Record(eqx.Module):
 
 
 class Members(eqx.Module):
-    """How an ensemble's members are mapped inside each step; results do not depend on it.
+    """How an ensemble's members are mapped inside each step; results do not depend on it
+    beyond rounding (bit for bit only at the same chunk shape).
 
     **Fields:**
 

@@ -159,8 +159,15 @@ def run_steps(states, objective, optimizer, key, start_step, program: "StepProgr
         observed = map_members(eqx.filter_vmap(lambda s: observe(s.model)), states, member_chunk)
         header = (states.step, states.time)
         states, losses = lax.scan(one_step, states, block_steps)
+        # The mean loss of the block sums the stacked losses one step after another in a loop,
+        # not as a reduction: XLA's CPU backend hands a reduction over 32 KiB to a library
+        # kernel (YNNPACK) that sums in another order, so the mean's last bit depended on how
+        # many members shared the call (and compaction, which trains fewer, stores other bits).
+        total, _ = lax.scan(
+            lambda total, loss: (total + loss, None), jnp.zeros_like(losses[0]), losses
+        )
         # The flag at the end of the block: divergence inside the last block is still reported.
-        return states, (*header, states.diverged, losses[0], losses.mean(axis=0), observed)
+        return states, (*header, states.diverged, losses[0], total / record_every, observed)
 
     n_blocks = steps // record_every
     block_steps = start_step + jnp.arange(steps, dtype=jnp.int32).reshape(n_blocks, record_every)

@@ -52,7 +52,7 @@ def train_ensemble_steps(
       the loss, once).
     - `members`: how members are mapped inside a step, e.g. `Members(chunk=32, shard=False)`
       (default: chunks chosen from XLA's memory analysis, sharded over local devices).
-      Results do not depend on it.
+      Results do not depend on it beyond rounding (bit for bit only at the same chunk shape).
     - `after_step`: `(model, data, step, key) -> model`, applied after every optimizer step
       (e.g. particle perturbations or birth–death); `key` is per member and per step.
     - `shared_data`: `True` (default): every member sees the same prompts at a given step
@@ -79,9 +79,50 @@ def train_ensemble_steps(
     member_steps = np.unique(host_steps)
     if member_steps.size != 1:
         raise ValueError("`states` must all be at the same step; continue them separately.")
-    n_members = host_steps.shape[0]
+    n_devices, chunk = _mapping(
+        states,
+        objective,
+        optimizer,
+        members,
+        record.observe,
+        after_step,
+        shared_data,
+        matmul_precision,
+    )
+    # the precision is part of what jit traces, so each setting has its own programs
+    with jax.default_matmul_precision(matmul_precision):
+        start_step = jnp.asarray(member_steps[0], jnp.int32)
+        program = StepProgram(steps, record, after_step, shared_data, chunk)
+        if n_devices > 1:
+            return run_sharded(
+                run_steps, states, objective, optimizer, key, start_step, program, n_devices
+            )
+        return _run_jit(states, objective, optimizer, key, start_step, program)
+
+
+def resolved_member_chunk(
+    states: TrainState,
+    objective: Objective,
+    optimizer: optax.GradientTransformation,
+    *,
+    members: Members = Members(),
+    observe=Record().observe,
+    after_step: AfterStep | None = None,
+    shared_data: bool = True,
+    matmul_precision: str = "highest",
+) -> int | None:
+    """The chunk a device maps its members in when `train_ensemble_steps` trains these states
+    with these options (`None`: all at once), "auto" resolved as the trainer resolves it."""
+    return _mapping(
+        states, objective, optimizer, members, observe, after_step, shared_data, matmul_precision
+    )[1]
+
+
+def _mapping(states, objective, optimizer, members, observe, after_step, shared_data, precision):
+    """`(n_devices, chunk)`: how `train_ensemble_steps` maps these members."""
+    n_members = np.asarray(states.step).shape[0]
     n_devices = member_devices(members.shard, n_members)
-    one_step = StepProgram(1, Record(observe=record.observe), after_step, shared_data)
+    one_step = StepProgram(1, Record(observe=observe), after_step, shared_data)
 
     def lower_probe(k):
         probe = jtu.tree_map(
@@ -90,17 +131,10 @@ def train_ensemble_steps(
         )
         return lower_steps(probe, objective, optimizer, one_step)
 
-    # the precision is part of what jit traces, so each setting has its own programs
-    with jax.default_matmul_precision(matmul_precision):
-        workload = (objective, optimizer, one_step, states, matmul_precision)
+    with jax.default_matmul_precision(precision):
+        workload = (objective, optimizer, one_step, states, precision)
         chunk = _AUTO_CHUNKS.resolve(members.chunk, states, lower_probe, workload, n_devices)
-        start_step = jnp.asarray(member_steps[0], jnp.int32)
-        program = StepProgram(steps, record, after_step, shared_data, chunk)
-        if n_devices > 1:
-            return run_sharded(
-                run_steps, states, objective, optimizer, key, start_step, program, n_devices
-            )
-        return _run_jit(states, objective, optimizer, key, start_step, program)
+    return n_devices, chunk
 
 
 # what only an ensemble has: a single run is one member, all at once, on one device
