@@ -121,8 +121,9 @@ def _derived_reduced_loss_jvp(block_sizes, context_len, primals, tangents):
         blockwise * inverse * (kernel[:, :, None] * gamma[:, :, None] + variance_grad * inverse)
     )
     through_own_kernel = jnp.sum(shrink_grad * own_inverse, axis=1, keepdims=True) / length
-    # G's extra diagonal (h = h'), applied to ω directly: a scatter into G made the gradient
-    # depend on the member count in its last bit (XLA's loops over members differed)
+    # G's extra diagonal (h = h'), applied to ω directly rather than scattered into G: one
+    # pass fewer over G, and with the scatter the gradient differed in its last bit between
+    # member counts
     own_cross_grad = (
         sizes * own_inverse * own_kernel * through_own_kernel
         + 2 * shrink_grad * own_kernel * own_inverse**2 / length

@@ -21,8 +21,8 @@ compacted, and live counts are padded to whole chunks, in steps of about an eigh
 (a unit compiles at most a few programs) and at least a vector's worth of members a device. A
 unit not mapped in whole chunks (all members at once, as on accelerators and for units of at
 most 16 members a device, or with a remainder chunk) is not compacted.
-The trainer carries a record block's mean loss as a running sum for the same reason
-(`_train/_step.py`).
+For the same reason the trainer sums a record block's losses step after step in a loop, not
+by a reduction (`_train/_step.py`).
 """
 
 from typing import NamedTuple

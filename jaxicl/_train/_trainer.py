@@ -120,8 +120,7 @@ def resolved_member_chunk(
 
 def _mapping(states, objective, optimizer, members, observe, after_step, shared_data, precision):
     """`(n_devices, chunk)`: how `train_ensemble_steps` maps these members."""
-    n_members = np.asarray(states.step).shape[0]
-    n_devices = member_devices(members.shard, n_members)
+    n_devices = member_devices(members.shard, np.shape(states.step)[0])
     one_step = StepProgram(1, Record(observe=observe), after_step, shared_data)
 
     def lower_probe(k):
