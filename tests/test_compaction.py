@@ -39,7 +39,20 @@ STUDY = ChunkedAllocation(d=9, horizon=4.0, dt=0.25, n_records=8, scheme=RandomP
 GRID = {"heads": [2, 3], "init_scale": [1e-3, 0.55, 0.6, 0.9]}
 
 
-def _sweep(store, monkeypatch, *, compact: bool):
+class StoppingAllocation(ChunkedAllocation):
+    """A user's own rule: a member whose loss is under 0.9 is final (stopped)."""
+
+    def stop(self):
+        objective = self.objective()
+        return lambda model: objective.evaluate(model, None) < 0.9
+
+
+# members that stop at several records (0.2, 0.3), diverge (0.55, 0.9) or neither
+STOPPING = StoppingAllocation(d=9, horizon=4.0, dt=0.25, n_records=8, scheme=RandomPositive())
+STOPPING_GRID = {"heads": [2, 3], "init_scale": [1e-3, 0.2, 0.3, 0.9]}
+
+
+def _sweep(store, monkeypatch, *, compact: bool, study=STUDY, grid=GRID):
     """The sweep's dataset and the member count of every training call it made."""
     calls = []
     real_train = group_module.Group._train
@@ -53,10 +66,10 @@ def _sweep(store, monkeypatch, *, compact: bool):
         if not compact:
             patch.setattr(compaction, "deterministic", lambda objective: False)
         data = sweep(
-            STUDY,
+            study,
             store=store,
             seeds=40,
-            grid=GRID,
+            grid=grid,
             members_per_call=160,
             chunk_records=2,
             progress=False,
@@ -83,6 +96,33 @@ def test_compacted_sweep_stores_the_same_bits_and_trains_fewer_members(tmp_path,
     trained = sum(m * r for m, r in calls)
     assert trained < 0.8 * sum(m * r for m, r in whole_calls), calls
     assert all(m % 20 == 0 for m, _ in calls), calls
+
+
+def test_stopped_members_are_not_trained_and_store_the_same_bits(tmp_path, monkeypatch):
+    compacted, calls = _sweep(
+        tmp_path / "compacted", monkeypatch, compact=True, study=STOPPING, grid=STOPPING_GRID
+    )
+    whole, whole_calls = _sweep(
+        tmp_path / "whole", monkeypatch, compact=False, study=STOPPING, grid=STOPPING_GRID
+    )
+    for name in whole.data_vars:
+        np.testing.assert_array_equal(
+            np.asarray(compacted[name]), np.asarray(whole[name]), err_msg=name
+        )
+    stopped = np.asarray(whole["stopped"]) == 1
+    loss = np.asarray(whole["loss"])
+    below = loss < 0.9
+    # a member stops at its first record under 0.9 and repeats that record to the end
+    assert np.array_equal(stopped, below.any(axis=-1))
+    first = np.argmax(below, axis=-1)
+    assert len(np.unique(first[stopped])) >= 3, np.unique(first[stopped])
+    held = np.take_along_axis(loss, first[..., None], axis=-1)
+    after = np.arange(loss.shape[-1]) >= first[..., None]
+    assert np.all((loss == held)[after & stopped[..., None]])
+    assert not np.any(loss[~after & stopped[..., None]] < 0.9)
+    assert not (stopped & (np.asarray(whole["diverged"]) == 1)).any()
+    trained = sum(m * r for m, r in calls)
+    assert trained < 0.8 * sum(m * r for m, r in whole_calls), calls
 
 
 @pytest.mark.slow  # three sweeps
@@ -184,8 +224,9 @@ def test_repeated_records_move_only_the_step():
         time=jnp.array([1.5, 2.0]),
         loss=jnp.array([0.3, jnp.nan]),
         loss_mean=jnp.array([0.3, jnp.nan]),
-        diverged=jnp.array([True, True]),
+        diverged=jnp.array([True, False]),
         observables=(jnp.ones((2, 3)),),
+        stopped=jnp.array([False, True]),
     )
     out = compaction.repeated(last, 3, 10)
     np.testing.assert_array_equal(out.step, [[50, 60, 70]] * 2)

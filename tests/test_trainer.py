@@ -1,4 +1,5 @@
 import equinox as eqx
+import numpy as np
 import jax
 import jax.numpy as jnp
 import jax.random as jr
@@ -371,3 +372,56 @@ def test_auto_member_chunk_is_chosen_once_per_workload(getkey, monkeypatch):
             key=jr.key(seed),
         )
     assert len(calls) == (1 if jax.default_backend() == "cpu" else 0)
+
+
+def test_a_stopped_member_is_frozen_from_its_record_on():
+    """SGD 0.1 on x² maps x to 0.8x: records every 5 steps scale x by 0.8⁵. A member stops at
+    its first record with |x| < 0.1 (the rule sees the record's model) and keeps that state;
+    until then its records are the bits of a run without the rule."""
+    models = _Scalar(jnp.array([1.0, 0.5, 0.05, 1e3, 1e200]))  # (1e200)² overflows
+    optimizer = ji.sgd(0.1)
+    loss = lambda m, *, key: m.x**2  # noqa: E731
+    init = ji.init_ensemble_state(models, optimizer)
+
+    def run(stop):
+        record = ji.Record(every=5, observe=lambda m: m.x, stop=stop)
+        return ji.train_ensemble_steps(
+            init, loss, optimizer, steps=40, record=record, key=jr.key(0)
+        )
+
+    free_states, free = run(None)
+    never_states, never = run(lambda m: m.x < -1.0)
+    states, traj = run(lambda m: jnp.abs(m.x) < 0.1)
+    # a rule that never fires changes no bit
+    pairs = zip(
+        jax.tree_util.tree_leaves((never_states, never)),
+        jax.tree_util.tree_leaves((free_states, free)),
+    )
+    for got, want in pairs:
+        assert bool(jnp.all((got == want) | (jnp.isnan(got) & jnp.isnan(want))))
+    x = np.asarray(free.observables)
+    below = np.abs(x) < 0.1
+    first = np.where(below.any(axis=1), np.argmax(below, axis=1), x.shape[1])
+    assert first.tolist() == [3, 2, 0, 8, 8]  # 1e3 never gets there; 1e200 diverges
+    assert np.asarray(traj.stopped).tolist() == [
+        [k >= f for k in range(x.shape[1])] for f in first
+    ]
+    assert states.stopped.tolist() == [True, True, True, False, False]
+    assert states.diverged.tolist() == [False, False, False, False, True]
+    for name in ("observables", "loss", "loss_mean", "time"):
+        got, want = np.asarray(getattr(traj, name)), np.asarray(getattr(free, name))
+        for i, f in enumerate(first):
+            # before the stop the records are a free run's; from it on they hold still
+            np.testing.assert_array_equal(got[i, :f], want[i, :f], err_msg=name)
+            np.testing.assert_array_equal(got[i, f:], got[i, min(f, 7)], err_msg=name)
+            if name != "loss_mean" and f < 8:  # the record of the stop is the free run's
+                assert got[i, f] == want[i, f], name
+    # the stopped state is the record's model; its step count still moves on
+    np.testing.assert_array_equal(states.model.x[:3], x[:3][np.arange(3), first[:3]])
+    assert states.step.tolist() == [40] * 5
+    np.testing.assert_array_equal(states.time[:3], np.asarray(free.time)[np.arange(3), first[:3]])
+
+
+def test_a_stop_rule_must_be_a_function():
+    with pytest.raises(ValueError, match="`Record.stop` must be None or a function"):
+        ji.Record(every=2, stop=0.1)

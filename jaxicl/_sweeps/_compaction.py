@@ -1,7 +1,8 @@
 """Compaction: members frozen for good stop costing a sweep, with its stored records unchanged.
 
 A diverged member is frozen by the trainer: its model, optimizer state and time never change
-again, only its step count. Under a deterministic objective (one that draws no data) every
+again, only its step count; so is a member the study's `stop` rule declared final (stopped at a
+record, frozen from that record's step on). Under a deterministic objective (one that draws no data) every
 record it leaves after a whole frozen record block is the same as that block's, apart from the
 step: its loss, mean loss and observables are the same function of the same state. So between
 step chunks the runner trains only the members still live, and writes each frozen member's
@@ -60,9 +61,10 @@ def deterministic(objective) -> bool:
 
 def frozen_after(diverged_before: np.ndarray, trajectory: Trajectory) -> FrozenRecords:
     """The members whose last record of this chunk repeats for ever: frozen during its whole
-    block, i.e. diverged at the chunk's start or by the end of the record before the last."""
+    block, i.e. diverged at the chunk's start or by the end of the record before the last, or
+    stopped at the last record (a stop takes effect from the record's own step)."""
     flags = np.asarray(trajectory.diverged)
-    frozen = np.asarray(diverged_before, bool).copy()
+    frozen = np.asarray(diverged_before, bool) | np.asarray(trajectory.stopped)[:, -1]
     if flags.shape[1] >= 2:
         frozen |= flags[:, -2]
     last = jtu.tree_map(lambda x: x[:, -1], trajectory)
@@ -102,6 +104,7 @@ def repeated(last: Trajectory, n_records: int, record_every: int) -> Trajectory:
         loss_mean=tiled.loss_mean,
         diverged=tiled.diverged,
         observables=tiled.observables,
+        stopped=tiled.stopped,
     )
 
 

@@ -49,20 +49,29 @@ def _series(study: AbstractStudy, trajectory):
 @eqx.filter_jit
 def _summaries(study: AbstractStudy, states, series: dict):
     """The study's summaries, with the divergence flag always among them (a study's own
-    `summarize` may leave it out; a diverged member is never stored as a healthy one)."""
+    `summarize` may leave it out; a diverged member is never stored as a healthy one), and the
+    stop flag where the study has a `stop` rule (a stopped member is never stored as one
+    trained to the end)."""
+    flags = {"diverged": lambda state: state.diverged}
+    if study.stop() is not None:
+        flags["stopped"] = lambda state: state.stopped
 
     def one(state, member_series):
         summaries = study.summarize(state, member_series)
-        if "diverged" in summaries or "diverged" in member_series:  # the study records it
-            return summaries
-        return {"diverged": state.diverged, **summaries}
+        added = {
+            name: flag(state)
+            for name, flag in flags.items()
+            if name not in summaries and name not in member_series  # the study records it
+        }
+        return {**added, **summaries}
 
     return jax.vmap(one)(states, series)
 
 
 def _build_parts(study: AbstractStudy) -> tuple:
     observe = study.observe() or no_observables
-    return study.objective(), member_optimizer(study), observe, study.after_step()
+    parts = study.objective(), member_optimizer(study), observe, study.after_step()
+    return (*parts, study.stop())
 
 
 _cached_parts = functools.lru_cache(maxsize=64)(_build_parts)
@@ -92,13 +101,13 @@ class Group:
         self.init_key, self.data_key = init_key, data_key
         self.n_records, self.record_every = study.schedule()
         self.time = np.asarray(study.time())
-        self.objective, self.optimizer, self.observe, self.after_step = _parts(study)
+        self.objective, self.optimizer, self.observe, self.after_step, self.stop = _parts(study)
         self.shared_data = type(study).shared_data
         # frozen members are left out of training only where their records can be repeated
         self.compacts = compaction.deterministic(self.objective)
 
     def record(self, every: int | None = None) -> Record:
-        return Record(every=every, observe=self.observe)
+        return Record(every=every, observe=self.observe, stop=self.stop)
 
     def init(self, member_values: dict, seeds):
         """Stacked states of these members (`member_values`: every member axis → one value per

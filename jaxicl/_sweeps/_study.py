@@ -57,7 +57,7 @@ class AbstractStudy(eqx.Module):
       stands for); boolean flags get "1 = true, 0 = false, NaN = not run yet".
 
     **Methods to implement:** `initial_model`, `objective`, `optimizer`, `schedule`; optionally
-    `after_step`, `observe`, `series`, `summarize`, `time`, `check_grid`.
+    `after_step`, `observe`, `stop`, `series`, `summarize`, `time`, `check_grid`.
     """
 
     member_axes: ClassVar[tuple[str, ...]] = ()
@@ -98,6 +98,14 @@ class AbstractStudy(eqx.Module):
         reach `series` as `trajectory.observables`)."""
         return None
 
+    def stop(self):
+        """An optional rule saying a member's outcome is final, `model -> bool`, checked at
+        every record (`Record.stop`): the member is frozen from there on and its later records
+        are its frozen state's (which a sweep under a deterministic objective does not
+        compute again), and the runner adds the summary `stopped`. A rule must only fire where
+        training on could not change what the study stores beyond what it accepts."""
+        return None
+
     def series(self, trajectory: Trajectory) -> dict[str, Array]:
         """The per-record series stored for one member (each of shape `(n_records,)`, or
         `(n_records, *shape)` for one named in `series_dims`). By default the mean training loss
@@ -107,7 +115,8 @@ class AbstractStudy(eqx.Module):
     def summarize(self, state: TrainState, series: dict[str, Array]) -> dict[str, Array]:
         """Per-member values (scalars, or arrays named in `summary_dims`) from the final state
         and the member's whole series (traceable: the runner vmaps and compiles it). The runner
-        always adds the divergence flag `diverged`."""
+        always adds the divergence flag `diverged`, and `stopped` for a study with a `stop`
+        rule."""
         return {"diverged": state.diverged}
 
     def time(self) -> np.ndarray:

@@ -2,6 +2,7 @@
 records (`Record`) and how an ensemble's members are mapped (`Members`)."""
 
 from collections.abc import Callable
+from typing import Any
 
 import equinox as eqx
 from jaxtyping import PyTree
@@ -33,10 +34,17 @@ class Record(eqx.Module):
       that step's update), so `steps` must be a multiple of it. `None` (default): one record,
       of the whole run.
     - `observe`: a function of one model whose pytree is recorded with the loss.
+    - `stop`: None (default), or a function of one model returning a boolean scalar: whether
+      the member's outcome is final (e.g. settled at a minimum). It is checked on the model of
+      each record; once true the member is stopped: frozen from that record's step on like a
+      diverged member (model, optimizer state and time never change again), with `stopped`
+      set in its state and records. Its records from there on are its frozen state's, which
+      a sweep need not compute again (`_sweeps/_compaction.py`).
     """
 
     every: int | None = eqx.field(static=True, default=None)
     observe: Callable[[PyTree], PyTree] = no_observables
+    stop: Callable[[PyTree], Any] | None = None
 
     def __check_init__(self):
         if self.every is not None:
@@ -44,6 +52,10 @@ class Record(eqx.Module):
         if not callable(self.observe):
             raise ValueError(
                 f"`Record.observe` must be a function of one model, got {self.observe!r}."
+            )
+        if self.stop is not None and not callable(self.stop):
+            raise ValueError(
+                f"`Record.stop` must be None or a function of one model, got {self.stop!r}."
             )
 
     def interval(self, steps: int) -> int:

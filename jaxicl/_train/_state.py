@@ -18,6 +18,7 @@ class TrainState(eqx.Module):
     - `time`: gradient-flow time Σ lr (NaN when the optimizer does not expose its learning rate).
     - `diverged`: set, and the member frozen, once its loss or update was non-finite.
     - `member`: this member's index in its ensemble; it selects the per-member data stream.
+    - `stopped`: set, and the member frozen, once `Record.stop` said its outcome is final.
     """
 
     model: PyTree
@@ -26,6 +27,7 @@ class TrainState(eqx.Module):
     time: Float[Array, ""]
     diverged: Bool[Array, ""]
     member: Int[Array, ""]
+    stopped: Bool[Array, ""]
 
 
 class Trajectory(eqx.Module):
@@ -41,6 +43,9 @@ class Trajectory(eqx.Module):
       `record_every` steps that follow the record), so the last record's flag is the final
       state's: a member that diverges in the last block is never reported healthy.
     - `observables`: whatever `observe(model)` returned, stacked over records.
+    - `stopped`: whether the member was stopped by `Record.stop` at or before the record (a
+      member stopped at a record is frozen from that record's step on, so the record and every
+      later one are its frozen state's).
     """
 
     step: Int[Array, "*members n_records"]
@@ -49,6 +54,7 @@ class Trajectory(eqx.Module):
     loss_mean: Float[Array, "*members n_records"]
     diverged: Bool[Array, "*members n_records"]
     observables: PyTree
+    stopped: Bool[Array, "*members n_records"]
 
 
 def learning_rate(opt_state, default):
@@ -77,6 +83,7 @@ def init_train_state(
         time=jnp.asarray(0.0 if has_learning_rate else jnp.nan, dtype),
         diverged=jnp.asarray(False),
         member=jnp.asarray(member, jnp.int32),
+        stopped=jnp.asarray(False),
     )
 
 

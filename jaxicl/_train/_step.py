@@ -63,7 +63,8 @@ def _all_finite(tree) -> Bool[Array, ""]:
 
 def _apply(state: TrainState, loss, grads, optimizer, data, after_step, step, key) -> TrainState:
     """One optimizer step from the member's gradients, then `after_step` (if any) on the
-    updated model; a non-finite loss or result freezes the member instead of applying."""
+    updated model; a non-finite loss or result freezes the member instead of applying, and a
+    stopped member stays as it is."""
     params, static = eqx.partition(state.model, eqx.is_inexact_array)
     # Optax mixes Python floats with int counters; keep its arithmetic under standard promotion
     # even when a caller (e.g. the test suite) runs jaxicl under strict promotion.
@@ -73,15 +74,18 @@ def _apply(state: TrainState, loss, grads, optimizer, data, after_step, step, ke
     if after_step is not None:
         moved = after_step(eqx.combine(new_params, static), data, step, key)
         new_params = eqx.filter(moved, eqx.is_inexact_array)
-    healthy = jnp.isfinite(loss) & _all_finite(new_params) & ~state.diverged
+    finite = jnp.isfinite(loss) & _all_finite(new_params)
+    # a stopped member is frozen as it stands: its update is not applied, whatever it holds
+    moves = finite & ~state.diverged & ~state.stopped
     lr = jnp.asarray(learning_rate(opt_state, jnp.nan), state.time.dtype)
     return TrainState(
-        model=eqx.combine(_select(healthy, new_params, params), static),
-        opt_state=_select(healthy, opt_state, state.opt_state),
+        model=eqx.combine(_select(moves, new_params, params), static),
+        opt_state=_select(moves, opt_state, state.opt_state),
         step=state.step + 1,
-        time=jnp.where(healthy, state.time + lr, state.time),
-        diverged=~healthy,
+        time=jnp.where(moves, state.time + lr, state.time),
+        diverged=state.diverged | (~finite & ~state.stopped),
         member=state.member,
+        stopped=state.stopped,
     )
 
 
@@ -110,7 +114,7 @@ def run_steps(states, objective, optimizer, key, start_step, program: "StepProgr
     """`program.steps` steps of the stacked `states` from `start_step`: the whole training loop
     of one device (members mapped by `map_members`), returning `(states, trajectory)`."""
     steps, record_every = program.steps, program.record.interval(program.steps)
-    observe, shared_data = program.record.observe, program.shared_data
+    observe, stop, shared_data = program.record.observe, program.record.stop, program.shared_data
     member_chunk, after_step = program.member_chunk, program.after_step
     draw, evaluate, evaluate_members = _draw_and_evaluate(objective)
     after_key = jr.fold_in(key, _AFTER_STEP_STREAM)
@@ -157,6 +161,12 @@ def run_steps(states, objective, optimizer, key, start_step, program: "StepProgr
 
     def one_block(states, block_steps):
         observed = map_members(eqx.filter_vmap(lambda s: observe(s.model)), states, member_chunk)
+        if stop is not None:  # a member stopped at this record is frozen from its step on
+            final = map_members(eqx.filter_vmap(lambda s: stop(s.model)), states, member_chunk)
+            final = jnp.asarray(final, bool).reshape(states.stopped.shape)
+            states = eqx.tree_at(
+                lambda s: s.stopped, states, states.stopped | (final & ~states.diverged)
+            )
         header = (states.step, states.time)
         states, losses = lax.scan(one_step, states, block_steps)
         # The mean loss of the block sums the stacked losses one step after another in a loop,
@@ -167,13 +177,15 @@ def run_steps(states, objective, optimizer, key, start_step, program: "StepProgr
             lambda total, loss: (total + loss, None), jnp.zeros_like(losses[0]), losses
         )
         # The flag at the end of the block: divergence inside the last block is still reported.
-        return states, (*header, states.diverged, losses[0], total / record_every, observed)
+        return states, (
+            *header, states.diverged, losses[0], total / record_every, observed, states.stopped
+        )
 
     n_blocks = steps // record_every
     block_steps = start_step + jnp.arange(steps, dtype=jnp.int32).reshape(n_blocks, record_every)
     states, records = lax.scan(one_block, states, block_steps)
     # Scan stacks records as (n_records, members, ...); members lead in the public layout.
-    step, time, diverged, loss, loss_mean, observed = jtu.tree_map(
+    step, time, diverged, loss, loss_mean, observed, stopped = jtu.tree_map(
         lambda x: jnp.swapaxes(x, 0, 1), records
     )
     trajectory = Trajectory(
@@ -183,5 +195,6 @@ def run_steps(states, objective, optimizer, key, start_step, program: "StepProgr
         loss_mean=loss_mean,
         diverged=diverged,
         observables=observed,
+        stopped=stopped,
     )
     return states, trajectory

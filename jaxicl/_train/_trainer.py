@@ -64,7 +64,7 @@ def train_ensemble_steps(
 
     Member i's trajectory equals training it alone with `train_steps` on the same key (with
     `fold_in(key, i)` for per-member data). A diverging member is frozen and flagged; the others
-    carry on.
+    carry on. So is a member whose `record.stop` says its outcome is final (flagged `stopped`).
 
     **Returns:** stacked `(states, trajectories)` with a leading member axis.
     """
