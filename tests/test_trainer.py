@@ -1,9 +1,9 @@
 import equinox as eqx
-import numpy as np
 import jax
 import jax.numpy as jnp
 import jax.random as jr
 import jaxtyping
+import numpy as np
 import optax
 import pytest
 from helpers import tree_allclose
@@ -403,9 +403,7 @@ def test_a_stopped_member_is_frozen_from_its_record_on():
     below = np.abs(x) < 0.1
     first = np.where(below.any(axis=1), np.argmax(below, axis=1), x.shape[1])
     assert first.tolist() == [3, 2, 0, 8, 8]  # 1e3 never gets there; 1e200 diverges
-    assert np.asarray(traj.stopped).tolist() == [
-        [k >= f for k in range(x.shape[1])] for f in first
-    ]
+    assert np.asarray(traj.stopped).tolist() == [[k >= f for k in range(x.shape[1])] for f in first]
     assert states.stopped.tolist() == [True, True, True, False, False]
     assert states.diverged.tolist() == [False, False, False, False, True]
     for name in ("observables", "loss", "loss_mean", "time"):

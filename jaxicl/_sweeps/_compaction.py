@@ -2,12 +2,13 @@
 
 A diverged member is frozen by the trainer: its model, optimizer state and time never change
 again, only its step count; so is a member the study's `stop` rule declared final (stopped at a
-record, frozen from that record's step on). Under a deterministic objective (one that draws no data) every
-record it leaves after a whole frozen record block is the same as that block's, apart from the
-step: its loss, mean loss and observables are the same function of the same state. So between
-step chunks the runner trains only the members still live, and writes each frozen member's
-records by repeating its last one, which it has seen computed. The stored numbers are those of
-training every member (tests/test_compaction.py compares the stores bit for bit).
+record, frozen from that record's step on). Under a deterministic objective (one that draws no
+data) every record it leaves after a whole frozen record block is the same as that block's,
+apart from the step: its loss, mean loss and observables are the same function of the same
+state. So between step chunks the runner trains only the members still live, and writes each
+frozen member's records by repeating its last one, which it has seen computed. The stored
+numbers are those of training every member (tests/test_compaction.py compares the stores bit for
+bit).
 
 Under fresh prompts a frozen member's recorded loss changes every step, so nothing can be
 repeated: such studies train every member to the end, as before.

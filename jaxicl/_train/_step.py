@@ -178,7 +178,12 @@ def run_steps(states, objective, optimizer, key, start_step, program: "StepProgr
         )
         # The flag at the end of the block: divergence inside the last block is still reported.
         return states, (
-            *header, states.diverged, losses[0], total / record_every, observed, states.stopped
+            *header,
+            states.diverged,
+            losses[0],
+            total / record_every,
+            observed,
+            states.stopped,
         )
 
     n_blocks = steps // record_every
