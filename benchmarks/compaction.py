@@ -36,7 +36,7 @@ class LearningRateSweep(jaxicl.ReducedAllocation):
 DT = (0.1, 0.2, 0.25, 4.0)  # the horizon divides into whole steps of each
 
 
-def one_sweep(study, store, seeds: int, chunk_records, compact: bool) -> dict:
+def one_sweep(study, store, seeds: int, chunk_records, compact: bool, grid=None) -> dict:
     trained = []
     real_train, real_deterministic = group_module.Group._train, compaction.deterministic
 
@@ -53,7 +53,7 @@ def one_sweep(study, store, seeds: int, chunk_records, compact: bool) -> dict:
             study,
             seeds=seeds,
             store=store,
-            grid={"dt": list(DT)},
+            grid={"dt": list(DT)} if grid is None else grid,
             chunk_records=chunk_records,
             progress=False,
         )

@@ -420,6 +420,6 @@ def test_a_stopped_member_is_frozen_from_its_record_on():
     np.testing.assert_array_equal(states.time[:3], np.asarray(free.time)[np.arange(3), first[:3]])
 
 
-def test_a_stop_rule_must_be_a_function():
+def test_a_stop_rule_must_be_a_function(no_type_checker):
     with pytest.raises(ValueError, match="`Record.stop` must be None or a function"):
         ji.Record(every=2, stop=0.1)

@@ -1,0 +1,185 @@
+"""What stopping settled members saves, and whether `task-allocation` can stop any.
+
+1. A researcher's own study with a rule that is exact: gradient descent on a ridge regression
+   (a fixed design, so the objective draws nothing) with the learning rate as a member axis.
+   For a quadratic, ½ gᵀH⁻¹g is exactly what is left to gain, so the rule "stop once that is
+   under `tol` of the loss" stops a member only where its outcome is final to `tol`. The sweep
+   runs with and without leaving stopped members out (alternating, compile caches warm after a
+   first discarded round), the stores compared bit for bit, and once more with no rule.
+2. `task-allocation`'s dynamics (`reduced-allocation`, weights' flow, random-positive init):
+   a rule may stop a member only at a strict local minimum of the loss in the flow's own
+   coordinates (elsewhere, however flat the loss, the member can still leave). At the horizon,
+   the Hessian of every member is computed in float64: the count with a positive definite one
+   bounds what any such rule could stop.
+
+    python benchmarks/stopping.py --out benchmarks/stopping_cpu.json
+"""
+
+import argparse
+import json
+import platform
+import tempfile
+from typing import ClassVar
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import jax.random as jr
+import numpy as np
+from compaction import arrays, one_sweep
+from jax.flatten_util import ravel_pytree
+
+import jaxicl
+from jaxicl._sweeps._group import Group
+
+
+class Weights(eqx.Module):
+    w: jax.Array
+
+
+class RidgeLoss(jaxicl.AbstractObjective):
+    design: jax.Array
+    targets: jax.Array
+    ridge: float
+
+    def draw(self, key):
+        return None
+
+    def evaluate(self, model, data):
+        residual = self.design @ model.w - self.targets
+        return 0.5 * jnp.mean(residual**2) + 0.5 * self.ridge * jnp.sum(model.w**2)
+
+    def hessian(self):
+        n, d = self.design.shape
+        return self.design.T @ self.design / n + self.ridge * jnp.eye(d)
+
+
+class RidgeDescent(jaxicl.AbstractStudy):
+    """Gradient descent on a ridge regression of `samples` × `d`, stopped once ½ gᵀH⁻¹g (what
+    is left to gain, exactly) is under `tol` of the loss (`tol` 0: no rule)."""
+
+    d: int = eqx.field(static=True, default=64)
+    samples: int = eqx.field(static=True, default=256)
+    learning_rate: float = 0.1
+    tol: float = eqx.field(static=True, default=1e-4)
+    steps: int = eqx.field(static=True, default=2000)
+    n_records: int = eqx.field(static=True, default=20)
+
+    member_axes: ClassVar[tuple[str, ...]] = ("learning_rate",)
+
+    def initial_model(self, values, key):
+        return Weights(jr.normal(key, (self.d,)))
+
+    def objective(self):
+        key_x, key_y = jr.split(jr.key(7))
+        design = jr.normal(key_x, (self.samples, self.d))
+        return RidgeLoss(design, jr.normal(key_y, (self.samples,)), 1e-2)
+
+    def optimizer(self):
+        return jaxicl.sgd(self.learning_rate)
+
+    def schedule(self):
+        return self.n_records, self.steps // self.n_records
+
+    def stop(self):
+        if not self.tol:
+            return None
+        objective = self.objective()
+        inverse = jnp.linalg.inv(objective.hessian())
+
+        def final(model):
+            loss, grad = jax.value_and_grad(objective.evaluate)(model, None)
+            return 0.5 * grad.w @ inverse @ grad.w <= self.tol * loss
+
+        return final
+
+
+RATES = (0.02, 0.05, 0.1, 0.2)
+
+
+def own_study(seeds: int, rounds: int) -> dict:
+    grid = {"learning_rate": list(RATES)}
+    timings, reference = {"whole": [], "compacted": [], "no rule": []}, {}
+    arms = (("whole", 1e-4, False), ("compacted", 1e-4, True), ("no rule", 0.0, True))
+    for round_ in range(rounds + 1):  # the first round compiles
+        for name, tol, compact in arms:
+            with tempfile.TemporaryDirectory() as tmp:
+                result = one_sweep(RidgeDescent(tol=tol), f"{tmp}/s", seeds, "auto", compact, grid)
+                stored = arrays(f"{tmp}/s")
+            if round_:
+                timings[name].append(result)
+            if name == "whole":
+                reference = stored
+            elif name == "compacted":
+                for key, values in stored.items():  # the same bits as training every member
+                    np.testing.assert_array_equal(values, reference[key], err_msg=key)
+    stopped = reference["stopped"] == 1
+    row = {
+        "members": seeds * len(RATES),
+        "stopped_fraction_by_rate": dict(zip(map(str, RATES), stopped.mean(axis=-1).tolist())),
+        "member_steps_represented": seeds * len(RATES) * RidgeDescent().steps,
+    }
+    for name, results in timings.items():
+        row[f"{name}_seconds"] = [r["seconds"] for r in results]
+        row[f"{name}_member_steps_trained"] = results[0]["member_steps_trained"]
+    row["speedup_best"] = min(row["whole_seconds"]) / min(row["compacted_seconds"])
+    return row
+
+
+def trained_allocation(heads: int, seeds: int, horizon: float):
+    """`reduced-allocation`'s members at the horizon (float32, as users train them)."""
+    study = jaxicl.ReducedAllocation(heads=heads, horizon=horizon, n_records=20)
+    group = Group(study, init_key=jr.key(0), data_key=jr.key(1))
+    states = group.init({"init_scale": np.full(seeds, study.init_scale)}, np.arange(seeds))
+    states, _ = group._train(states, group.n_records, "auto")
+    return study, states
+
+
+def allocation_curvature(study, states) -> dict:
+    """How many members sit at a strict local minimum of the flow's loss (float64 Hessians)."""
+    objective = study.objective()
+
+    def curvature(model):
+        params, static = eqx.partition(model, eqx.is_inexact_array)
+        flat, unravel = ravel_pytree(jax.tree_util.tree_map(lambda x: x.astype(float), params))
+        hessian = jax.hessian(lambda v: objective.evaluate(eqx.combine(unravel(v), static), None))
+        eigenvalues = jnp.linalg.eigvalsh(hessian(flat))
+        return eigenvalues[0] / eigenvalues[-1]
+
+    ratio = np.asarray(eqx.filter_jit(eqx.filter_vmap(curvature))(states.model))
+    return {
+        "heads": study.heads,
+        "members": ratio.size,
+        "horizon": study.horizon,
+        "strict_minimum_fraction": float(np.mean(ratio > 0)),
+        "lowest_over_highest_curvature_quantiles_0_50_100": np.quantile(
+            ratio, [0, 0.5, 1]
+        ).tolist(),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seeds", type=int, default=1024)
+    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--allocation-seeds", type=int, default=256)
+    parser.add_argument("--out", default=None)
+    args = parser.parse_args()
+    result = {
+        "machine": platform.processor() or platform.machine(),
+        "devices": [str(d) for d in jax.devices()],
+        "jax": jax.__version__,
+        "own_study": own_study(args.seeds, args.rounds),
+    }
+    print(json.dumps(result["own_study"]), flush=True)
+    trained = [trained_allocation(h, args.allocation_seeds, 4000.0) for h in (2, 3, 4)]
+    jax.config.update("jax_enable_x64", True)  # the Hessians of the float32 states
+    result["task_allocation"] = [allocation_curvature(*pair) for pair in trained]
+    print(json.dumps(result["task_allocation"]), flush=True)
+    if args.out:
+        with open(args.out, "w") as f:
+            json.dump(result, f, indent=1)
+
+
+if __name__ == "__main__":
+    main()
