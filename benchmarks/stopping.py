@@ -17,6 +17,7 @@
 
 import argparse
 import json
+import os
 import platform
 import tempfile
 from typing import ClassVar
@@ -31,6 +32,11 @@ from jax.flatten_util import ravel_pytree
 
 import jaxicl
 from jaxicl._sweeps._group import Group
+
+
+# With JAX's persistent compilation cache on (as sweeps turn it on), the first float64 Hessian
+# program after switching x64 on mid-process hung here (idle, no CPU); without it, 5 s.
+os.environ.setdefault("JAXICL_COMPILATION_CACHE", "off")
 
 
 class Weights(eqx.Module):
@@ -126,43 +132,98 @@ def own_study(seeds: int, rounds: int) -> dict:
     return row
 
 
-def trained_allocation(heads: int, seeds: int, horizon: float):
-    """`reduced-allocation`'s members at the horizon (float32, as users train them)."""
-    study = jaxicl.ReducedAllocation(heads=heads, horizon=horizon, n_records=20)
+def allocation_records(heads: int, seeds: int, horizon: float, n_records: int):
+    """`reduced-allocation`'s members (weights' flow, float32 as users train them) at each of
+    `n_records` records."""
+    study = jaxicl.ReducedAllocation(heads=heads, horizon=horizon, n_records=n_records)
     group = Group(study, init_key=jr.key(0), data_key=jr.key(1))
     states = group.init({"init_scale": np.full(seeds, study.init_scale)}, np.arange(seeds))
-    states, _ = group._train(states, group.n_records, "auto")
-    return study, states
+    models = []
+    for _ in range(n_records):
+        models.append(states.model)
+        states, _ = group._train(states, 1, "auto")
+    return study, models
 
 
-def allocation_curvature(study, states) -> dict:
-    """How many members sit at a strict local minimum of the flow's loss (float64 Hessians)."""
-    objective = study.objective()
+def curvature(objective, model):
+    """In float64, at one member: its loss, the lowest over the highest Hessian eigenvalue in
+    the state's own coordinates; and on the balanced set q = k, o = v (which the weights' flow
+    keeps bit for bit from a balanced start, so its members never leave it): whether the
+    member is on it, the lowest over the highest eigenvalue of the directions that are not
+    flat (|λ| > 1e-9 λ_max), the loss ½ gᵀH⁻¹g still to gain over those, and the gradient
+    along the flat ones."""
+    params, static = eqx.partition(model, eqx.is_inexact_array)
+    flat, unravel = ravel_pytree(jax.tree_util.tree_map(lambda x: x.astype(float), params))
+    full = jnp.linalg.eigvalsh(
+        jax.hessian(lambda v: objective.evaluate(eqx.combine(unravel(v), static), None))(flat)
+    )
+    heads, tasks = model.q.shape
 
-    def curvature(model):
-        params, static = eqx.partition(model, eqx.is_inexact_array)
-        flat, unravel = ravel_pytree(jax.tree_util.tree_map(lambda x: x.astype(float), params))
-        hessian = jax.hessian(lambda v: objective.evaluate(eqx.combine(unravel(v), static), None))
-        eigenvalues = jnp.linalg.eigvalsh(hessian(flat))
-        return eigenvalues[0] / eigenvalues[-1]
+    def balanced_loss(x):
+        u, w = x[: heads * tasks].reshape(heads, tasks), x[heads * tasks :].reshape(heads, tasks)
+        state = eqx.tree_at(lambda m: (m.q, m.k, m.o, m.v), model, (u, u, w, w))
+        return objective.evaluate(state, None)
 
-    ratio = np.asarray(eqx.filter_jit(eqx.filter_vmap(curvature))(states.model))
+    x = jnp.concatenate([model.q.ravel(), model.o.ravel()]).astype(float)
+    loss, gradient = jax.value_and_grad(balanced_loss)(x)
+    eigenvalues, vectors = jnp.linalg.eigh(jax.hessian(balanced_loss)(x))
+    along = vectors.T @ gradient
+    level = jnp.abs(eigenvalues) <= 1e-9 * eigenvalues[-1]
+    to_gain = 0.5 * jnp.sum(jnp.where(level, 0.0, along**2 / jnp.where(level, 1.0, eigenvalues)))
     return {
-        "heads": study.heads,
-        "members": ratio.size,
-        "horizon": study.horizon,
-        "strict_minimum_fraction": float(np.mean(ratio > 0)),
-        "lowest_over_highest_curvature_quantiles_0_50_100": np.quantile(
-            ratio, [0, 0.5, 1]
-        ).tolist(),
+        "loss": loss,
+        "full_lowest": full[0] / full[-1],
+        "balanced": jnp.all(model.q == model.k) & jnp.all(model.o == model.v),
+        "balanced_lowest": jnp.min(jnp.where(level, jnp.inf, eigenvalues)) / eigenvalues[-1],
+        "to_gain": to_gain / loss,
+        "flat_gradient": jnp.sqrt(jnp.sum(jnp.where(level, along**2, 0.0))),
     }
+
+
+def allocation_stops(study, models) -> dict:
+    """What a rule "at a strict minimum on the balanced set, with under `tol` of the loss still
+    to gain" would stop, and how much those members' losses still fell by the horizon."""
+    objective = study.objective()
+    measure = eqx.filter_jit(eqx.filter_vmap(lambda m: curvature(objective, m)))
+    per_record = [jax.tree_util.tree_map(np.asarray, measure(model)) for model in models]
+    at = {name: np.stack([r[name] for r in per_record], axis=1) for name in per_record[0]}
+    end = {name: values[:, -1] for name, values in at.items()}
+    n_members, n_records = at["loss"].shape
+    row = {
+        "heads": study.heads,
+        "members": n_members,
+        "horizon": study.horizon,
+        "strict_minimum_fraction_full_coordinates": float(np.mean(end["full_lowest"] > 0)),
+        "full_lowest_over_highest_quantiles_0_50_100": np.quantile(
+            end["full_lowest"], [0, 0.5, 1]
+        ).tolist(),
+        "balanced_fraction": float(np.mean(at["balanced"].all(axis=1))),
+        "strict_minimum_fraction_balanced": float(np.mean(end["balanced_lowest"] > 0)),
+        "balanced_lowest_over_highest_quantiles_0_50_100": np.quantile(
+            end["balanced_lowest"], [0, 0.5, 1]
+        ).tolist(),
+        "flat_gradient_max": float(end["flat_gradient"].max()),
+    }
+    for tol in (1e-5, 1e-6):
+        ok = (at["balanced_lowest"] > 0) & (at["to_gain"] <= tol) & (at["flat_gradient"] <= 1e-12)
+        first = np.where(ok.any(axis=1), ok.argmax(axis=1), n_records)
+        stops = first < n_records
+        fell = at["loss"][np.arange(n_members), np.minimum(first, n_records - 1)] - end["loss"]
+        row[f"tol_{tol:g}"] = {
+            "stopped_fraction": float(stops.mean()),
+            "records_saved_fraction": float(np.mean(n_records - first) / n_records),
+            "loss_fell_after_stop_over_loss_max": float((fell / end["loss"])[stops].max())
+            if stops.any()
+            else None,
+        }
+    return row
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", type=int, default=1024)
     parser.add_argument("--rounds", type=int, default=2)
-    parser.add_argument("--allocation-seeds", type=int, default=256)
+    parser.add_argument("--allocation-seeds", type=int, default=128)
     parser.add_argument("--out", default=None)
     args = parser.parse_args()
     result = {
@@ -172,9 +233,9 @@ def main() -> None:
         "own_study": own_study(args.seeds, args.rounds),
     }
     print(json.dumps(result["own_study"]), flush=True)
-    trained = [trained_allocation(h, args.allocation_seeds, 4000.0) for h in (2, 3, 4)]
+    runs = [allocation_records(h, args.allocation_seeds, 4000.0, 40) for h in (2, 3, 4)]
     jax.config.update("jax_enable_x64", True)  # the Hessians of the float32 states
-    result["task_allocation"] = [allocation_curvature(*pair) for pair in trained]
+    result["task_allocation"] = [allocation_stops(*run) for run in runs]
     print(json.dumps(result["task_allocation"]), flush=True)
     if args.out:
         with open(args.out, "w") as f:
