@@ -17,7 +17,6 @@
 
 import argparse
 import json
-import os
 import platform
 import tempfile
 from typing import ClassVar
@@ -32,11 +31,6 @@ from jax.flatten_util import ravel_pytree
 
 import jaxicl
 from jaxicl._sweeps._group import Group
-
-
-# With JAX's persistent compilation cache on (as sweeps turn it on), the first float64 Hessian
-# program after switching x64 on mid-process hung here (idle, no CPU); without it, 5 s.
-os.environ.setdefault("JAXICL_COMPILATION_CACHE", "off")
 
 
 class Weights(eqx.Module):
@@ -152,11 +146,6 @@ def curvature(objective, model):
     member is on it, the lowest over the highest eigenvalue of the directions that are not
     flat (|λ| > 1e-9 λ_max), the loss ½ gᵀH⁻¹g still to gain over those, and the gradient
     along the flat ones."""
-    params, static = eqx.partition(model, eqx.is_inexact_array)
-    flat, unravel = ravel_pytree(jax.tree_util.tree_map(lambda x: x.astype(float), params))
-    full = jnp.linalg.eigvalsh(
-        jax.hessian(lambda v: objective.evaluate(eqx.combine(unravel(v), static), None))(flat)
-    )
     heads, tasks = model.q.shape
 
     def balanced_loss(x):
@@ -172,12 +161,21 @@ def curvature(objective, model):
     to_gain = 0.5 * jnp.sum(jnp.where(level, 0.0, along**2 / jnp.where(level, 1.0, eigenvalues)))
     return {
         "loss": loss,
-        "full_lowest": full[0] / full[-1],
         "balanced": jnp.all(model.q == model.k) & jnp.all(model.o == model.v),
         "balanced_lowest": jnp.min(jnp.where(level, jnp.inf, eigenvalues)) / eigenvalues[-1],
         "to_gain": to_gain / loss,
         "flat_gradient": jnp.sqrt(jnp.sum(jnp.where(level, along**2, 0.0))),
     }
+
+
+def full_lowest(objective, model):
+    """The lowest over the highest Hessian eigenvalue in the state's own coordinates (a program
+    of its own: two eigendecompositions in one program left XLA's CPU program idle for good)."""
+    params, static = eqx.partition(model, eqx.is_inexact_array)
+    flat, unravel = ravel_pytree(jax.tree_util.tree_map(lambda x: x.astype(float), params))
+    loss = lambda v: objective.evaluate(eqx.combine(unravel(v), static), None)  # noqa: E731
+    eigenvalues = jnp.linalg.eigvalsh(jax.hessian(loss)(flat))
+    return eigenvalues[0] / eigenvalues[-1]
 
 
 def allocation_stops(study, models) -> dict:
@@ -188,6 +186,9 @@ def allocation_stops(study, models) -> dict:
     per_record = [jax.tree_util.tree_map(np.asarray, measure(model)) for model in models]
     at = {name: np.stack([r[name] for r in per_record], axis=1) for name in per_record[0]}
     end = {name: values[:, -1] for name, values in at.items()}
+    end["full_lowest"] = np.asarray(
+        eqx.filter_jit(eqx.filter_vmap(lambda m: full_lowest(objective, m)))(models[-1])
+    )
     n_members, n_records = at["loss"].shape
     row = {
         "heads": study.heads,

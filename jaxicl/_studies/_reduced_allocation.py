@@ -19,6 +19,7 @@ from .. import _validation as check
 from .._attention._analysis import detect_phases, task_allocation
 from .._attention._init_schemes import INIT_SCHEMES, AbstractInitScheme, RandomPositive
 from .._attention._reduced_flows import REDUCED_FLOWS, AbstractReducedFlow, WeightFlow
+from .._attention._settled import Settled
 from .._sweeps._outcome import outcome
 from .._sweeps._study import AbstractStudy, setting
 from .._tasks._regression import disjoint_blocks
@@ -45,6 +46,11 @@ class ReducedAllocation(AbstractStudy):
     dt: float = setting(0.25, "Euler step (for the weights' flow: the SGD learning rate)")
     n_records: int = setting(40, "records per run (must divide the steps)", static=True)
     history: bool = setting(False, "also record the whole (Ω, M) history", static=True)
+    stop_tol: float = setting(
+        0.0,
+        "stop a member at a strict local minimum with under this fraction of its loss left to "
+        "gain (its later records hold its state; 0: every member to the horizon)",
+    )
 
     registry_name: ClassVar[str] = "reduced-allocation"
     member_axes: ClassVar[tuple[str, ...]] = ("init_scale",)
@@ -75,6 +81,7 @@ class ReducedAllocation(AbstractStudy):
         check.variant("flow", self.flow, AbstractReducedFlow, REDUCED_FLOWS)
         for name in ("init_scale", "horizon", "dt"):
             check.finite_positive(name, getattr(self, name))
+        check.finite_nonnegative("stop_tol", self.stop_tol)
         check.one_of("history", self.history, (False, True))
         check.whole_record_blocks(
             "`horizon` / `dt`", self.horizon / self.dt, self.n_records, "`n_records`"
@@ -105,6 +112,11 @@ class ReducedAllocation(AbstractStudy):
 
     def observe(self):
         return (lambda state: state.spectral()) if self.history else None
+
+    def stop(self):
+        if not self.stop_tol:
+            return None
+        return Settled(self.objective(), self.stop_tol, self.horizon)
 
     def series(self, trajectory):
         out = {"loss": trajectory.loss}
