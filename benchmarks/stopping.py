@@ -7,19 +7,30 @@
    runs with and without leaving stopped members out (alternating, compile caches warm after a
    first discarded round), the stores compared bit for bit, and once more with no rule.
 2. `task-allocation`'s dynamics (`reduced-allocation`, weights' flow, random-positive init):
-   a rule may stop a member only at a strict local minimum of the loss in the flow's own
-   coordinates (elsewhere, however flat the loss, the member can still leave). At the horizon,
-   the Hessian of every member is computed in float64: the count with a positive definite one
-   bounds what any such rule could stop.
+   a rule may stop a member only at a strict local minimum of the loss in the coordinates its
+   flow moves (elsewhere, however flat the loss, it can still leave). At each record, in
+   float64: the Hessian in the state's own coordinates (q, k, o, v), and on the balanced set
+   q = k, o = v that the flow keeps bit for bit from these starts, in (q, o); and what a rule
+   "strict minimum on the balanced set, under `tol` of the loss left to gain" would stop.
+3. The same dynamics swept at scale with and without `reduced-allocation`'s own rule
+   (`stop_tol`, `jaxicl/_attention/_settled.py`): wall time, member-steps trained, and the
+   fraction of stored values that differ (summaries and loss records).
 
     python benchmarks/stopping.py --out benchmarks/stopping_cpu.json
 """
+
+# ruff: noqa: E402
 
 import argparse
 import json
 import platform
 import tempfile
 from typing import ClassVar
+
+from jaxicl._host._devices import use_all_cpu_cores
+
+
+use_all_cpu_cores()  # one CPU device per core, as the command line has it
 
 import equinox as eqx
 import jax
@@ -220,11 +231,47 @@ def allocation_stops(study, models) -> dict:
     return row
 
 
+def allocation_sweeps(seeds: int, tol: float, rounds: int) -> dict:
+    """`task-allocation`'s dynamics (H = 3, the factorized horizon cap t = 4000, 40 records)
+    swept with and without the stop rule `stop_tol`, alternating after a compiling round:
+    wall time, member-steps trained, and which stored values differ."""
+    study = jaxicl.ReducedAllocation(heads=3, horizon=4000.0, n_records=40)
+    arms = {"whole": study, "stopping": eqx.tree_at(lambda s: s.stop_tol, study, tol)}
+    timings, stored = {name: [] for name in arms}, {}
+    for round_ in range(rounds + 1):
+        for name, arm in arms.items():
+            with tempfile.TemporaryDirectory() as tmp:
+                result = one_sweep(arm, f"{tmp}/s", seeds, "auto", True, {})
+                stored[name] = arrays(f"{tmp}/s")
+            if round_:
+                timings[name].append(result)
+    whole, stopping = stored["whole"], stored["stopping"]
+    differ = {}
+    for name, values in whole.items():
+        same = (values == stopping[name]) | (np.isnan(values) & np.isnan(stopping[name]))
+        differ[name] = float(np.mean(~same))
+    loss_change = np.abs(stopping["loss"] - whole["loss"]) / whole["loss"]
+    row = {
+        "members": seeds,
+        "stop_tol": tol,
+        "stopped_fraction": float(np.mean(stopping["stopped"] == 1)),
+        "member_steps_represented": seeds * round(study.horizon / study.dt),
+        "fraction_of_values_that_differ": differ,
+        "loss_relative_change_max": float(np.nanmax(loss_change)),
+    }
+    for name, results in timings.items():
+        row[f"{name}_seconds"] = [r["seconds"] for r in results]
+        row[f"{name}_member_steps_trained"] = results[0]["member_steps_trained"]
+    row["speedup_best"] = min(row["whole_seconds"]) / min(row["stopping_seconds"])
+    return row
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", type=int, default=1024)
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--allocation-seeds", type=int, default=128)
+    parser.add_argument("--allocation-sweep-seeds", type=int, default=16384)
     parser.add_argument("--out", default=None)
     args = parser.parse_args()
     result = {
@@ -234,6 +281,8 @@ def main() -> None:
         "own_study": own_study(args.seeds, args.rounds),
     }
     print(json.dumps(result["own_study"]), flush=True)
+    result["task_allocation_sweep"] = allocation_sweeps(args.allocation_sweep_seeds, 1e-5, 1)
+    print(json.dumps(result["task_allocation_sweep"]), flush=True)
     runs = [allocation_records(h, args.allocation_seeds, 4000.0, 40) for h in (2, 3, 4)]
     jax.config.update("jax_enable_x64", True)  # the Hessians of the float32 states
     result["task_allocation"] = [allocation_stops(*run) for run in runs]
