@@ -193,6 +193,8 @@ def allocation_stops(study, models) -> dict:
     """What a rule "at a strict minimum on the balanced set, with under `tol` of the loss still
     to gain" would stop, and how much those members' losses still fell by the horizon."""
     objective = study.objective()
+    # on one device: LAPACK's eigh on two devices at once left XLA's CPU program idle for good
+    models = [jax.device_put(model, jax.devices()[0]) for model in models]
     measure = eqx.filter_jit(eqx.filter_vmap(lambda m: curvature(objective, m)))
     per_record = [jax.tree_util.tree_map(np.asarray, measure(model)) for model in models]
     at = {name: np.stack([r[name] for r in per_record], axis=1) for name in per_record[0]}
