@@ -91,3 +91,20 @@ def test_a_sweep_with_the_rule_stores_the_summaries_of_one_without(tmp_path):
 def test_stop_tol_must_be_a_finite_fraction():
     with pytest.raises(ValueError, match="`stop_tol` must be a finite number >= 0"):
         ReducedAllocation(stop_tol=-1e-5)
+
+
+def test_the_written_out_cholesky_factor_and_substitution():
+    from jaxicl._attention._settled import _cholesky, _forward_substitution
+
+    rng = np.random.default_rng(0)
+    a = rng.normal(size=(9, 9))
+    matrix = a @ a.T + 0.1 * np.eye(9)
+    factor, positive = _cholesky(matrix)
+    assert bool(positive)
+    np.testing.assert_allclose(factor, np.linalg.cholesky(matrix), rtol=1e-12, atol=1e-12)
+    b = rng.normal(size=9)
+    np.testing.assert_allclose(
+        _forward_substitution(factor, b), np.linalg.solve(np.linalg.cholesky(matrix), b), 1e-10
+    )
+    shifted = matrix - (np.linalg.eigvalsh(matrix)[0] + 1e-6) * np.eye(9)  # just indefinite
+    assert not bool(_cholesky(shifted)[1])

@@ -119,22 +119,31 @@ class Settled(eqx.Module):
 
 def _cholesky(matrix):
     """`(L, positive)`: the lower Cholesky factor of a symmetric matrix and whether every pivot
-    was positive (the matrix is positive definite); L is garbage where not."""
+    was positive (the matrix is positive definite); L is garbage where not. A loop over
+    columns with masks, not unrolled: the rule is compiled into every program of a sweep."""
+    matrix = jnp.asarray(matrix)
     n = matrix.shape[0]
-    factor = jnp.zeros_like(matrix)
-    positive = jnp.asarray(True)
-    for j in range(n):
-        pivot = matrix[j, j] - jnp.sum(factor[j, :j] ** 2)
-        positive = positive & (pivot > 0)
+    index = jnp.arange(n)
+
+    def column(j, carry):
+        factor, positive = carry
+        row = jnp.where(index < j, factor[j], 0.0)  # L[j, :j]
+        pivot = matrix[j, j] - jnp.sum(row**2)
         root = jnp.sqrt(jnp.where(pivot > 0, pivot, 1.0))
-        column = (matrix[j + 1 :, j] - factor[j + 1 :, :j] @ factor[j, :j]) / root
-        factor = factor.at[j, j].set(root).at[j + 1 :, j].set(column)
-    return factor, positive
+        below = (matrix[:, j] - factor @ row) / root
+        new = jnp.where(index > j, below, jnp.where(index == j, root, 0.0))
+        return factor.at[:, j].set(new), positive & (pivot > 0)
+
+    return jax.lax.fori_loop(0, n, column, (jnp.zeros_like(matrix), jnp.asarray(True)))
 
 
 def _forward_substitution(factor, vector):
     """L⁻¹ b for a lower triangular L."""
-    out = jnp.zeros_like(vector)
-    for i in range(vector.shape[0]):
-        out = out.at[i].set((vector[i] - factor[i, :i] @ out[:i]) / factor[i, i])
-    return out
+    factor, vector = jnp.asarray(factor), jnp.asarray(vector)
+    index = jnp.arange(vector.shape[0])
+
+    def entry(i, out):
+        done = jnp.where(index < i, out, 0.0)
+        return out.at[i].set((vector[i] - factor[i] @ done) / factor[i, i])
+
+    return jax.lax.fori_loop(0, vector.shape[0], entry, jnp.zeros_like(vector))

@@ -288,6 +288,8 @@ def _group_arrays(members, history) -> dict:
         "omega_t": history["omega"].values,
         "mu_t": history["mu"].values,
         **{name: flag(members[name]) for name in ("success", "stalled", "diverged")},
+        # `stopped` is stored only under a stop rule (`--stop-tol`)
+        "stopped": flag(members["stopped"]) if "stopped" in members else np.zeros(0, bool),
         **{name: flag(members[name]) for name in ("left_warmup", "settled")},
         **{name: members[name].values for name in ("warmup_end", "emergence_end", "convergence")},
     }
@@ -429,6 +431,7 @@ def _group_summary(g) -> dict:
         "stalled": stalled if rate is not None else None,
         "other_failures": failures - stalled if rate is not None else None,
         "diverged": int(g["diverged"].sum()),
+        "stopped": int(g["stopped"].sum()) if "stopped" in g else 0,
         "final_loss_median": _nanmedian(np.where(healthy, g["loss"][:, -1], np.nan)),
         "warmup_end_median": _nanmedian(g["warmup_end"]),
         "emergence_end_median": _nanmedian(g["emergence_end"]),
@@ -491,6 +494,12 @@ def format_allocation_summary(summary: dict) -> str:
         "left warm-up but not settled at the horizon; a diverged seed has no outcome, phase or "
         "loss (rates are over the others)"
     )
+    stopped = [f"{name} {g['stopped']}" for name, g in summary["groups"].items() if g["stopped"]]
+    if stopped:
+        lines.append(
+            f"stopped at a strict minimum with under {config['stop_tol']:g} of the loss left to "
+            f"gain (--stop-tol; records hold the state from there): {', '.join(stopped)}"
+        )
     for flow, w in summary["warmup_scaling"].items():
         counts = [(w["still_in_warmup"], "still in warm-up"), (w.get("diverged", 0), "diverged")]
         note = "".join(f" ({n} scales {what})" for n, what in counts if n)
