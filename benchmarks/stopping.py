@@ -38,9 +38,9 @@ import jax.numpy as jnp
 import jax.random as jr
 import numpy as np
 from compaction import arrays, one_sweep
-from jax.flatten_util import ravel_pytree
 
 import jaxicl
+from jaxicl._attention._settled import _balanced, _coordinates
 from jaxicl._sweeps._group import Group
 
 
@@ -157,14 +157,14 @@ def curvature(objective, model):
     member is on it, the lowest over the highest eigenvalue of the directions that are not
     flat (|λ| > 1e-9 λ_max), the loss ½ gᵀH⁻¹g still to gain over those, and the gradient
     along the flat ones."""
-    heads, tasks = model.q.shape
+    model = jax.tree_util.tree_map(
+        lambda x: x.astype(float) if eqx.is_inexact_array(x) else x, model
+    )
+    x, state_of = _coordinates(model, True)  # (q, o), as the package's stop rule has them
 
     def balanced_loss(x):
-        u, w = x[: heads * tasks].reshape(heads, tasks), x[heads * tasks :].reshape(heads, tasks)
-        state = eqx.tree_at(lambda m: (m.q, m.k, m.o, m.v), model, (u, u, w, w))
-        return objective.evaluate(state, None)
+        return objective.evaluate(state_of(x), None)
 
-    x = jnp.concatenate([model.q.ravel(), model.o.ravel()]).astype(float)
     loss, gradient = jax.value_and_grad(balanced_loss)(x)
     eigenvalues, vectors = jnp.linalg.eigh(jax.hessian(balanced_loss)(x))
     along = vectors.T @ gradient
@@ -172,7 +172,7 @@ def curvature(objective, model):
     to_gain = 0.5 * jnp.sum(jnp.where(level, 0.0, along**2 / jnp.where(level, 1.0, eigenvalues)))
     return {
         "loss": loss,
-        "balanced": jnp.all(model.q == model.k) & jnp.all(model.o == model.v),
+        "balanced": _balanced(model),
         "balanced_lowest": jnp.min(jnp.where(level, jnp.inf, eigenvalues)) / eigenvalues[-1],
         "to_gain": to_gain / loss,
         "flat_gradient": jnp.sqrt(jnp.sum(jnp.where(level, along**2, 0.0))),
@@ -182,9 +182,11 @@ def curvature(objective, model):
 def full_lowest(objective, model):
     """The lowest over the highest Hessian eigenvalue in the state's own coordinates (a program
     of its own: two eigendecompositions in one program left XLA's CPU program idle for good)."""
-    params, static = eqx.partition(model, eqx.is_inexact_array)
-    flat, unravel = ravel_pytree(jax.tree_util.tree_map(lambda x: x.astype(float), params))
-    loss = lambda v: objective.evaluate(eqx.combine(unravel(v), static), None)  # noqa: E731
+    model = jax.tree_util.tree_map(
+        lambda x: x.astype(float) if eqx.is_inexact_array(x) else x, model
+    )
+    flat, state_of = _coordinates(model, False)
+    loss = lambda v: objective.evaluate(state_of(v), None)  # noqa: E731
     eigenvalues = jnp.linalg.eigvalsh(jax.hessian(loss)(flat))
     return eigenvalues[0] / eigenvalues[-1]
 

@@ -423,3 +423,19 @@ def test_a_stopped_member_is_frozen_from_its_record_on():
 def test_a_stop_rule_must_be_a_function(no_type_checker):
     with pytest.raises(ValueError, match="`Record.stop` must be None or a function"):
         ji.Record(every=2, stop=0.1)
+
+
+def test_a_stop_rule_that_returns_a_number_is_refused():
+    """`stop=lambda m: loss(m)` (a number, not a comparison) would stop every member where it
+    is nonzero: refused, naming what is expected."""
+    optimizer = ji.sgd(0.1)
+    init = ji.init_ensemble_state(_Scalar(jnp.array([1.0, 0.5])), optimizer)
+    with pytest.raises(ValueError, match="`Record.stop` must return a boolean"):
+        ji.train_ensemble_steps(
+            init,
+            lambda m, *, key: m.x**2,
+            optimizer,
+            steps=4,
+            record=ji.Record(every=2, stop=lambda m: m.x**2),
+            key=jr.key(0),
+        )

@@ -29,7 +29,7 @@ import jax.numpy as jnp
 from jax.flatten_util import ravel_pytree
 from jaxtyping import Array, Bool
 
-from ._reduced import AbstractSpectral, ReducedLoss
+from ._reduced import AbstractSpectral, MergedSpectral, ReducedLoss
 
 
 FLAT_ROW = 1e-6  # a Hessian row under this fraction of the largest entry is a flat direction
@@ -86,7 +86,10 @@ class Settled(eqx.Module):
         loss_of = lambda x: self.objective.evaluate(state_of(x), None)  # noqa: E731
         loss, gradient = jax.value_and_grad(loss_of)(x)
         hessian = jax.hessian(loss_of)(x)
-        plateau = loss_of(jnp.zeros_like(x))
+        # the plateau's loss, at Ω = M = 0: one evaluation for every member
+        omega, _ = model.spectral()
+        origin = jnp.zeros(omega.shape, omega.dtype)
+        plateau = self.objective.evaluate(MergedSpectral(origin, origin), None)
         largest = jnp.max(jnp.abs(hessian))
         flat = jnp.max(jnp.abs(hessian), axis=1) <= FLAT_ROW * largest
         # flat coordinates are set aside: unit curvature, no gradient, no coupling
@@ -96,8 +99,8 @@ class Settled(eqx.Module):
         # test is if anything stricter): the shifted matrix has a Cholesky factor.
         scale = jnp.sqrt(jnp.sum(jnp.where(kept, hessian, 0.0) ** 2))
         shifted = reduced - STRICT * scale * jnp.eye(x.shape[0], dtype=x.dtype)
-        strict = _cholesky(shifted)[1]
-        factor, positive = _cholesky(reduced)
+        strict = _cholesky(shifted)[1]  # and so the unshifted matrix is positive definite
+        factor, _ = _cholesky(reduced)
         # ½ gᵀH⁻¹g = ½ ‖L⁻¹g‖² with H = L Lᵀ
         to_gain = 0.5 * jnp.sum(_forward_substitution(factor, jnp.where(flat, 0.0, gradient)) ** 2)
         drift = jnp.sum(jnp.where(flat, gradient**2, 0.0)) * self.horizon
@@ -105,7 +108,6 @@ class Settled(eqx.Module):
             jnp.isfinite(loss)
             & (largest > 0)
             & strict
-            & positive
             & (to_gain <= self.tol * loss)
             & (drift <= self.tol * loss)
             & (loss < WARMUP_LEFT * plateau)

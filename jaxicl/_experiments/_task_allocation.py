@@ -289,7 +289,9 @@ def _group_arrays(members, history) -> dict:
         "mu_t": history["mu"].values,
         **{name: flag(members[name]) for name in ("success", "stalled", "diverged")},
         # `stopped` is stored only under a stop rule (`--stop-tol`)
-        "stopped": flag(members["stopped"]) if "stopped" in members else np.zeros(0, bool),
+        "stopped": flag(members["stopped"])
+        if "stopped" in members
+        else np.zeros_like(flag(members["success"])),
         **{name: flag(members[name]) for name in ("left_warmup", "settled")},
         **{name: members[name].values for name in ("warmup_end", "emergence_end", "convergence")},
     }

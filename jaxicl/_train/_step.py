@@ -163,7 +163,12 @@ def run_steps(states, objective, optimizer, key, start_step, program: "StepProgr
         observed = map_members(eqx.filter_vmap(lambda s: observe(s.model)), states, member_chunk)
         if stop is not None:  # a member stopped at this record is frozen from its step on
             final = map_members(eqx.filter_vmap(lambda s: stop(s.model)), states, member_chunk)
-            final = jnp.asarray(final, bool).reshape(states.stopped.shape)
+            final = jnp.asarray(final)
+            if final.dtype != jnp.bool_:  # a number would stop every member where it is nonzero
+                raise ValueError(
+                    f"`Record.stop` must return a boolean (e.g. `loss < 0.1`), got {final.dtype}."
+                )
+            final = final.reshape(states.stopped.shape)
             states = eqx.tree_at(
                 lambda s: s.stopped, states, states.stopped | (final & ~states.diverged)
             )
